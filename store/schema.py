@@ -55,6 +55,7 @@ MIGRATIONS: list[str] = [
         heartbeat_at REAL,
         error TEXT,
         edit_id INTEGER,                    -- the edit this job produced
+        cancel_requested INTEGER NOT NULL DEFAULT 0,  -- set on a running job; the worker polls it
         created_at REAL NOT NULL,
         started_at REAL,
         finished_at REAL
@@ -93,11 +94,12 @@ MIGRATIONS: list[str] = [
         job_id INTEGER NOT NULL REFERENCES jobs(id),
         attempt INTEGER NOT NULL DEFAULT 1,
         step INTEGER NOT NULL,
-        loss REAL NOT NULL,
-        nll REAL NOT NULL,
-        wd REAL NOT NULL,
-        p_target REAL NOT NULL,
-        delta_norm REAL NOT NULL,
+        -- NULL stands for NaN (SQLite stores NaN as NULL): a diverging step is still recorded
+        loss REAL,
+        nll REAL,
+        wd REAL,
+        p_target REAL,
+        delta_norm REAL,
         elapsed REAL NOT NULL,
         PRIMARY KEY (job_id, attempt, step)
     ) STRICT;

@@ -1,0 +1,43 @@
+"""Encoder adapters: ``adapter_for(module)`` picks the one for a text encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.adapters.base import EncoderAdapter, LayerState
+from engine.adapters.bert import BertAdapter, read_pooling_config
+from engine.adapters.clip import ClipAdapter
+from engine.errors import ModelFormatError
+
+__all__ = ["EncoderAdapter", "LayerState", "ClipAdapter", "BertAdapter", "adapter_for", "read_pooling_config"]
+
+
+def adapter_for(
+    model: torch.nn.Module, *, pooling: str | None = None, normalize: bool | None = None
+) -> EncoderAdapter:
+    """The adapter for a text encoder module (puts the module in eval mode: edits assume no dropout).
+
+    For BERT, ``pooling``/``normalize`` default to the model folder's sentence-transformers
+    pooling config when there is one, else mean pooling with normalisation.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    model.eval()
+    if model_type in ("clip_text_model", "clip") and hasattr(getattr(model, "text_model", model), "encoder"):
+        return ClipAdapter(model)
+    if model_type == "bert" and hasattr(model, "encoder") and hasattr(model, "embeddings"):
+        found = None
+        name_or_path = getattr(model.config, "_name_or_path", "") or ""
+        if name_or_path and Path(name_or_path).is_dir():
+            found = read_pooling_config(Path(name_or_path))
+        mode, norm = found if found else ("mean", True)
+        return BertAdapter(
+            model,
+            pooling=pooling or mode,
+            normalize=norm if normalize is None else normalize,
+        )
+    raise ModelFormatError(
+        f"no ReFACT adapter for {type(model).__name__} (model_type {model_type!r}); "
+        "use a CLIP text encoder or a BERT sentence encoder"
+    )

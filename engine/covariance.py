@@ -1,0 +1,243 @@
+"""Second moment C = E[k k^T] of fc2's input at one layer, over a text corpus, with caching.
+
+Collection packs many corpus lines into each forward (up to ``batch_tokens`` padded tokens),
+stops the forward at layer l's fc1 activation, keeps every attended position (BOS/EOS included,
+padding excluded) and accumulates in float64. Results are cached in memory and on disk as
+``<cache_dir>/<key>.safetensors`` keyed by (upstream weights hash, layer, corpus sha256, n_samples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.adapters.base import EncoderAdapter
+from engine.errors import EngineError
+from engine.events import Progress, ProgressCallback
+
+FORMAT = "refact-mom2/1"
+DEFAULT_BATCH_TOKENS = 64 * 77
+# Same subset rule as the reference (Python's random.Random(1) shuffle of line indices).
+SUBSET_SEED = 1
+
+
+def default_corpus_path() -> Path:
+    """The caption corpus shipped with the project (``datasets/caption_corpus.txt``)."""
+    return Path(__file__).resolve().parents[1] / "datasets" / "caption_corpus.txt"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_corpus(path: Path, n_samples: int | None = None) -> list[str]:
+    """Non-empty stripped lines; with ``n_samples``, a fixed pseudo-random subset of that size."""
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
+    if n_samples is not None and n_samples < len(lines):
+        order = list(range(len(lines)))
+        random.Random(SUBSET_SEED).shuffle(order)
+        lines = [lines[i] for i in order[:n_samples]]
+    return lines
+
+
+@torch.no_grad()
+def collect_second_moment(
+    adapter: EncoderAdapter,
+    tokenizer: Any,
+    lines: Sequence[str],
+    layer: int,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: ProgressCallback | None = None,
+) -> tuple[torch.Tensor, int]:
+    """(C in float64 on CPU, number of token vectors) for fc2's input at ``layer``.
+
+    Lines longer than the encoder's maximum are truncated: the corpus is a statistic, not a request.
+    """
+    if not lines:
+        raise EngineError("the statistics corpus has no text lines; point it at a text file with one caption per line")
+    enc = tokenizer(list(lines), truncation=True, max_length=adapter.max_length, add_special_tokens=True)
+    seqs = [list(ids) for ids in enc["input_ids"]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Longest first, so each batch's padding is small and the first batch shows the peak memory.
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    d = adapter.key_size
+    acc = torch.zeros(d, d, dtype=torch.float64, device=adapter.device)
+    n_tokens = 0
+    done = 0
+    start = 0
+    while start < len(order):
+        width = len(seqs[order[start]])
+        rows = max(1, batch_tokens // width)
+        chunk = order[start : start + rows]
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, i in enumerate(chunk):
+            ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[r, : len(seqs[i])] = 1
+        batch = {"input_ids": ids.to(adapter.device), "attention_mask": mask.to(adapter.device)}
+        if adapter.family == "bert":
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        keys = adapter.prefix(batch, layer, with_output=False).key
+        k = keys[batch["attention_mask"].bool()].to(torch.float64)
+        acc += k.T @ k
+        n_tokens += k.shape[0]
+        start += len(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(Progress(task="second-moment", done=done, total=len(order), detail=f"layer {layer}"))
+    return (acc / n_tokens).cpu(), n_tokens
+
+
+@dataclass(frozen=True)
+class StatsEntry:
+    """One cached second-moment file."""
+
+    path: Path
+    key: str
+    layer: int
+    upstream_hash: str
+    corpus_sha256: str
+    corpus: str
+    n_samples: str
+    n_tokens: int
+    family: str
+    module: str
+    size_bytes: int
+    created: float
+
+
+def stats_key(upstream_hash: str, layer: int, corpus_sha256: str, n_samples: int | None) -> str:
+    blob = f"{FORMAT}|{upstream_hash}|{layer}|{corpus_sha256}|{n_samples if n_samples is not None else 'all'}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _adapter_tokenizer(model: Any) -> tuple[EncoderAdapter, Any]:
+    return model.adapter, model.tokenizer
+
+
+class SecondMomentStore:
+    """Memory + disk cache of C per (upstream weights, layer, corpus, n_samples)."""
+
+    def __init__(self, cache_dir: Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.batch_tokens = batch_tokens
+        self._memory: dict[str, torch.Tensor] = {}
+        self._corpus_hash: dict[tuple[str, float, int], str] = {}
+
+    def _corpus_sha(self, corpus: Path) -> str:
+        st = corpus.stat()
+        memo_key = (str(corpus.resolve()), st.st_mtime, st.st_size)
+        if memo_key not in self._corpus_hash:
+            self._corpus_hash[memo_key] = file_sha256(corpus)
+        return self._corpus_hash[memo_key]
+
+    def path_for(self, key: str) -> Path | None:
+        return self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None
+
+    def get(
+        self,
+        model: Any,
+        layer: int,
+        corpus: Path | None = None,
+        n_samples: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> torch.Tensor:
+        """C (float64, CPU) for ``layer`` of ``model`` (anything with ``.adapter`` and ``.tokenizer``)."""
+        adapter, tokenizer = _adapter_tokenizer(model)
+        corpus = Path(corpus) if corpus is not None else default_corpus_path()
+        if not corpus.is_file():
+            raise EngineError(f"statistics corpus {corpus} not found; pass an existing text file with --corpus")
+        upstream = adapter.upstream_hash(layer)
+        corpus_sha = self._corpus_sha(corpus)
+        key = stats_key(upstream, layer, corpus_sha, n_samples)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.path_for(key)
+        if path is not None and path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                mom2 = f.get_tensor("mom2").to(torch.float64)
+            self._memory[key] = mom2
+            return mom2
+        lines = read_corpus(corpus, n_samples)
+        mom2, n_tokens = collect_second_moment(
+            adapter, tokenizer, lines, layer, batch_tokens=self.batch_tokens, progress=progress
+        )
+        self._memory[key] = mom2
+        if path is not None:
+            meta = {
+                "format": FORMAT,
+                "layer": str(layer),
+                "upstream_hash": upstream,
+                "corpus_sha256": corpus_sha,
+                "corpus": str(corpus),
+                "n_samples": str(n_samples) if n_samples is not None else "all",
+                "n_lines": str(len(lines)),
+                "n_tokens": str(n_tokens),
+                "family": adapter.family,
+                "module": adapter.fc2_name(layer),
+                "created": f"{time.time():.3f}",
+            }
+            self._write(path, mom2, meta)
+        return mom2
+
+    @staticmethod
+    def _write(path: Path, mom2: torch.Tensor, meta: dict[str, str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"mom2": mom2.contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def entries(self) -> list[StatsEntry]:
+        """Every cached file in ``cache_dir``, newest first (unreadable files are skipped)."""
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return []
+        out: list[StatsEntry] = []
+        for path in self.cache_dir.glob("*.safetensors"):
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = f.metadata() or {}
+            except Exception:  # a partial or foreign file is not an entry
+                continue
+            if meta.get("format") != FORMAT:
+                continue
+            out.append(
+                StatsEntry(
+                    path=path,
+                    key=path.stem,
+                    layer=int(meta.get("layer", -1)),
+                    upstream_hash=meta.get("upstream_hash", ""),
+                    corpus_sha256=meta.get("corpus_sha256", ""),
+                    corpus=meta.get("corpus", ""),
+                    n_samples=meta.get("n_samples", ""),
+                    n_tokens=int(meta.get("n_tokens", 0)),
+                    family=meta.get("family", ""),
+                    module=meta.get("module", ""),
+                    size_bytes=path.stat().st_size,
+                    created=float(meta.get("created", 0.0)),
+                )
+            )
+        return sorted(out, key=lambda e: -e.created)
+
+    def clear_memory(self) -> None:
+        self._memory.clear()

@@ -1,0 +1,62 @@
+"""Temporarily give a loaded model its base (unedited) fc2 weights, restoring them bit-exactly.
+
+ReFACT edits only change fc2 weights, so swapping the fc2 weights of the edited layers back to
+their base values turns the working model into the base model without a second model copy.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+
+
+def fc2_module(model, layer: int) -> torch.nn.Linear:
+    """The editable fc2 Linear of ``layer`` (through the adapter when the model has one)."""
+    adapter = getattr(model, "adapter", None)
+    if adapter is not None:
+        return adapter.fc2(layer)
+    te = getattr(model, "text_encoder", model)
+    enc = te.encoder if hasattr(te, "encoder") else te.text_model.encoder
+    return enc.layers[layer].mlp.fc2
+
+
+def _weight_param(model, key: int | str) -> torch.nn.Parameter:
+    """fc2 weight by layer index, or by "<module>.weight" name inside the text encoder
+    (the keys of LoadedModel.snapshot_fc2() / LoadedModel.base_fc2)."""
+    if isinstance(key, str):
+        te = getattr(model, "text_encoder", model)
+        return te.get_submodule(key.removesuffix(".weight")).weight
+    return fc2_module(model, key).weight
+
+
+def base_fc2_of(model) -> dict:
+    """The fc2 weights the model had when loaded (LoadedModel.base_fc2), or {} if unknown."""
+    return dict(getattr(model, "base_fc2", None) or {})
+
+
+def snapshot_fc2(model, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+    """CPU copies of the fc2 weights of ``layers``."""
+    return {int(l): fc2_module(model, l).weight.detach().to("cpu", copy=True) for l in sorted(set(layers))}
+
+
+@contextmanager
+def fc2_weights(model, weights: dict | None) -> Iterator[None]:
+    """Use ``weights`` (layer index or "<module>.weight" -> W) for fc2 inside the block; the
+    previous weights come back exactly."""
+    if not weights:
+        yield
+        return
+    saved: dict = {}
+    try:
+        with torch.no_grad():
+            for layer, w in weights.items():
+                param = _weight_param(model, layer)
+                saved[layer] = param.detach().clone()
+                param.copy_(w.to(param.device, param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, w in saved.items():
+                _weight_param(model, layer).copy_(w)

@@ -1,0 +1,119 @@
+"""Read edit-request files: RoAD CSV, TIMED CSV, our JSON Lines and JSON.
+
+``load_requests(path)`` detects the format from the extension and the header, validates every
+row and returns an ``ImportResult``; a file with any problem imports nothing unless
+``skip_invalid=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.importers.base import (
+    DEFAULT_MAX_TOKENS,
+    DuplicateRow,
+    ImportedRow,
+    ImportFileError,
+    ImportProblem,
+    ImportResult,
+    read_csv,
+)
+from engine.importers.jsonl import parse_json, parse_jsonl
+from engine.importers.road import is_road_header, parse_road
+from engine.importers.timed import is_timed_header, parse_timed
+
+__all__ = [
+    "FORMATS",
+    "DuplicateRow",
+    "ImportFileError",
+    "ImportProblem",
+    "ImportResult",
+    "ImportedRow",
+    "detect_format",
+    "load_requests",
+]
+
+FORMATS = ("auto", "road", "timed", "jsonl", "json", "csv")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # far above any real request file; guards against a wrong path
+
+
+def read_text(path: Path) -> str:
+    """The file's text (UTF-8, BOM removed); ImportFileError when missing, unreadable or empty."""
+    if not path.exists():
+        raise ImportFileError(f"{path} does not exist; check the path")
+    if not path.is_file():
+        raise ImportFileError(f"{path} is not a file; pass a .csv, .jsonl or .json file")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImportFileError(f"{path} is over {MAX_FILE_BYTES // 2**20} MB; that is not a request file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImportFileError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
+    if "\x00" in text:
+        raise ImportFileError(f"{path} contains NUL bytes; it is not a text request file")
+    if not text.strip():
+        raise ImportFileError(f"{path} is empty; add at least one request")
+    return text
+
+
+def detect_format(path: Path, text: str) -> str:
+    """"road", "timed", "jsonl" or "json", from the extension, then the content."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" or suffix == ".ndjson":
+        return "jsonl"
+    if suffix == ".json":
+        return "json" if text.lstrip().startswith("[") else "jsonl"
+    if suffix != ".csv":
+        head = text.lstrip()
+        if head.startswith("["):
+            return "json"
+        if head.startswith("{"):
+            return "jsonl"
+    return _csv_flavour(path, text)
+
+
+def _csv_flavour(path: Path, text: str) -> str:
+    header = read_csv(text, str(path)).header
+    if is_road_header(header):
+        return "road"
+    if is_timed_header(header):
+        return "timed"
+    raise ImportFileError(
+        f"{path} is not a known request format (expected RoAD CSV with Prompt/Old/New, TIMED CSV with "
+        "old/new, .jsonl or .json); fix the header or pass --format"
+    )
+
+
+def load_requests(
+    path: str | Path,
+    format: str = "auto",
+    skip_invalid: bool = False,
+    tokenizer: Any | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> ImportResult:
+    """Read and validate a request file.
+
+    ``format`` is "auto", "road", "timed", "csv" (RoAD or TIMED by header), "jsonl" or "json".
+    With a ``tokenizer``, every text is also checked against ``max_tokens`` (special tokens included).
+    Problems are returned in ``ImportResult.errors``; only an unreadable, empty or unrecognisable
+    file raises ImportFileError.
+    """
+    path = Path(path).expanduser()
+    if format not in FORMATS:
+        raise ImportFileError(f"unknown import format {format!r}; use one of {', '.join(FORMATS)}")
+    text = read_text(path)
+    fmt = detect_format(path, text) if format == "auto" else format
+    if fmt == "csv":
+        fmt = _csv_flavour(path, text)
+    if fmt == "jsonl":
+        return parse_jsonl(text, path, tokenizer, max_tokens, skip_invalid)
+    if fmt == "json":
+        return parse_json(text, path, tokenizer, max_tokens, skip_invalid)
+    table = read_csv(text, str(path))
+    parse = parse_road if fmt == "road" else parse_timed
+    return parse(table, path, tokenizer, max_tokens, skip_invalid)

@@ -1,0 +1,453 @@
+"""The queue worker: claims edit jobs from the workspace database, runs them, records the results.
+
+Crash safety rests on one ordering: the delta file is written (atomically) before the single
+transaction that records the edit, finishes the job, attaches its step rows and moves the history
+head. A worker killed anywhere before that commit leaves a `running` job that the next worker
+requeues (after recovering the stale lease), so every job yields exactly one applied edit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.errors import EditCancelled, EngineError, InsertionRefusedError
+from engine.events import StepEvent, StopCheck
+from engine.hparams import HParamsError
+from engine.request import RequestError
+
+LEASE_NAME = "worker"
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """A job was claimed and its edit is about to be computed."""
+
+    job_id: int
+    history_id: int
+    attempt: int
+    prompt: str
+    source: str
+    target: str
+    max_steps: int
+    layer: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """The job's edit is recorded and applied to the working model."""
+
+    job_id: int
+    edit_id: int
+    seq: int
+    p_target: float
+    steps_run: int
+    early_stopped: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """The job ended without an edit; requeued=True when it will be redone (stop, crash, race)."""
+
+    job_id: int
+    error: str
+    requeued: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerNotice:
+    """Something worth a line in the log (orphans recovered, model (re)loaded, ...)."""
+
+    message: str
+
+
+WorkerEvent = JobStarted | StepEvent | JobFinished | JobFailed | WorkerNotice
+EventCallback = Callable[[WorkerEvent], None]
+
+
+@dataclass
+class WorkerSummary:
+    """What one `run` of the worker did."""
+
+    done: int = 0
+    failed: int = 0
+    requeued: int = 0
+    stopped: bool = False
+    recovered_jobs: list[int] = field(default_factory=list)
+    edit_ids: list[int] = field(default_factory=list)
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where the worker reads and writes, and how it behaves."""
+
+    db_path: Path
+    root: Path                      # workspace root; delta paths are stored relative to it
+    deltas_dir: Path
+    stats_dir: Path
+    device: str = "auto"
+    max_jobs: int | None = None
+    watch: bool = False             # keep polling for new jobs instead of exiting when idle
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 2.0
+    lease_stale_after: float = 30.0
+    max_attempts: int = 5           # a job that keeps killing the worker is failed after this
+    stats_corpus: Path | None = None
+    stats_samples: int | None = None
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+
+# loader(history_id) -> an object with .model (LoadedModel at the history's head), .head_seq (the head
+# it was built for) and .base_encoder_hash (the base model's encoder hash), e.g. services.state.ModelState
+ModelLoader = Callable[[int], object]
+# after_edit(model, edit_row): e.g. text metrics; failures are logged, never fail the edit
+AfterEdit = Callable[[object, object], None]
+
+
+class _HeadMoved(Exception):
+    """The history head changed (rollback) while the edit was computed on the old state."""
+
+
+class Worker:
+    """Runs queued edit jobs one after another on one in-memory working model."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        load_model: ModelLoader,
+        *,
+        on_event: EventCallback | None = None,
+        should_stop: StopCheck | None = None,
+        after_edit: AfterEdit | None = None,
+    ) -> None:
+        self.config = config
+        self._load_model = load_model
+        self._emit = on_event or (lambda ev: None)
+        self._should_stop = should_stop or (lambda: False)
+        self._after_edit = after_edit
+        self._model = None
+        self._model_key: tuple[int, int] | None = None  # (history_id, head_seq) of self._model
+        self._base_hash = ""
+        self._cancelled = False  # the running job was cancelled from the queue (not a worker stop)
+        self._current_job: int | None = None
+        self._stats = None
+        self._db = None
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> WorkerSummary:
+        """Take the lease, recover orphans, process jobs until the queue is empty / max / stop."""
+        from store.db import open_db
+        from store.events import log_event
+        from store.jobs import claim_next, requeue_orphans
+        from store.leases import acquire_lease, release_lease
+
+        cfg = self.config
+        summary = WorkerSummary()
+        self._db = db = open_db(cfg.db_path)
+        host = socket.gethostname()
+        acquired = acquire_lease(db, LEASE_NAME, cfg.worker_id, os.getpid(), host, stale_after=cfg.lease_stale_after)
+        if acquired is False:  # the store raises LeaseHeldError; this guards a plain False
+            raise EngineError("another worker holds this workspace; wait for it to finish or stop it")
+        stop_beat = threading.Event()
+        beat = threading.Thread(target=self._heartbeat_loop, args=(stop_beat,), daemon=True, name="refact-heartbeat")
+        try:
+            summary.recovered_jobs = list(requeue_orphans(db))
+            if summary.recovered_jobs:
+                msg = f"requeued interrupted job(s) {summary.recovered_jobs} left by a stopped worker"
+                log_event(db, "worker", msg, level="warning")
+                self._emit(WorkerNotice(msg))
+            beat.start()
+            processed = 0
+            while cfg.max_jobs is None or processed < cfg.max_jobs:
+                if self._should_stop():
+                    summary.stopped = True
+                    break
+                job = claim_next(db, cfg.worker_id)
+                if job is None:
+                    if cfg.watch:
+                        time.sleep(cfg.poll_interval)
+                        continue
+                    break
+                processed += 1
+                self._run_job(job, summary)
+                if summary.stopped:
+                    break
+        finally:
+            stop_beat.set()
+            if beat.is_alive():
+                beat.join(timeout=5)
+            try:
+                release_lease(db, LEASE_NAME, cfg.worker_id)
+            finally:
+                db.close()
+                self._db = None
+        return summary
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        """Renew the lease and the running job's heartbeat from a separate connection."""
+        from store.db import open_db
+        from store.jobs import heartbeat_job
+        from store.leases import renew_lease
+
+        db = None
+        try:
+            db = open_db(self.config.db_path)
+            while not stop.wait(self.config.heartbeat_interval):
+                try:
+                    renew_lease(db, LEASE_NAME, self.config.worker_id)
+                    job_id = self._current_job
+                    if job_id is not None:
+                        heartbeat_job(db, job_id)
+                except Exception:  # a busy database now and then must not kill the heartbeat
+                    pass
+        finally:
+            if db is not None:
+                db.close()
+
+    # ------------------------------------------------------------------ one job
+
+    def _run_job(self, job, summary: WorkerSummary) -> None:
+        from store.events import log_event
+        from store.jobs import finish_job, requeue_job
+
+        db = self._db
+        cfg = self.config
+        attempt = job.attempts
+        self._current_job = job.id
+        self._cancelled = False
+        started = time.perf_counter()
+        try:
+            self._emit(JobStarted(job.id, job.history_id, attempt, job.request.prompt, job.request.source,
+                                  job.request.target, job.hparams.max_steps, job.hparams.layer))
+            if attempt > cfg.max_attempts:
+                self._fail(job, f"gave up after {cfg.max_attempts} attempts (the worker stopped during each); "
+                                "retry it with `refact queue retry`", summary)
+                return
+            try:
+                model = self._model_for(job.history_id)
+            except BaseException:
+                requeue_job(db, job.id)
+                raise
+            try:
+                result = self._compute(model, job, attempt)
+            except EditCancelled:
+                if self._cancelled:
+                    finish_job(db, job.id, "cancelled", error="cancelled while running")
+                    log_event(db, "worker", f"job {job.id} cancelled between steps", job_id=job.id)
+                    summary.failures[job.id] = "cancelled"
+                    self._emit(JobFailed(job.id, "cancelled"))
+                    return
+                requeue_job(db, job.id)
+                log_event(db, "worker", f"job {job.id} stopped between steps and requeued", job_id=job.id)
+                summary.requeued += 1
+                summary.stopped = True
+                self._emit(JobFailed(job.id, "stopped; requeued", requeued=True))
+                return
+            except (EngineError, RequestError, HParamsError, ValueError, RuntimeError) as exc:
+                self._fail(job, str(exc) or type(exc).__name__, summary, exc)
+                return
+            except BaseException:
+                requeue_job(db, job.id)
+                raise
+            try:
+                edit = self._commit(model, job, attempt, result)
+            except _HeadMoved:
+                requeue_job(db, job.id)
+                summary.requeued += 1
+                self._emit(JobFailed(job.id, "history head moved while editing; requeued", requeued=True))
+                return
+            except (InsertionRefusedError, EngineError) as exc:
+                self._fail(job, str(exc), summary, exc)
+                return
+            except BaseException:
+                requeue_job(db, job.id)
+                raise
+            summary.done += 1
+            summary.edit_ids.append(edit.id)
+            self._emit(JobFinished(job.id, edit.id, edit.seq, float(result.p_target), int(result.steps_run),
+                                   bool(result.early_stopped), time.perf_counter() - started))
+            if self._after_edit is not None:
+                try:
+                    self._after_edit(model, edit)
+                except Exception as exc:  # metrics are a bonus; the edit itself is committed
+                    log_event(db, "worker", f"text metrics for edit {edit.id} failed: {exc}", level="warning",
+                              job_id=job.id)
+        finally:
+            self._current_job = None
+
+    def _fail(self, job, reason: str, summary: WorkerSummary, exc: BaseException | None = None) -> None:
+        from store.events import log_event
+        from store.jobs import finish_job
+
+        reason = " ".join(reason.split())
+        finish_job(self._db, job.id, "failed", error=reason)
+        level = "error"
+        log_event(self._db, "worker", f"job {job.id} failed: {reason}", level=level, job_id=job.id)
+        if exc is not None and not isinstance(exc, (EngineError, RequestError, HParamsError)):
+            tb = "".join(traceback.format_exception(exc)).strip()
+            log_event(self._db, "worker", tb[-4000:], level="debug", job_id=job.id)
+        summary.failed += 1
+        summary.failures[job.id] = reason
+        self._emit(JobFailed(job.id, reason))
+
+    def _model_for(self, history_id: int):
+        """The in-memory model at the history's current head (rebuilt when the head moved)."""
+        from store.histories import get_history
+
+        head = get_history(self._db, history_id).head_seq
+        if self._model is None or self._model_key != (history_id, head):
+            self._model = None
+            state = self._load_model(history_id)
+            self._model, self._model_key = state.model, (history_id, int(state.head_seq))
+            self._base_hash = str(state.base_encoder_hash)
+            self._emit(WorkerNotice(f"working model loaded: history {history_id} at edit {state.head_seq}"))
+        return self._model
+
+    def _stats_store(self):
+        from engine.covariance import SecondMomentStore
+
+        if self._stats is None:  # one store per run: C stays in memory across jobs
+            self._stats = SecondMomentStore(self.config.stats_dir)
+        return self._stats
+
+    def _compute(self, model, job, attempt: int):
+        """Run the apply-less edit with batched step rows (never modifies weights)."""
+        from engine.refact import compute_edit
+        from store.steps import StepWriter
+
+        request, hparams = job.request, job.hparams
+        request.validate()
+        n_layers = model.adapter.num_layers
+        if not 0 <= hparams.layer < n_layers:
+            raise HParamsError(f"layer {hparams.layer} does not exist: this encoder has layers 0..{n_layers - 1}; "
+                               "requeue with a valid --layer")
+        writer = StepWriter(self.config.db_path, job.id, attempt)
+
+        def on_step(ev: StepEvent) -> None:
+            writer.add(ev)
+            self._emit(ev)
+
+        try:
+            result = compute_edit(model, request, hparams, stats=self._stats_store(),
+                                  corpus=self.config.stats_corpus, n_samples=self.config.stats_samples,
+                                  on_step=on_step, should_stop=self._stop_check(job.id))
+        finally:
+            writer.close()
+        delta = result.delta
+        if not (torch.isfinite(delta.u).all() and torch.isfinite(delta.r).all()):
+            raise InsertionRefusedError("the edit produced non-finite values (NaN/inf); model left untouched; "
+                                        "try a smaller --lr or a larger --ridge")
+        if not math.isfinite(float(result.p_target)):
+            raise InsertionRefusedError("P(target) is not finite; model left untouched; try a smaller --lr")
+        return result
+
+    def _stop_check(self, job_id: int) -> StopCheck:
+        """Stop between steps on a worker stop, or when the job is cancelled (polled twice a second)."""
+        from store.jobs import is_cancel_requested
+
+        last = [0.0]
+
+        def check() -> bool:
+            if self._should_stop():
+                return True
+            t = time.monotonic()
+            if t - last[0] >= 0.5:
+                last[0] = t
+                try:
+                    self._cancelled = is_cancel_requested(self._db, job_id)
+                except Exception:  # busy database: ask again at the next step
+                    pass
+            return self._cancelled
+
+        return check
+
+    def _delta_path(self, job, attempt: int) -> Path:
+        return self.config.deltas_dir / f"h{job.history_id:04d}-job{job.id:05d}-a{attempt}-{uuid.uuid4().hex[:6]}.safetensors"
+
+    def _commit(self, model, job, attempt: int, result):
+        """Save the delta, then record everything in one transaction, keeping memory == database."""
+        from store.artifacts import add_artifact
+        from store.db import transaction
+        from store.edits import record_edit
+        from store.events import log_event
+        from store.histories import get_history
+        from store.jobs import finish_job
+        from store.steps import attach_steps
+
+        cfg = self.config
+        delta = result.delta
+        history_id, built_head = self._model_key
+        delta.meta = {**(delta.meta or {}), **_delta_meta(model, job, self._base_hash)}
+        path = self._delta_path(job, attempt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sha = delta.save(path)
+        rel = path.relative_to(cfg.root).as_posix() if path.is_relative_to(cfg.root) else str(path)
+
+        from engine.insertion import insert
+
+        weight = model.adapter.fc2(delta.layer).weight
+        backup = weight.detach().clone()
+        # applies the delta and checks W k_e == v* (restores W and raises InsertionRefusedError if not)
+        insert(model.adapter, delta, result.tensors["k_e"], result.tensors["v_star"])
+        try:
+            weights_hash = model.encoder_hash()
+            t = result.timings
+            timings = {k: float(getattr(t, k)) for k in ("stats_s", "key_s", "optimize_s", "insert_s", "total_s")
+                       if hasattr(t, k)}
+            with transaction(self._db):
+                if get_history(self._db, history_id).head_seq != built_head:
+                    raise _HeadMoved()
+                # record_edit takes the next seq and moves the head to it
+                edit = record_edit(
+                    self._db, history_id=history_id, job_id=job.id, request=job.request, hparams=job.hparams,
+                    status="applied", layer=delta.layer, module=delta.module, delta_path=rel, delta_sha256=sha,
+                    weights_hash=weights_hash, steps_run=int(result.steps_run),
+                    early_stopped=bool(result.early_stopped), p_target=float(result.p_target),
+                    delta_norm=float(result.delta_norm), division_factor=float(result.division_factor),
+                    timings=timings, device=str(model.device),
+                )
+                finish_job(self._db, job.id, "done", edit_id=edit.id)
+                attach_steps(self._db, job.id, attempt, edit.id)
+                add_artifact(self._db, "edit", edit.id, "delta", rel, sha256=sha, bytes=path.stat().st_size)
+                log_event(self._db, "worker",
+                          f"edit {edit.seq} applied (job {job.id}, P(target) {float(result.p_target):.3f}, "
+                          f"{int(result.steps_run)} steps)", job_id=job.id)
+        except BaseException:
+            with torch.no_grad():
+                weight.copy_(backup)
+            raise
+        self._model_key = (history_id, edit.seq)
+        return edit
+
+
+def _delta_meta(model, job, base_hash: str) -> dict[str, str]:
+    import json
+
+    return {
+        "base_encoder_hash": base_hash,
+        "encoder_family": str(model.adapter.family),
+        "layer": str(job.hparams.layer),
+        "request": json.dumps(job.request.to_dict(), sort_keys=True),
+        "hparams": json.dumps(job.hparams.to_dict(), sort_keys=True),
+        "job_id": str(job.id),
+        "history_id": str(job.history_id),
+    }

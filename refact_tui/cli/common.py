@@ -1,0 +1,187 @@
+"""Shared CLI plumbing: workspace option, one-line error handling, --json output, rich tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+# file=None makes rich resolve sys.stdout / sys.stderr at print time (CliRunner swaps them).
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes that are shown as one `error: ...` line (modules may still be missing)."""
+    from engine.errors import EngineError
+    from engine.hparams import HParamsError
+    from engine.request import RequestError
+
+    types: list[type[BaseException]] = [EngineError, HParamsError, RequestError]
+    for module, name in (
+        ("store.db", "StoreError"),
+        ("store.leases", "LeaseHeldError"),
+        ("refact_tui.services.workspace", "WorkspaceError"),
+        ("engine.importers", "ImportFileError"),
+        ("engine.importers.errors", "ImportFileError"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+            cls = getattr(mod, name, None)
+        except Exception:  # module not written yet, or broken: only lose the pretty message
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            types.append(cls)
+    return tuple(types)
+
+
+def print_error(message: str) -> None:
+    """Print one red `error: ...` line on stderr."""
+    first = " ".join(str(message).split()) or "unknown error"
+    err_console.print(Text(f"error: {first}", style="bold red"), soft_wrap=True)
+
+
+class ErrorHandlingGroup(typer.core.TyperGroup):
+    """Root command group that turns known errors into one red line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            message = describe_error(exc)
+            if message is None:
+                raise
+            print_error(message)
+            raise typer.Exit(1) from None
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can act on, or None for a bug (re-raised)."""
+    if isinstance(exc, _user_error_types()):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}; check the workspace is writable"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            return f"cannot write to the workspace database ({text}); check the workspace is writable"
+        return f"database error: {text}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return None
+
+
+def workspace_root(ctx: typer.Context) -> Path:
+    """The workspace folder chosen by --workspace / REFACT_WORKSPACE / the default."""
+    obj = ctx.find_root().obj or {}
+    from refact_tui.services.workspace import resolve_root
+
+    return resolve_root(obj.get("workspace"))
+
+
+def open_workspace(ctx: typer.Context):
+    """Open the workspace of this invocation (WorkspaceError if there is none)."""
+    from refact_tui.services.workspace import Workspace
+
+    return Workspace.open(workspace_root(ctx))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON value of dataclasses, paths, enums, tuples and tensors (for --json)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def print_json(obj: Any) -> None:
+    """Write obj as indented JSON to stdout (no rich markup or wrapping)."""
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Render a simple rich table; None cells show as '-'."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def fmt_float(value: float | None, digits: int = 4) -> str | None:
+    """Compact float for tables."""
+    if value is None:
+        return None
+    return f"{value:.{digits}g}"
+
+
+def short(text: str | None, width: int = 40) -> str | None:
+    """Shorten long prompts for tables."""
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 1] + "…"
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+
+
+def hparam_overrides(
+    layer: int | None = None,
+    lr: float | None = None,
+    max_steps: int | None = None,
+    prob_threshold: float | None = None,
+    weight_decay: float | None = None,
+    clamp_factor: float | None = None,
+    similarity: str | None = None,
+    temperature: float | None = None,
+    ridge: float | None = None,
+) -> dict[str, Any]:
+    """The hparam options the user actually gave (None = not given)."""
+    given = dict(
+        layer=layer, lr=lr, max_steps=max_steps, prob_threshold=prob_threshold,
+        weight_decay=weight_decay, clamp_factor=clamp_factor, similarity=similarity,
+        temperature=temperature, ridge=ridge,
+    )
+    return {k: v for k, v in given.items() if v is not None}
+
+
+# Reusable option declarations for the hyperparameters (queue add / import / replay).
+HP = "Hyperparameters"
+LayerOpt = typer.Option(None, "--layer", help="Encoder layer whose fc2 is edited.", rich_help_panel=HP)
+LrOpt = typer.Option(None, "--lr", help="Adam learning rate for v*.", rich_help_panel=HP)
+StepsOpt = typer.Option(None, "--max-steps", help="Most optimization evaluations.", rich_help_panel=HP)
+ThresholdOpt = typer.Option(None, "--prob-threshold", help="Early stop at this mean P(target).", rich_help_panel=HP)
+WdOpt = typer.Option(None, "--weight-decay", help="Weight decay on ||delta||.", rich_help_panel=HP)
+ClampOpt = typer.Option(None, "--clamp-factor", help="Clamp ||delta|| to this times ||v0||.", rich_help_panel=HP)
+SimOpt = typer.Option(None, "--similarity", help="l2 or cosine.", rich_help_panel=HP)
+TempOpt = typer.Option(None, "--temperature", help="Softmax temperature.", rich_help_panel=HP)
+RidgeOpt = typer.Option(None, "--ridge", help="Ridge added to C before the solve.", rich_help_panel=HP)

@@ -1,0 +1,35 @@
+"""`refact demo`: the whole loop on a tiny random pipeline, offline, in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from refact_tui.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo", rich_help_panel="Workspace")(demo)
+
+
+def demo(
+    ctx: typer.Context,
+    workspace: Path = typer.Option(None, "--workspace", "-w", help="New folder for the demo workspace "
+                                   "(default: the global --workspace if given, else a temporary folder)."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N sample edits."),
+) -> None:
+    """Build a tiny pipeline, queue the sample edits, run them with live progress, show the history."""
+    from refact_tui.cli.history import print_edits
+    from refact_tui.cli.run import JobProgress, make_progress, print_summary
+    from refact_tui.services.demo import run_demo
+    from refact_tui.services.runner import stop_on_signals
+
+    root = workspace or (ctx.find_root().obj or {}).get("workspace")
+    console.print("building a tiny random Stable Diffusion pipeline and a workspace (no downloads) ...")
+    with stop_on_signals() as should_stop, make_progress() as progress:
+        result = run_demo(root, limit=limit, on_event=JobProgress(progress), should_stop=should_stop)
+    print_summary(result.summary)
+    print_edits(result.edits, f"demo history ({result.seconds:.1f} s)")
+    console.print(f"workspace: [bold]{result.root}[/]  (try `refact --workspace {result.root} show "
+                  f"{result.edits[0].id if result.edits else 1}` or `refact --workspace {result.root} tui`)")

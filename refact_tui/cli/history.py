@@ -1,0 +1,156 @@
+"""History commands: history, show, rollback, replay, fork, histories, checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from refact_tui.cli.common import (
+    ClampOpt, JSON_OPTION, LayerOpt, LrOpt, RidgeOpt, SimOpt, StepsOpt, TempOpt, ThresholdOpt, WdOpt,
+    console, fmt_float, hparam_overrides, open_workspace, print_json, print_table, short,
+)
+
+PANEL = "History"
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in (("history", history), ("show", show), ("rollback", rollback), ("replay", replay),
+                     ("fork", fork), ("histories", histories), ("checkout", checkout)):
+        app.command(name, rich_help_panel=PANEL)(fn)
+
+
+def print_edits(edits, title: str) -> None:
+    print_table(
+        title,
+        ["seq", "id", "status", "prompt", "source → target", "layer", "steps", "P(target)", "‖δ‖"],
+        [[e.seq, e.id, e.status, short(e.request.prompt, 32), short(f"{e.request.source} → {e.request.target}", 36),
+          e.layer, e.steps_run, fmt_float(e.p_target, 3), fmt_float(e.delta_norm, 3)] for e in edits],
+    )
+
+
+def history(ctx: typer.Context, name: str = typer.Option(None, "--history", help="Another history than the current."),
+            json_out: bool = JSON_OPTION) -> None:
+    """The edits of the current history (rolled-back ones included)."""
+    from refact_tui.services.history import list_history
+    from refact_tui.services.state import resolve_history
+
+    with open_workspace(ctx) as ws:
+        h = resolve_history(ws, name)
+        edits = list_history(ws, h.id)
+    if json_out:
+        print_json(edits)
+    else:
+        print_edits(edits, f"history {h.name} (head {h.head_seq})")
+
+
+def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (see `refact history`)."),
+         json_out: bool = JSON_OPTION) -> None:
+    """One edit: request, hyperparameters, loss curve, metrics, artifacts."""
+    from refact_tui.services.history import edit_detail
+
+    with open_workspace(ctx) as ws:
+        d = edit_detail(ws, edit_id)
+    if json_out:
+        out = {"edit": d.edit, "history": d.history_name, "curve": d.curve, "metrics": d.metrics,
+               "artifacts": d.artifacts}
+        print_json(out)
+        return
+    e = d.edit
+    console.print(f"[bold]edit {e.id}[/] (seq {e.seq} of {d.history_name}, {e.status}, layer {e.layer}, {e.device})")
+    console.print(f"  prompt  {e.request.prompt!r} (subject {e.request.subject_text!r})")
+    console.print(f"  change  {e.request.source!r} → {e.request.target!r}")
+    hp = e.hparams.to_dict()
+    hp.pop("templates", None)
+    console.print("  hparams " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    console.print(f"  result  P(target) {fmt_float(e.p_target, 4)}, steps {e.steps_run}"
+                  f"{' (early stop)' if e.early_stopped else ''}, ‖δ‖ {fmt_float(e.delta_norm)}, "
+                  f"division {fmt_float(e.division_factor)}")
+    if d.curve:
+        c = d.curve
+        console.print(f"  loss    first {fmt_float(c.first_loss)}, last {fmt_float(c.last_loss)}, "
+                      f"min {fmt_float(c.min_loss)} over {c.steps} steps; P(target) "
+                      f"{fmt_float(c.p_target_start, 3)} → {fmt_float(c.p_target_end, 3)}")
+    if e.timings:
+        console.print("  timings " + ", ".join(f"{k} {v:.2f}s" for k, v in e.timings.items()))
+    for m in d.metrics:
+        console.print(f"  metric  {m.space}/{m.name} = {fmt_float(m.value)} ({m.n}/{m.total})")
+    for a in d.artifacts:
+        console.print(f"  file    {a.kind}: {a.path}")
+    console.print(f"  weights {e.weights_hash}")
+
+
+def rollback(ctx: typer.Context, seq: int = typer.Argument(..., help="Edit seq to go back to (0 = base model)."),
+             json_out: bool = JSON_OPTION) -> None:
+    """Move the head back to edit SEQ; later edits are kept, marked rolled_back."""
+    from refact_tui.services.history import rollback as do_rollback
+
+    with open_workspace(ctx) as ws:
+        res = do_rollback(ws, seq)
+    if json_out:
+        print_json(res)
+    else:
+        console.print(f"history {res.history.name}: head {res.from_seq} → {res.to_seq} ({res.rolled_back} edit(s) "
+                      f"rolled back; weights verified {str(res.weights_hash)[:12]})")
+
+
+def replay(
+    ctx: typer.Context,
+    onto: str = typer.Option(None, "--onto", help="Another base model (path or cached hub id)."),
+    force: bool = typer.Option(False, "--force", help="Apply onto a model with a different text encoder."),
+    reoptimize: bool = typer.Option(False, "--reoptimize", help="Queue the requests again instead of re-applying."),
+    name: str = typer.Option(None, "--name", help="Name of the new history."),
+    json_out: bool = JSON_OPTION,
+    layer: int = LayerOpt, lr: float = LrOpt, max_steps: int = StepsOpt, prob_threshold: float = ThresholdOpt,
+    weight_decay: float = WdOpt, clamp_factor: float = ClampOpt, similarity: str = SimOpt,
+    temperature: float = TempOpt, ridge: float = RidgeOpt,
+) -> None:
+    """Re-apply the current history's edits as a new history (or re-run them with --reoptimize)."""
+    from refact_tui.services.history import replay as do_replay
+
+    overrides = hparam_overrides(layer, lr, max_steps, prob_threshold, weight_decay, clamp_factor, similarity,
+                                 temperature, ridge)
+    with open_workspace(ctx) as ws:
+        h = do_replay(ws, model=onto, force=force, reoptimize=reoptimize, hparams=overrides or None, name=name)
+    if json_out:
+        print_json(h)
+    elif reoptimize:
+        console.print(f"history [bold]{h.name}[/] created and checked out; its edits are queued (run `refact run`)")
+    else:
+        console.print(f"history [bold]{h.name}[/] created and checked out with {h.head_seq} re-applied edit(s)")
+
+
+def fork(ctx: typer.Context, at: int = typer.Option(..., "--at", help="Edit seq to branch after (0 = base)."),
+         name: str = typer.Option(..., "--name", help="Name of the new history."), json_out: bool = JSON_OPTION) -> None:
+    """Branch the current history after edit AT into a new current history."""
+    from refact_tui.services.history import fork as do_fork
+
+    with open_workspace(ctx) as ws:
+        h = do_fork(ws, at, name)
+    print_json(h) if json_out else console.print(f"history [bold]{h.name}[/] forked at {at} and checked out")
+
+
+def histories(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """All histories of the workspace."""
+    from refact_tui.services.history import list_all_histories
+
+    with open_workspace(ctx) as ws:
+        rows = list_all_histories(ws)
+    if json_out:
+        print_json(rows)
+        return
+    print_table("histories", ["", "id", "name", "head", "applied", "rolled back", "queued", "parent", "base"],
+                [["*" if r.current else "", r.history.id, r.history.name, r.history.head_seq, r.applied,
+                  r.rolled_back, r.queued,
+                  None if r.history.parent_id is None else f"{r.history.parent_id}@{r.history.forked_at_seq}",
+                  short(r.base_source, 40)] for r in rows])
+
+
+def checkout(ctx: typer.Context, name: str = typer.Argument(..., help="History name or id."),
+             json_out: bool = JSON_OPTION) -> None:
+    """Make another history the current one."""
+    from refact_tui.services.history import checkout as do_checkout
+
+    with open_workspace(ctx) as ws:
+        h = do_checkout(ws, name)
+    print_json(h) if json_out else console.print(f"current history: [bold]{h.name}[/] (head {h.head_seq})")

@@ -1,0 +1,74 @@
+"""The `refact` command line: a thin Typer shell over refact_tui.services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from refact_tui.cli import demo, eval as eval_cmds, export, history, model, queue, run as run_cmds, stats
+from refact_tui.cli.common import ErrorHandlingGroup, console, workspace_root
+
+app = typer.Typer(
+    name="refact",
+    cls=ErrorHandlingGroup,
+    help="Sequential ReFACT fact edits of a Stable Diffusion text encoder, with history, rollback and export.",
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    workspace: Path = typer.Option(
+        None, "--workspace", "-w", envvar="REFACT_WORKSPACE", show_envvar=True,
+        help="Workspace folder (default ./refact-workspace).",
+    ),
+) -> None:
+    """Without a command, open the TUI on the workspace."""
+    ctx.obj = {"workspace": workspace}
+    if ctx.invoked_subcommand is None:
+        _open_tui(workspace_root(ctx))
+
+
+def _open_tui(root: Path) -> None:
+    from refact_tui.tui.app import run_tui  # lazy: textual only when the TUI opens
+
+    run_tui(root)
+
+
+@app.command("init", rich_help_panel="Workspace")
+def init(
+    ctx: typer.Context,
+    model_source: str = typer.Option(..., "--model", "-m", help="Local model folder or a cached hub id."),
+    history_name: str = typer.Option("main", "--history", help="Name of the first history."),
+) -> None:
+    """Create a workspace for a base model (loaded offline; nothing is downloaded)."""
+    from refact_tui.services.workspace import init_workspace
+
+    root = workspace_root(ctx)
+    with console.status("loading the model"):
+        ws = init_workspace(root, model_source, history=history_name)
+    with ws:
+        h = ws.history()
+        console.print(f"workspace ready at [bold]{ws.root}[/] (history [bold]{h.name}[/], base model {model_source})")
+
+
+@app.command("tui", rich_help_panel="Workspace")
+def tui(ctx: typer.Context) -> None:
+    """Open the terminal UI."""
+    _open_tui(workspace_root(ctx))
+
+
+for module in (queue, model, stats, eval_cmds):
+    module.register(app)
+for module in (run_cmds, history, export, demo):
+    module.register(app)
+
+
+def run() -> None:
+    """Console-script entry point (`refact`)."""
+    app()

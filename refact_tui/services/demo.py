@@ -1,0 +1,70 @@
+"""`refact demo`: a complete offline run on a tiny random pipeline (no GPU, no downloads)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.events import ProgressCallback, StopCheck
+from engine.hparams import ReFACTHParams
+
+DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+SAMPLE_EDITS = DATASETS / "sample_edits.jsonl"
+# Layer 2 of the 4-layer tiny encoder; few steps and a small corpus sample keep the demo to seconds.
+DEMO_HPARAMS = ReFACTHParams(layer=2, lr=0.1, max_steps=25, prob_threshold=0.95)
+DEMO_STATS_SAMPLES = 200
+
+
+@dataclass
+class DemoResult:
+    """What the demo built and did."""
+
+    root: Path
+    model_path: Path
+    queued: int
+    summary: object                 # WorkerSummary
+    edits: list = field(default_factory=list)   # EditRow of the history
+    seconds: float = 0.0
+
+
+def run_demo(root: Path | None = None, *, edits_file: Path | None = None, limit: int | None = None,
+             hparams: ReFACTHParams = DEMO_HPARAMS, stats_samples: int = DEMO_STATS_SAMPLES,
+             on_event=None, on_progress: ProgressCallback | None = None,
+             should_stop: StopCheck | None = None) -> DemoResult:
+    """Build the tiny pipeline, init a workspace at `root` (default: a new temp folder), queue the
+    sample edits, compute C on the shipped corpus, run the worker. Returns the resulting history."""
+    from engine.builder import build_pipeline
+    from refact_tui.services.history import list_history
+    from refact_tui.services.queue import import_requests
+    from refact_tui.services.runner import run_worker
+    from refact_tui.services.stats import compute_stats
+    from refact_tui.services.workspace import init_workspace
+
+    t0 = time.perf_counter()
+    root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="refact-demo-"))
+    model_path = root / "tiny-sd"
+    build_pipeline(model_path, size="tiny")
+    ws = init_workspace(root, model_path)
+    try:
+        report = import_requests(ws, Path(edits_file or SAMPLE_EDITS), hparams=hparams)
+        if limit is not None:
+            from store.jobs import list_jobs, remove_job
+
+            for job in list_jobs(ws.db, states=["queued"])[limit:]:
+                remove_job(ws.db, job.id)
+        queued = len(_queued(ws))
+        compute_stats(ws, layer=hparams.layer, samples=stats_samples, on_progress=on_progress, device="cpu")
+        summary = run_worker(ws, device="cpu", on_event=on_event, should_stop=should_stop)
+        edits = list_history(ws)
+    finally:
+        ws.close()
+    del report
+    return DemoResult(root, model_path, queued, summary, edits, time.perf_counter() - t0)
+
+
+def _queued(ws) -> list:
+    from store.jobs import list_jobs
+
+    return list_jobs(ws.db, states=["queued"])

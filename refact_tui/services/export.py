@@ -1,0 +1,179 @@
+"""Exporting edited models: a full save_pretrained folder, or the delta files plus a manifest, and
+applying such a manifest to a fresh copy of the base model (with every hash checked)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import DeltaIntegrityError, EngineError
+
+MANIFEST_FORMAT = "refact-deltas/1"
+PROVENANCE_FILE = "refact_export.json"
+
+
+@dataclass
+class ExportResult:
+    """Where an export went and what it holds."""
+
+    out: Path
+    kind: str                       # "pipeline" | "text-encoder" | "deltas"
+    n_edits: int
+    base_encoder_hash: str
+    weights_hash: str               # encoder hash of the exported (edited) model
+    manifest: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prepare_out(out: Path) -> Path:
+    out = Path(out).expanduser().absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EngineError(f"{out} already exists and is not an empty folder; pick a new output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_model(model, out: Path) -> str:
+    """save_pretrained the (edited) model into `out`; returns "pipeline" or "text-encoder"."""
+    if model.pipeline is not None:
+        if model.pipeline.text_encoder is not model.text_encoder:
+            raise EngineError("the pipeline does not hold the edited text encoder; this is a bug in refact-tui")
+        model.pipeline.save_pretrained(str(out), safe_serialization=True)
+        return "pipeline"
+    model.text_encoder.save_pretrained(str(out), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(out))
+    return "text-encoder"
+
+
+def _edit_entry(e, file: str, sha: str) -> dict[str, Any]:
+    return {
+        "seq": e.seq, "file": file, "sha256": sha, "layer": e.layer, "module": e.module,
+        "request": e.request.to_dict(), "hparams": e.hparams.to_dict(), "weights_hash": e.weights_hash,
+        "p_target": e.p_target,
+    }
+
+
+def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str | None = None) -> ExportResult:
+    """Export the current history's model at its head: a full model folder (save_pretrained, reloads
+    with diffusers/transformers) or, with deltas_only, the delta files plus manifest.json."""
+    from refact_tui.services.state import load_deltas, load_history_model, resolve_history
+    from store.artifacts import add_artifact
+    from store.base_models import get_base_model
+    from store.edits import applied_edits
+
+    hist = resolve_history(ws, history)
+    base = get_base_model(ws.db, hist.base_model_id)
+    if deltas_only:
+        edits = applied_edits(ws.db, hist.id, hist.head_seq)
+        load_deltas(ws, edits)  # checks each file against its recorded sha256 before copying
+        out = _prepare_out(out)
+        (out / "deltas").mkdir()
+        entries, files = [], []
+        from refact_tui.services.state import delta_file
+
+        for e in edits:
+            rel = f"deltas/{e.seq:04d}.safetensors"
+            shutil.copyfile(delta_file(ws, e), out / rel)
+            sha = _sha256(out / rel)
+            if sha != e.delta_sha256:
+                raise DeltaIntegrityError(f"copy of the delta of edit {e.seq} does not match its sha256; disk problem?")
+            entries.append(_edit_entry(e, rel, sha))
+            files.append(out / rel)
+        final_hash = edits[-1].weights_hash if edits else base.encoder_hash
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "created_at": time.time(),
+            "history": hist.name,
+            "base": {"source": base.source, "kind": base.kind, "encoder_family": base.encoder_family,
+                     "encoder_hash": base.encoder_hash},
+            "final_weights_hash": final_hash,
+            "edits": entries,
+        }
+        mpath = out / "manifest.json"
+        mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        add_artifact(ws.db, "history", hist.id, "manifest", str(mpath), sha256=_sha256(mpath),
+                     bytes=mpath.stat().st_size, meta={"head_seq": hist.head_seq})
+        return ExportResult(out, "deltas", len(edits), base.encoder_hash, final_hash, mpath, files + [mpath])
+
+    state = load_history_model(ws, hist.id, "cpu", with_pipeline=True)
+    out = _prepare_out(out)
+    kind = save_model(state.model, out)
+    provenance = {
+        "format": "refact-export/1",
+        "history": hist.name,
+        "head_seq": state.head_seq,
+        "base": {"source": base.source, "encoder_hash": base.encoder_hash},
+        "weights_hash": state.weights_hash,
+        "edits": [{"seq": e.seq, "prompt": e.request.prompt, "source": e.request.source,
+                   "target": e.request.target, "delta_sha256": e.delta_sha256} for e in state.edits],
+    }
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    add_artifact(ws.db, "history", hist.id, "export", str(out), meta={"head_seq": state.head_seq, "kind": kind})
+    return ExportResult(out, kind, len(state.edits), state.base_encoder_hash, state.weights_hash,
+                        files=sorted(p for p in out.rglob("*") if p.is_file()))
+
+
+def read_manifest(manifest: Path) -> dict[str, Any]:
+    """Parse and sanity-check a deltas manifest (EngineError naming the problem)."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise EngineError(f"manifest {manifest} not found; pass the manifest.json written by `refact export --deltas-only`")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EngineError(f"manifest {manifest} is not valid JSON ({exc}); re-export it") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise EngineError(f"{manifest} is not a refact deltas manifest (format {MANIFEST_FORMAT} expected)")
+    if not isinstance(data.get("edits"), list) or "encoder_hash" not in data.get("base", {}):
+        raise EngineError(f"manifest {manifest} lacks its base hash or edit list; re-export it")
+    return data
+
+
+def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: bool = False) -> ExportResult:
+    """Apply an exported delta set to `model` and save the edited model to `out`.
+
+    Refuses (DeltaIntegrityError) a model whose text encoder differs from the manifest's base (unless
+    force), and any delta file whose sha256 differs from the manifest; the result must reproduce the
+    manifest's final weights hash.
+    """
+    from engine.delta import EditDelta
+    from engine.models import load_model
+
+    manifest = Path(manifest).expanduser().absolute()
+    data = read_manifest(manifest)
+    deltas = []
+    for entry in data["edits"]:
+        path = manifest.parent / entry["file"]
+        deltas.append(EditDelta.load(path, expected_sha256=entry["sha256"]))
+    loaded = load_model(model, device="cpu", with_pipeline=True)
+    base_hash = loaded.encoder_hash()
+    want_base = data["base"]["encoder_hash"]
+    if base_hash != want_base and not force:
+        raise DeltaIntegrityError(
+            f"{model} is not the base these deltas were made for (encoder hash {base_hash[:12]}, manifest "
+            f"{want_base[:12]}); pass the original base model"
+        )
+    for d in deltas:
+        d.apply(loaded)
+    final = loaded.encoder_hash()
+    want_final = data.get("final_weights_hash")
+    if not force and want_final and final != want_final:
+        raise DeltaIntegrityError("applying the deltas did not reproduce the exported weights hash; "
+                                  "the base model or a delta differs")
+    out = _prepare_out(out)
+    kind = save_model(loaded, out)
+    return ExportResult(out, kind, len(deltas), base_hash, final, manifest,
+                        files=sorted(p for p in out.rglob("*") if p.is_file()))

@@ -1,0 +1,298 @@
+"""History use-cases: list / show edits, rollback, replay, fork, checkout.
+
+A history's model is always its base plus its own applied deltas 1..head, so forks and replays copy
+edit rows (pointing at the same delta files) instead of referring back to their parent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.errors import DeltaIntegrityError, EngineError
+from engine.hparams import HParamsError, ReFACTHParams
+
+
+@dataclass(frozen=True)
+class CurveSummary:
+    """The loss curve of one edit in a few numbers."""
+
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    min_loss: float | None
+    p_target_start: float | None
+    p_target_end: float | None
+
+
+@dataclass
+class EditDetail:
+    """Everything `refact show` prints about one edit."""
+
+    edit: Any                               # EditRow
+    history_name: str
+    steps: list = field(default_factory=list)       # StepRow
+    curve: CurveSummary | None = None
+    metrics: list = field(default_factory=list)     # MetricRow (latest per name)
+    artifacts: list = field(default_factory=list)   # ArtifactRow
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback changed; weights_hash is the rebuilt model's encoder hash (verified)."""
+
+    history: Any                            # HistoryRow after the move
+    from_seq: int
+    to_seq: int
+    rolled_back: int
+    weights_hash: str | None
+
+
+@dataclass(frozen=True)
+class HistoryInfo:
+    """A history with its counts, for `refact histories`."""
+
+    history: Any                            # HistoryRow
+    current: bool
+    applied: int
+    rolled_back: int
+    queued: int
+    base_source: str
+
+
+def _current(ws):
+    from store.histories import current_history
+
+    return current_history(ws.db)
+
+
+def _history(ws, history: int | str | None):
+    from refact_tui.services.state import resolve_history
+
+    return resolve_history(ws, history)
+
+
+def list_history(ws, history: int | str | None = None) -> list:
+    """Every edit of a history (current by default) in seq order, rolled-back ones included."""
+    from store.edits import list_edits
+
+    return list_edits(ws.db, _history(ws, history).id, include_rolled_back=True)
+
+
+def list_all_histories(ws) -> list[HistoryInfo]:
+    """All histories with edit and queue counts, marking the current one."""
+    from store.base_models import get_base_model
+    from store.db import fetch_all
+    from store.histories import list_histories
+
+    current_id = _current(ws).id
+    counts: dict[tuple[int, str], int] = {}
+    for r in fetch_all(ws.db, "SELECT history_id, status, COUNT(*) AS n FROM edits GROUP BY history_id, status"):
+        counts[(r["history_id"], r["status"])] = r["n"]
+    for r in fetch_all(ws.db, "SELECT history_id, COUNT(*) AS n FROM jobs WHERE state = 'queued' GROUP BY history_id"):
+        counts[(r["history_id"], "queued")] = r["n"]
+    out = []
+    for h in list_histories(ws.db):
+        base = get_base_model(ws.db, h.base_model_id)
+        out.append(HistoryInfo(h, h.id == current_id, counts.get((h.id, "applied"), 0),
+                               counts.get((h.id, "rolled_back"), 0), counts.get((h.id, "queued"), 0), base.source))
+    return out
+
+
+def checkout(ws, name: int | str):
+    """Make a history (by name or id) the current one."""
+    from store.histories import get_history, set_current_history
+
+    return set_current_history(ws.db, get_history(ws.db, name).id)
+
+
+def summarize_curve(steps: list) -> CurveSummary | None:
+    """First / last / min loss and P(target) start / end of a list of StepRows."""
+    if not steps:
+        return None
+    steps = sorted(steps, key=lambda s: s.step)
+    losses = [s.loss for s in steps if s.loss is not None and math.isfinite(s.loss)]
+    return CurveSummary(
+        steps=len(steps),
+        first_loss=steps[0].loss,
+        last_loss=steps[-1].loss,
+        min_loss=min(losses) if losses else None,
+        p_target_start=steps[0].p_target,
+        p_target_end=steps[-1].p_target,
+    )
+
+
+def edit_detail(ws, edit_id: int) -> EditDetail:
+    """An edit with its step rows, loss-curve summary, latest metrics and artifacts."""
+    from store.artifacts import list_artifacts
+    from store.edits import get_edit
+    from store.histories import get_history
+    from store.metrics import latest_metrics
+    from store.steps import steps_for_edit
+
+    edit = get_edit(ws.db, edit_id)
+    steps = steps_for_edit(ws.db, edit.id)
+    return EditDetail(
+        edit=edit,
+        history_name=get_history(ws.db, edit.history_id).name,
+        steps=steps,
+        curve=summarize_curve(steps),
+        metrics=latest_metrics(ws.db, edit_id=edit.id),
+        artifacts=list_artifacts(ws.db, "edit", edit.id),
+    )
+
+
+def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True) -> RollbackResult:
+    """Move the head back to edit `seq` (0 = the base model); later edits become rolled_back.
+
+    With verify, the model is rebuilt from base + deltas 1..seq and its hash must equal the one
+    recorded when edit `seq` was first applied (DeltaIntegrityError otherwise, nothing changed).
+    """
+    from store.db import transaction
+    from store.edits import applied_edits, mark_rolled_back_after
+
+    hist = _history(ws, history)
+    if seq < 0:
+        raise EngineError(f"cannot roll back to {seq}; use 0 for the base model or an edit's seq")
+    if seq > hist.head_seq:
+        raise EngineError(f"edit {seq} is after the head ({hist.head_seq}) of {hist.name!r}; rollback only goes "
+                          "back (re-run rolled-back edits with `refact replay --reoptimize`)")
+    if seq > 0 and seq not in {e.seq for e in applied_edits(ws.db, hist.id, hist.head_seq)}:
+        raise EngineError(f"edit {seq} of {hist.name!r} is not applied (rolled back earlier); pick a seq shown "
+                          "as applied by `refact history`")
+    weights_hash = None
+    if verify:
+        from refact_tui.services.state import load_history_model
+
+        # rebuild (and verify) before changing anything, so a damaged delta leaves the history as it was
+        weights_hash = load_history_model(ws, hist.id, "cpu", upto_seq=seq).weights_hash
+    with transaction(ws.db):
+        n = mark_rolled_back_after(ws.db, hist.id, seq)
+    from store.events import log_event
+    from store.histories import get_history
+
+    log_event(ws.db, "cli", f"history {hist.name!r} rolled back from {hist.head_seq} to {seq} ({n} edit(s))")
+    return RollbackResult(get_history(ws.db, hist.id), hist.head_seq, seq, n, weights_hash)
+
+
+def _unique_name(ws, wanted: str | None, stem: str) -> str:
+    from store.histories import list_histories
+
+    if wanted:
+        return wanted
+    names = {h.name for h in list_histories(ws.db)}
+    i = 1
+    while f"{stem}-{i}" in names:
+        i += 1
+    return f"{stem}-{i}"
+
+
+def _copy_edit(ws, history_id: int, e, weights_hash: str | None):
+    from store.edits import record_edit
+
+    return record_edit(
+        ws.db, history_id=history_id, job_id=None, request=e.request, hparams=e.hparams, status="applied",
+        layer=e.layer, module=e.module, delta_path=e.delta_path, delta_sha256=e.delta_sha256,
+        weights_hash=weights_hash, steps_run=e.steps_run, early_stopped=e.early_stopped, p_target=e.p_target,
+        delta_norm=e.delta_norm, division_factor=e.division_factor, timings=e.timings, device=e.device,
+        source_edit_id=e.id,
+    )
+
+
+def fork(ws, at_seq: int, name: str, history: int | str | None = None):
+    """A new current history sharing the parent's applied edits 1..at_seq (delta files are shared)."""
+    from store.db import transaction
+    from store.edits import applied_edits
+    from store.histories import create_history, get_history, set_current_history
+
+    src = _history(ws, history)
+    if not 0 <= at_seq <= src.head_seq:
+        raise EngineError(f"cannot fork {src.name!r} at {at_seq}: pick 0..{src.head_seq} (its head)")
+    edits = applied_edits(ws.db, src.id, at_seq)
+    if at_seq > 0 and (not edits or edits[-1].seq != at_seq):
+        raise EngineError(f"edit {at_seq} of {src.name!r} is not applied; fork at an applied edit")
+    with transaction(ws.db):
+        new = create_history(ws.db, src.base_model_id, name, parent_id=src.id, forked_at_seq=at_seq)
+        for e in edits:
+            _copy_edit(ws, new.id, e, e.weights_hash)
+        set_current_history(ws.db, new.id)
+    return get_history(ws.db, new.id)
+
+
+def _register_model(ws, model: str | Path):
+    """Load a model (encoder only) and register it as a base model of the workspace."""
+    from engine.models import load_model
+    from store.base_models import register_base_model
+
+    loaded = load_model(model, device="cpu", with_pipeline=False)
+    row = register_base_model(ws.db, str(model), str(loaded.path), loaded.kind, loaded.family,
+                              loaded.encoder_hash(), {})
+    return row, loaded
+
+
+def _job_hparams(stored: ReFACTHParams, hparams: ReFACTHParams | Mapping[str, Any] | None) -> ReFACTHParams:
+    if hparams is None:
+        return stored
+    if isinstance(hparams, ReFACTHParams):
+        return hparams
+    return stored.with_overrides(**dict(hparams))
+
+
+def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimize: bool = False,
+           hparams: ReFACTHParams | Mapping[str, Any] | None = None, name: str | None = None,
+           history: int | str | None = None):
+    """Re-apply the current history's applied deltas as a NEW current history.
+
+    Onto its own base (default) or another model (`model`; a different text-encoder hash is refused
+    unless `force`). With `reoptimize`, the stored requests are queued as new jobs in a forked
+    history instead (hparams: a full ReFACTHParams, or a mapping of overrides of each stored one).
+    """
+    from refact_tui.services.state import load_deltas
+    from store.base_models import get_base_model
+    from store.db import transaction
+    from store.edits import applied_edits
+    from store.histories import create_history, get_history, set_current_history
+    from store.jobs import enqueue
+
+    src = _history(ws, history)
+    src_base = get_base_model(ws.db, src.base_model_id)
+    edits = applied_edits(ws.db, src.id, src.head_seq)
+    loaded = None
+    if model is None:
+        base = src_base
+    else:
+        base, loaded = _register_model(ws, model)
+    if hparams and not reoptimize:
+        raise HParamsError("hyperparameter overrides only apply with --reoptimize (stored deltas are re-applied as is)")
+    if reoptimize:
+        with transaction(ws.db):
+            new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-reopt"), parent_id=src.id,
+                                 forked_at_seq=0)
+            for e in edits:
+                enqueue(ws.db, new.id, e.request, _job_hparams(e.hparams, hparams))
+            set_current_history(ws.db, new.id)
+        return get_history(ws.db, new.id)
+
+    if base.encoder_hash != src_base.encoder_hash and not force:
+        raise DeltaIntegrityError(
+            f"{model} has a different text encoder than the base of {src.name!r} "
+            f"({base.encoder_hash[:12]} vs {src_base.encoder_hash[:12]}); pass --force to apply the deltas anyway"
+        )
+    deltas = load_deltas(ws, edits)
+    if loaded is None:
+        from engine.models import load_model
+
+        loaded = load_model(base.path, device="cpu", with_pipeline=False)
+    hashes = []
+    for d in deltas:
+        d.apply(loaded)  # DeltaIntegrityError if the shapes do not fit this model
+        hashes.append(loaded.encoder_hash())
+    with transaction(ws.db):
+        new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-replay"), parent_id=src.id,
+                             forked_at_seq=None)
+        for e, h in zip(edits, hashes):
+            _copy_edit(ws, new.id, e, h)
+        set_current_history(ws.db, new.id)
+    return get_history(ws.db, new.id)

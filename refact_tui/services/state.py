@@ -1,0 +1,99 @@
+"""The working model of a history: its base model plus the applied deltas 1..head, in order.
+
+Rebuilding from the base (never subtracting deltas) keeps the weights bit-reproducible: the result is
+checked against the encoder hash recorded when the head edit was first applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import DeltaIntegrityError
+
+
+@dataclass
+class ModelState:
+    """A loaded model together with the history state it represents."""
+
+    model: Any                  # engine.models.LoadedModel
+    history: Any                # store.records.HistoryRow
+    base: Any                   # store.records.BaseModelRow
+    head_seq: int
+    edits: list                 # the applied EditRows 1..head, in order
+    base_encoder_hash: str
+    weights_hash: str
+
+
+def resolve_history(ws, history: int | str | None = None):
+    """A history by id or name, or the workspace's current one."""
+    from store.histories import current_history, get_history
+
+    return current_history(ws.db) if history is None else get_history(ws.db, history)
+
+
+def delta_file(ws, edit) -> Path:
+    """Absolute path of an edit's delta file (stored relative to the workspace)."""
+    p = Path(edit.delta_path)
+    return p if p.is_absolute() else Path(ws.root) / p
+
+
+def load_deltas(ws, edits) -> list:
+    """Load the EditDeltas of these edits, each checked against its recorded sha256."""
+    from engine.delta import EditDelta
+
+    deltas = []
+    for e in edits:
+        if not e.delta_path:
+            raise DeltaIntegrityError(f"edit {e.id} (seq {e.seq}) has no delta file; it cannot be re-applied")
+        path = delta_file(ws, e)
+        if not path.is_file():
+            raise DeltaIntegrityError(f"delta file {path} of edit {e.seq} is missing; restore it from a backup "
+                                      "or roll back before that edit")
+        deltas.append(EditDelta.load(path, expected_sha256=e.delta_sha256))
+    return deltas
+
+
+def load_history_model(ws, history: int | str | None = None, device: str = "auto", *,
+                       with_pipeline: bool = False, upto_seq: int | None = None,
+                       verify: bool = True) -> ModelState:
+    """Base model + the history's applied deltas up to its head (or upto_seq), applied in order.
+
+    With verify, raises DeltaIntegrityError when the base encoder or the final weights differ from
+    the hashes recorded in the workspace.
+    """
+    from engine.models import load_model
+    from store.base_models import get_base_model
+    from store.edits import applied_edits
+
+    hist = resolve_history(ws, history)
+    base = get_base_model(ws.db, hist.base_model_id)
+    head = hist.head_seq if upto_seq is None else upto_seq
+    edits = applied_edits(ws.db, hist.id, head) if head > 0 else []
+    deltas = load_deltas(ws, edits)
+    model = load_model(base.path, device=device, with_pipeline=with_pipeline)
+    base_hash = model.encoder_hash()
+    if verify and base_hash != base.encoder_hash:
+        raise DeltaIntegrityError(
+            f"the base model at {base.path} changed since it was registered (encoder hash differs); "
+            "restore it or start a new workspace"
+        )
+    weights_hash = base_hash
+    for delta in deltas:
+        delta.apply(model)
+    if edits:
+        weights_hash = model.encoder_hash()
+        want = edits[-1].weights_hash
+        if verify and want and weights_hash != want:
+            raise DeltaIntegrityError(
+                f"rebuilding history {hist.name!r} up to edit {edits[-1].seq} gave different weights than "
+                "when it was applied; a delta file or the base model changed"
+            )
+    return ModelState(model=model, history=hist, base=base, head_seq=edits[-1].seq if edits else 0,
+                      edits=list(edits), base_encoder_hash=base_hash, weights_hash=weights_hash)
+
+
+def working_model(ws, device: str = "auto", with_pipeline: bool = False):
+    """The current history's model at its head (a LoadedModel)."""
+    return load_history_model(ws, None, device, with_pipeline=with_pipeline).model

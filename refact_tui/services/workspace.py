@@ -1,0 +1,188 @@
+"""A workspace folder: the SQLite database plus the files it references.
+
+Layout: ``refact.db``, ``deltas/``, ``images/``, ``stats/`` (covariance cache), ``exports/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from store.base_models import register_base_model
+from store.db import StoreError, get_meta, open_db, transaction
+from store.histories import create_history, current_history, set_current_history
+from store.records import BaseModelRow, HistoryRow
+
+DB_NAME = "refact.db"
+ENV_VAR = "REFACT_WORKSPACE"
+DEFAULT_DIR = "refact-workspace"
+_SUBDIRS = ("deltas", "images", "stats", "exports")
+
+
+class WorkspaceError(Exception):
+    """The workspace folder is missing, not initialized, or not usable (one-line message)."""
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What the store records about a base model (taken from a loaded model)."""
+
+    source: str
+    path: str
+    kind: str
+    encoder_family: str
+    encoder_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workspace:
+    root: Path
+    db: sqlite_utils.Database
+    deltas_dir: Path
+    images_dir: Path
+    stats_dir: Path
+    exports_dir: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    @classmethod
+    def open(cls, root: Path | str) -> "Workspace":
+        """Open an initialized workspace; WorkspaceError if there is none at ``root``."""
+        root = Path(root).expanduser().absolute()
+        if not (root / DB_NAME).is_file():
+            raise WorkspaceError(f"no workspace at {root}; run `refact init --model PATH` first")
+        try:
+            db = open_db(root / DB_NAME)
+        except StoreError as exc:
+            raise WorkspaceError(str(exc)) from None
+        return cls._from(root, db)
+
+    @classmethod
+    def _from(cls, root: Path, db: sqlite_utils.Database) -> "Workspace":
+        return cls(root, db, root / "deltas", root / "images", root / "stats", root / "exports")
+
+    def history(self) -> HistoryRow:
+        """The current history."""
+        return current_history(self.db)
+
+    def relative(self, path: Path | str) -> str:
+        """A path as stored in the database (relative to the root when inside it)."""
+        p = Path(path)
+        try:
+            return p.absolute().relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+    def resolve(self, stored: str) -> Path:
+        """The absolute path of a path stored in the database."""
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_root(option: Path | str | None = None) -> Path:
+    """--workspace if given, else $REFACT_WORKSPACE, else ./refact-workspace (absolute)."""
+    value = option if option not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_DIR
+    return Path(value).expanduser().absolute()
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def describe_model(model_source: str | Path) -> BaseModelInfo:
+    """Load the model offline (text encoder only) and collect what the store records about it."""
+    from engine.models import load_model  # lazy: torch/transformers only when a model is needed
+
+    model = load_model(model_source, device="cpu", with_pipeline=False)
+    config: dict[str, Any] = {
+        "num_layers": int(model.adapter.num_layers),
+        "max_length": int(model.adapter.max_length),
+    }
+    encoder_config = getattr(model.text_encoder, "config", None)
+    if encoder_config is not None and hasattr(encoder_config, "to_dict"):
+        config["text_encoder"] = _json_safe(encoder_config.to_dict())
+    return BaseModelInfo(
+        source=str(model_source),
+        path=str(model.path),
+        kind=model.kind,
+        encoder_family=model.adapter.family,
+        encoder_hash=model.encoder_hash(),
+        config=config,
+    )
+
+
+def _make_dirs(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in _SUBDIRS:
+            (root / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise WorkspaceError(
+            f"cannot create the workspace at {root}: {exc.strerror or exc}; pick a writable --workspace"
+        ) from None
+    if not os.access(root, os.W_OK):
+        raise WorkspaceError(f"the workspace folder {root} is not writable; pick a writable --workspace")
+
+
+def _refuse_existing(root: Path) -> None:
+    if not (root / DB_NAME).exists():
+        return
+    try:
+        existing = open_db(root / DB_NAME)
+    except StoreError as exc:
+        raise WorkspaceError(str(exc)) from None
+    try:
+        if get_meta(existing, "current_history_id") is not None:
+            raise WorkspaceError(f"a workspace already exists at {root}; use it, or pass another --workspace")
+    finally:
+        existing.close()
+
+
+def create_workspace(root: Path | str, base: BaseModelInfo, history: str = "main") -> Workspace:
+    """Create the folders and database, register ``base`` and make a new history current."""
+    root = Path(root).expanduser().absolute()
+    _refuse_existing(root)
+    _make_dirs(root)
+    try:
+        db = open_db(root / DB_NAME, create=True)
+    except StoreError as exc:
+        raise WorkspaceError(str(exc)) from None
+    try:
+        with transaction(db):
+            row: BaseModelRow = register_base_model(
+                db, base.source, base.path, base.kind, base.encoder_family, base.encoder_hash, base.config
+            )
+            hist = create_history(db, row.id, history)
+            set_current_history(db, hist.id)
+    except StoreError as exc:
+        db.close()
+        raise WorkspaceError(str(exc)) from None
+    return Workspace._from(root, db)
+
+
+def init_workspace(root: Path | str, model_source: str | Path, history: str = "main") -> Workspace:
+    """Load the model (offline), then create the workspace with it as the base of ``history``.
+
+    The model is loaded first, so a bad model leaves no half-made workspace behind.
+    """
+    root = Path(root).expanduser().absolute()
+    _refuse_existing(root)  # fail before the slow model load
+    base = describe_model(model_source)
+    return create_workspace(root, base, history)

@@ -1,0 +1,269 @@
+"""The Textual application: four screens over one workspace, a store poller and thread workers."""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlite_utils
+from textual import on
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from refact_tui.tui.commands import RefactCommands
+from refact_tui.tui.errors import one_line
+from refact_tui.tui.messages import ActionDone, StoreNudge
+from refact_tui.tui.poller import StorePoller
+from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.screens.confirm import ConfirmModal
+from refact_tui.tui.screens.error import ErrorModal
+from refact_tui.tui.screens.help import HelpScreen
+from refact_tui.tui.screens.history import HistoryScreen
+from refact_tui.tui.screens.live import LiveScreen
+from refact_tui.tui.screens.metrics import MetricsScreen
+from refact_tui.tui.screens.queue import QueueScreen
+from refact_tui.tui.summaries import summarize
+
+DB_NAME = "refact.db"  # services.workspace.DB_NAME; repeated so the app opens without the services
+
+
+class ServiceUnavailable(Exception):
+    """The service function an action needs is not part of this installation."""
+
+
+def load_service(module: str, func: str) -> Callable[..., Any]:
+    """``refact_tui.services.<module>.<func>``, imported when the action runs (never at startup)."""
+    try:
+        mod = importlib.import_module(f"refact_tui.services.{module}")
+    except ImportError as exc:
+        raise ServiceUnavailable(f"refact_tui.services.{module} cannot be imported ({exc}); reinstall refact-tui") from None
+    fn = getattr(mod, func, None)
+    if fn is None:
+        raise ServiceUnavailable(f"refact_tui.services.{module}.{func} is missing; update refact-tui")
+    return fn
+
+
+class RefactApp(App[None]):
+    """refact-tui on one workspace. ``clock`` supplies 'now' (tests freeze it)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "refact-tui"
+    MODES = {"queue": QueueScreen, "live": LiveScreen, "metrics": MetricsScreen, "history": HistoryScreen}
+    DEFAULT_MODE = "queue"
+    COMMANDS = App.COMMANDS | {RefactCommands}
+    BINDINGS = [
+        Binding("1", "switch_mode('queue')", "Queue"),
+        Binding("2", "switch_mode('live')", "Live"),
+        Binding("3", "switch_mode('metrics')", "Metrics"),
+        Binding("4", "switch_mode('history')", "History"),
+        Binding("w", "toggle_worker", "Worker"),
+        Binding("question_mark,f1", "show_help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, workspace_root: Path, *, clock: Callable[[], float] = time.time,
+                 poll_interval: float = 0.25, device: str = "auto", mode: str = "queue") -> None:
+        super().__init__()
+        self.workspace_root = Path(workspace_root).expanduser().absolute()
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.device = device
+        self.start_mode = mode
+        self.poller: StorePoller | None = None
+        self.stop_event = threading.Event()
+        self.worker_running = False
+        self._last_draw = 0.0
+        self._last_poll_error: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def read_db(self) -> sqlite_utils.Database | None:
+        return self.poller.db if self.poller else None
+
+    def on_mount(self) -> None:
+        self.sub_title = self.workspace_root.name
+        try:
+            db_path = self.workspace_root / DB_NAME
+            if not db_path.is_file():
+                raise FileNotFoundError(db_path)
+            self.poller = StorePoller(db_path)
+        except Exception as exc:  # noqa: BLE001 - shown, never fatal
+            message = (f"no workspace at {self.workspace_root}; run `refact init --model PATH` first"
+                       if isinstance(exc, FileNotFoundError) else one_line(exc))
+            self.push_screen(ErrorModal("Cannot open the workspace", message))
+            return
+        self.switch_mode(self.start_mode)
+        self.set_interval(self.poll_interval, self.poll)
+        self.call_after_refresh(self.poll)
+
+    def on_unmount(self) -> None:
+        self.stop_event.set()
+        if self.poller is not None:
+            self.poller.close()
+
+    def request_refresh(self) -> None:
+        """Re-read the store at the next poll even if no other connection wrote."""
+        if self.poller is not None:
+            self.poller.force()
+            self.call_after_refresh(self.poll)
+
+    def dashboard_screen(self) -> DashboardScreen | None:
+        """The screen of the current mode (below any modal on top of it)."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
+
+    def poll(self) -> None:
+        """Timer tick (<= 4 Hz): redraw the current screen when the database changed."""
+        if self.poller is None:
+            return
+        try:
+            screen = self.dashboard_screen()
+            changed = self.poller.changed()
+            # A running edit's elapsed time advances without writes: redraw it about once a second.
+            tick = screen is not None and screen.ticking and time.monotonic() - self._last_draw >= 1.0
+            if not (changed or tick):
+                return
+            if screen is not None and screen.is_mounted:
+                self._last_draw = time.monotonic()
+                screen.refresh_from(self.poller.db, self.clock())
+                view = getattr(screen, "view", None)
+                hist = getattr(view, "history", None)
+                if hist is not None:
+                    self.sub_title = f"{self.workspace_root.name} · history '{hist.name}'"
+        except (sqlite3.Error, Exception) as exc:  # noqa: BLE001 - a bad read must not kill the UI
+            message = f"cannot read the workspace: {one_line(exc)}"
+            if message != self._last_poll_error:  # once, not at every tick
+                self.notify(message, severity="error", timeout=6)
+            self._last_poll_error = message
+            self.poller.force()
+        else:
+            self._last_poll_error = None
+
+    @on(StoreNudge)
+    def _on_nudge(self) -> None:
+        # Redraw at the next timer tick, not now: bursts of step events stay at <= 4 redraws/s.
+        if self.poller is not None:
+            self.poller.force()
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def action_show_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def confirm(self, title: str, body: str, on_yes: Callable[[], None]) -> None:
+        """Ask first; run ``on_yes`` only when confirmed."""
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                on_yes()
+
+        self.push_screen(ConfirmModal(title, body), done)
+
+    def run_service(self, label: str, module: str, func: str, *args: Any, **kwargs: Any) -> Worker:
+        """Call ``services.<module>.<func>(ws, *args, **kwargs)`` in a thread worker.
+
+        The workspace is opened inside the thread (SQLite connections belong to one thread); the
+        result becomes a notification, an exception an error modal (see on_worker_state_changed).
+        """
+
+        def body() -> Any:
+            fn = load_service(module, func)
+            ws = self.open_workspace()
+            try:
+                result = fn(ws, *args, **kwargs)
+            finally:
+                ws.close()
+            self.post_message(ActionDone(summarize(label, result)))
+            return result
+
+        return self.run_worker(body, name=label, group="actions", thread=True, exit_on_error=False)
+
+    def open_workspace(self):
+        """A fresh Workspace (own connection) for the calling thread."""
+        workspace = load_service("workspace", "Workspace")
+        return workspace.open(self.workspace_root)
+
+    def action_toggle_worker(self) -> None:
+        if self.worker_running:
+            self.stop_event.set()
+            self.notify("Stopping the worker after the current optimization step…")
+            return
+        self.stop_event.clear()
+        self.worker_running = True
+        self.notify("Worker started: it runs the queue until it is empty (w stops it).")
+        self.run_worker(self._worker_body, name="Worker", group="runner", thread=True, exclusive=True,
+                        exit_on_error=False)
+
+    def _worker_body(self) -> Any:
+        run_worker = load_service("runner", "run_worker")
+        ws = self.open_workspace()
+        try:
+            summary = run_worker(ws, device=self.device, on_event=self._on_worker_event,
+                                 should_stop=self.stop_event.is_set)
+        finally:
+            ws.close()
+        self.post_message(ActionDone(summarize("Worker", summary)))
+        return summary
+
+    def _on_worker_event(self, event: Any) -> None:
+        # Runs on the worker thread for every step: only a replaceable nudge crosses over.
+        self.post_message(StoreNudge())
+
+    def start_evaluation(self, space: str, history: bool) -> Worker:
+        """Text or image evaluation (latest edit, or every edit) in a thread worker."""
+        func = "run_text_eval" if space == "text" else "run_image_eval"
+        label = f"{space.capitalize()} evaluation" + (" of every edit" if history else "")
+        self.notify(f"{label} started; the Metrics panels fill in as it runs.")
+        return self.run_service(label, "evaluation", func, history=history,
+                                on_progress=lambda _p: self.post_message(StoreNudge()))
+
+    def run_command(self, mode: str | None, action: str) -> None:
+        """Palette entry: switch to ``mode`` if given, then run ``action`` on that screen."""
+
+        def run() -> None:
+            target = self if action.startswith("app.") else self.dashboard_screen()
+            name = action.removeprefix("app.")
+            self.call_later(self.run_action, name, target)
+
+        if mode is not None and mode != self.current_mode:
+            self.switch_mode(mode)
+            self.call_after_refresh(run)
+        else:
+            run()
+
+    # --- results and errors ----------------------------------------------------------------------
+
+    def on_action_done(self, message: ActionDone) -> None:
+        self.notify(message.summary, timeout=6)
+        self.request_refresh()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The single place where failed thread workers become an error modal."""
+        worker = event.worker
+        if worker.group == "runner" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR,
+                                                        WorkerState.CANCELLED):
+            self.worker_running = False
+        if event.state == WorkerState.ERROR:
+            error = worker.error or RuntimeError("unknown error")
+            self.push_screen(ErrorModal(f"{worker.name} failed", one_line(error)))
+            self.request_refresh()
+
+
+def run_tui(workspace_root: Path) -> None:
+    """Open the TUI on a workspace (blocks until the user quits).
+
+    Raises WorkspaceError (one line) when there is no workspace at ``workspace_root``.
+    """
+    from refact_tui.services.workspace import Workspace
+
+    Workspace.open(workspace_root).close()
+    RefactApp(Path(workspace_root)).run()

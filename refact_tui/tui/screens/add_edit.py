@@ -1,0 +1,101 @@
+"""Form for one edit request (and the two hyperparameters people change most)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from engine.hparams import HParamsError, ReFACTHParams
+from engine.request import EditRequest, RequestError
+
+FIELDS = (
+    ("prompt", "Prompt", "The Prince of Wales"),
+    ("subject", "Subject (optional)", "defaults to the whole prompt"),
+    ("source", "Source", "Prince Charles"),
+    ("target", "Target", "Prince William"),
+    ("contrastive", "Contrastive (optional)", "comma-separated texts to push away"),
+    ("name", "Name (optional)", "a short label"),
+    ("layer", "Layer", str(ReFACTHParams().layer)),
+    ("max_steps", "Max steps", str(ReFACTHParams().max_steps)),
+)
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """What the form returns: a validated request and its hyperparameters."""
+
+    request: EditRequest
+    hparams: ReFACTHParams
+
+
+def parse_form(values: dict[str, str]) -> NewEdit:
+    """Build and validate the request; RequestError / HParamsError name the bad field."""
+    contrastive = tuple(c.strip() for c in values.get("contrastive", "").split(",") if c.strip())
+    request = EditRequest(
+        prompt=values.get("prompt", ""), source=values.get("source", ""), target=values.get("target", ""),
+        subject=values.get("subject") or None, contrastive=contrastive, name=values.get("name") or None,
+    )
+    request.validate()
+    overrides = {}
+    for key in ("layer", "max_steps"):
+        raw = values.get(key, "").strip()
+        if raw:
+            try:
+                overrides[key] = int(raw)
+            except ValueError:
+                raise HParamsError(f"{key} must be a whole number, got {raw!r}") from None
+    return NewEdit(request, ReFACTHParams().with_overrides(**overrides))
+
+
+class AddEditModal(ModalScreen[NewEdit | None]):
+    """Dismisses with a NewEdit, or None when cancelled. Errors stay in the form, on one line."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Queue it")]
+
+    def __init__(self) -> None:
+        super().__init__(classes="modal")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Static("Queue an edit", classes="dialog-title")
+            with Grid(id="edit-form"):
+                for key, label, placeholder in FIELDS:
+                    yield Label(label)
+                    yield Input(placeholder=placeholder, id=f"f-{key}")
+            yield Static("", id="form-error", classes="form-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Queue (ctrl+s)", variant="primary", id="submit")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        for inp in self.query(Input):
+            inp.cursor_blink = False
+        self.query_one("#f-prompt", Input).focus()
+
+    def values(self) -> dict[str, str]:
+        return {key: self.query_one(f"#f-{key}", Input).value for key, _, _ in FIELDS}
+
+    def action_submit(self) -> None:
+        try:
+            result = parse_form(self.values())
+        except (RequestError, HParamsError) as exc:
+            self.query_one("#form-error", Static).update(f"✗ {exc}")
+            return
+        self.dismiss(result)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit":
+            self.action_submit()
+        else:
+            self.dismiss(None)

@@ -1,0 +1,166 @@
+"""History screen: the ordered edit log, the selected edit's detail, and history actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlite_utils
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from refact_tui.services.dashboard import HistoryView, edit_detail_view, history_view
+from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.widgets.edit_detail import EditDetail
+from refact_tui.tui.widgets.history_table import HistoryTable
+
+
+def unique_name(existing: set[str], stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3`` ... whichever is free."""
+    if stem not in existing:
+        return stem
+    i = 2
+    while f"{stem}-{i}" in existing:
+        i += 1
+    return f"{stem}-{i}"
+
+
+class HistoryScreen(DashboardScreen):
+    """Edit log of the current history with rollback, replay, re-optimize, fork and export."""
+
+    BINDINGS = [
+        Binding("b", "rollback", "Rollback to here"),
+        Binding("p", "replay", "Replay"),
+        Binding("o", "reoptimize", "Re-optimize"),
+        Binding("f", "fork", "Fork here"),
+        Binding("e", "export", "Export"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="history-screen")
+        self.view: HistoryView | None = None
+        self.shown_edit: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="history-status", classes="status-line")
+        yield HistoryTable(id="history-table")
+        yield EditDetail(id="edit-detail", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#history-table").border_title = "Edits"
+        self.query_one("#edit-detail").border_title = "Selected edit"
+
+    def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
+        self.view = history_view(db)
+        hist = self.view.history
+        status = Text(f"history '{hist.name if hist else '?'}'", style="bold")
+        if hist is not None:
+            applied = sum(1 for e in self.view.edits if e.status == "applied")
+            status.append(f"  head at edit {hist.head_seq} · {applied} applied of {len(self.view.edits)} recorded")
+            if hist.parent_id is not None:
+                parent = next((h.name for h in self.view.histories if h.id == hist.parent_id), "?")
+                status.append(f" · forked from '{parent}' at {hist.forked_at_seq}", style="dim")
+        self.query_one("#history-status", Static).update(status)
+        self.query_one(HistoryTable).show(self.view)
+        self._show_detail(db, force=True)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail(self.refact.read_db, force=False)
+
+    def _show_detail(self, db: sqlite_utils.Database | None, force: bool) -> None:
+        edit_id = self.query_one(HistoryTable).selected_edit_id
+        if db is None or (edit_id == self.shown_edit and not force):
+            return
+        self.shown_edit = edit_id
+        detail = edit_detail_view(db, edit_id, root=self.refact.workspace_root) if edit_id is not None else None
+        self.query_one(EditDetail).show(detail)
+
+    def _selected(self):
+        edit_id = self.query_one(HistoryTable).selected_edit_id
+        return self.view.edit(edit_id) if (self.view and edit_id is not None) else None
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def action_rollback(self) -> None:
+        e, hist = self._selected(), self.view.history if self.view else None
+        if e is None or hist is None or e.status != "applied":
+            self.notify("Select an applied edit to roll back to.", severity="warning")
+            return
+        if e.seq == hist.head_seq:
+            self.notify(f"Edit {e.seq} is already the head.", severity="information")
+            return
+        later = [x.seq for x in self.view.edits if x.status == "applied" and x.seq > e.seq]
+        self.refact.confirm(
+            f"Roll back '{hist.name}' to edit {e.seq}?",
+            f"Edits {', '.join(map(str, later))} ({len(later)}) are marked rolled back; they stay in the log "
+            f"and their deltas stay on disk. The model becomes the base + edits 1..{e.seq}, rebuilt and "
+            "checked against the hash recorded when edit "
+            f"{e.seq} was applied. Queued jobs are not touched.",
+            lambda: self.refact.run_service("Rollback", "history", "rollback", e.seq),
+        )
+
+    def _applied(self) -> list[int]:
+        return [x.seq for x in self.view.edits if x.status == "applied"] if self.view else []
+
+    def action_replay(self) -> None:
+        hist = self.view.history if self.view else None
+        if hist is None:
+            return
+        n = len(self._applied())
+        self.refact.confirm(
+            f"Replay '{hist.name}'?",
+            f"A new history (named '{hist.name}-replay-N') re-applies the {n} stored delta(s) of "
+            f"'{hist.name}' in order onto its base model, records the weight hash after each, and becomes "
+            "the current history. Nothing is re-optimized; the old history is unchanged.",
+            lambda: self.refact.run_service("Replay", "history", "replay"),
+        )
+
+    def action_reoptimize(self) -> None:
+        hist = self.view.history if self.view else None
+        if hist is None:
+            return
+        n = len(self._applied())
+        self.refact.confirm(
+            f"Re-optimize '{hist.name}'?",
+            f"A new history (named '{hist.name}-reopt-N') starts from the base model and queues the {n} "
+            "applied request(s) as new jobs with their stored hyperparameters; it becomes the current "
+            "history. Start the worker (w) to run them. The old history is unchanged.",
+            lambda: self.refact.run_service("Re-optimize", "history", "replay", reoptimize=True),
+        )
+
+    def action_fork(self) -> None:
+        e, hist = self._selected(), self.view.history if self.view else None
+        if e is None or hist is None or e.status != "applied":
+            self.notify("Select an applied edit to fork at.", severity="warning")
+            return
+        name = unique_name({h.name for h in self.view.histories}, f"{hist.name}-fork{e.seq}")
+        self.refact.confirm(
+            f"Fork '{hist.name}' at edit {e.seq}?",
+            f"Create history '{name}' holding edits 1..{e.seq} of '{hist.name}' (delta files are shared) "
+            "and make it the current history. New edits go to the fork; the original is unchanged.",
+            lambda: self.refact.run_service("Fork", "history", "fork", e.seq, name),
+        )
+
+    def action_export(self) -> None:
+        hist = self.view.history if self.view else None
+        if hist is None:
+            return
+        out = self.refact.workspace_root / "exports" / f"{hist.name}-edit{hist.head_seq}"
+        n = len(self._applied())
+        self.refact.confirm(
+            f"Export '{hist.name}'?",
+            f"Write the base pipeline with the {n} applied edit(s) of '{hist.name}' (head {hist.head_seq}) "
+            f"to {_rel(out, self.refact.workspace_root)} (save_pretrained, safetensors) plus a manifest of "
+            "the deltas. An existing folder of that name is an error.",
+            lambda: self.refact.run_service("Export", "export", "export_pipeline", out),
+        )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,59 @@
+"""Metrics screen: one panel per metric, text and image space side by side."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid
+from textual.widgets import Footer, Header, Static
+
+from refact_tui.services.dashboard import METRICS, MetricsView, metrics_view
+from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.widgets.metric_panel import MetricPanel
+
+
+def _status(view: MetricsView) -> Text:
+    hist = view.history
+    text = Text(f"history '{hist.name if hist else '?'}' at edit {hist.head_seq if hist else 0}   ", style="bold")
+    if view.running:
+        runs = ", ".join(f"{r.space} run #{r.id}" for r in view.running)
+        text.append(f"evaluating: {runs}", style="yellow")
+    elif view.last_failed is not None:
+        text.append(f"last {view.last_failed.space} evaluation failed: {view.last_failed.error or '?'}", style="red")
+    else:
+        text.append("t: text evaluation · i: image evaluation (latest edit) · T / I: every edit", style="dim")
+    return text
+
+
+class MetricsScreen(DashboardScreen):
+    """Efficacy, generality, specificity, F1, retention and CLIP score of the current history."""
+
+    BINDINGS = [
+        Binding("t", "evaluate('text', False)", "Text eval"),
+        Binding("T", "evaluate('text', True)", "Text eval (all)"),
+        Binding("i", "evaluate('image', False)", "Image eval"),
+        Binding("I", "evaluate('image', True)", "Image eval (all)"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="metrics-screen")
+        self.view: MetricsView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="metrics-status", classes="status-line")
+        with Grid(id="metric-grid"):
+            for name, label in METRICS:
+                yield MetricPanel(name, label)
+        yield Footer()
+
+    def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
+        self.view = metrics_view(db)
+        self.query_one("#metrics-status", Static).update(_status(self.view))
+        for panel_view in self.view.panels:
+            self.query_one(f"#metric-{panel_view.name}", MetricPanel).show(panel_view)
+
+    def action_evaluate(self, space: str, history: bool) -> None:
+        self.refact.start_evaluation(space, history)

@@ -1,0 +1,1 @@
+"""Widgets of the TUI, one small file per domain."""

@@ -1,0 +1,74 @@
+"""Detail pane of one edit: request, hparams, loss curve, metrics, before/after grid."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Static
+
+from refact_tui.services.dashboard import EditDetailView
+from refact_tui.tui.widgets import fmt
+from refact_tui.tui.widgets.hparams_view import hparams_table
+from refact_tui.tui.widgets.image_preview import ImagePreview
+from refact_tui.tui.widgets.loss_plot import LossPlot
+
+
+def _summary(d: EditDetailView) -> Table:
+    e = d.edit
+    t = Table.grid(padding=(0, 1))
+    t.add_column(style="bold")
+    t.add_column()
+    hist = d.history.name if d.history else "?"
+    t.add_row("edit", f"#{e.seq} of history '{hist}' (id {e.id}, job {e.job_id or '-'})")
+    t.add_row("status", e.status.replace("_", " ") + (f": {e.error}" if e.error else ""))
+    for line in fmt.request_lines(e.request):
+        key, _, value = line.partition(" ")
+        t.add_row(key, value.strip())
+    t.add_row("module", e.module)
+    stop = "early stop" if e.early_stopped else "step budget"
+    t.add_row("result", f"P(target) {fmt.num(e.p_target)} after {e.steps_run} steps ({stop}), "
+                        f"||δ|| {fmt.num(e.delta_norm)}, k·u {fmt.num(e.division_factor)}")
+    t.add_row("time", ", ".join(f"{k.removesuffix('_s')} {fmt.duration(v)}" for k, v in e.timings.items()) or "-")
+    t.add_row("delta", e.delta_path or "-")
+    return t
+
+
+def _metrics(d: EditDetailView) -> Table | Text:
+    if not d.metrics:
+        return Text("no metrics yet (Metrics screen: t = text evaluation, i = image evaluation)", style="dim")
+    t = Table(box=None, padding=(0, 1), show_edge=False)
+    for col in ("space", "metric", "value", "n"):
+        t.add_column(col, style="bold" if col == "metric" else None)
+    for m in d.metrics:
+        t.add_row(m.space, m.name, fmt.num(m.value), f"{m.n}/{m.total}" if m.total else str(m.n))
+    return t
+
+
+class EditDetail(VerticalScroll):
+    """Scrollable detail of the edit selected in the history table."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="detail-summary")
+        with Horizontal(id="detail-mid"):
+            yield LossPlot(id="detail-loss")
+            yield Static(id="detail-hparams")
+        yield Static(id="detail-metrics")
+        yield ImagePreview(id="detail-grid")
+        yield Static(id="detail-grid-path")
+
+    def show(self, d: EditDetailView | None) -> None:
+        if d is None:
+            self.query_one("#detail-summary", Static).update(Text("Select an edit.", style="dim"))
+            self.query_one("#detail-loss", LossPlot).set_points([], [])
+            for wid in ("#detail-hparams", "#detail-metrics", "#detail-grid", "#detail-grid-path"):
+                self.query_one(wid, Static).update("")
+            return
+        self.query_one("#detail-summary", Static).update(_summary(d))
+        self.query_one("#detail-loss", LossPlot).set_points([s.step for s in d.steps], [s.loss for s in d.steps])
+        self.query_one("#detail-hparams", Static).update(hparams_table(d.edit.hparams))
+        self.query_one("#detail-metrics", Static).update(_metrics(d))
+        self.query_one("#detail-grid", ImagePreview).show(d.grid_path)
+        rel = d.grid_relpath
+        self.query_one("#detail-grid-path", Static).update(Text(f"grid: {rel}" if rel else "", style="dim"))

@@ -1,0 +1,42 @@
+"""The numbers of the live edit: step counter, loss, P(target), ||delta||, elapsed and ETA."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from refact_tui.services.dashboard import LiveView
+from refact_tui.tui.widgets import fmt
+
+
+def live_table(view: LiveView) -> Table | Text:
+    """A two-column table of the live figures (or a hint when nothing has run yet)."""
+    if view.job is None:
+        return Text("No edit has run yet. Queue one (screen 1, key a) and start the worker (w).", style="dim")
+    job, last = view.job, view.last
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    state = Text(job.state, style="bold green" if view.running else "")
+    if not view.running and job.state == "done" and last is not None and view.threshold is not None:
+        state.append("  early stop" if last.p_target >= view.threshold else "  step budget used", style="dim")
+    t.add_row("job", Text(f"#{job.id} (attempt {view.attempt})  ").append(state))
+    t.add_row("edit", fmt.short(f"{job.request.prompt}: {fmt.change(job.request)}", 58))
+    step = "-" if last is None else f"{last.step + 1} / {view.max_steps}"
+    t.add_row("step", step)
+    t.add_row("loss", fmt.num(last.loss if last else None))
+    t.add_row("P(target)", fmt.num(last.p_target if last else None))
+    t.add_row("||delta||", fmt.num(last.delta_norm if last else None))
+    t.add_row("elapsed", f"{fmt.duration(view.opt_elapsed)} optimizing, {fmt.duration(view.wall_elapsed)} in all")
+    t.add_row("ETA", fmt.duration(view.eta) if view.running else "-")
+    if job.error:
+        t.add_row("error", Text(fmt.short(job.error, 58), style="red"))
+    return t
+
+
+class StepStats(Static):
+    """Live figures of the edit being optimized."""
+
+    def show(self, view: LiveView) -> None:
+        self.update(live_table(view))

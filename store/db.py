@@ -1,0 +1,265 @@
+"""Opening a workspace database, migrations, transactions and small query helpers.
+
+Every connection runs in WAL mode with ``synchronous=NORMAL``, ``foreign_keys=ON`` and a 5 s busy
+timeout, so one writer (the worker) and several short readers (TUI, CLI) can share the file.
+Writes go through :func:`transaction` (``BEGIN IMMEDIATE``: the write lock is taken up front, so a
+read-then-write inside it can never be interleaved with another writer).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import sqlite_utils
+
+from store.schema import MIGRATIONS, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 5000
+_savepoints = itertools.count(1)
+_lock_guard = threading.Lock()
+
+
+class StoreError(Exception):
+    """A workspace database problem, with a one-line message naming it and what to do."""
+
+
+class NotFoundError(StoreError):
+    """A row looked up by id or name does not exist."""
+
+
+def _describe(exc: sqlite3.Error, path: str) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"cannot write the workspace database {path}: it is read-only; check the folder permissions"
+    if "unable to open" in low:
+        return f"cannot open the workspace database {path}: check that the folder exists and is writable"
+    if "locked" in low or "busy" in low:
+        return (
+            f"the workspace database {path} stayed locked by another process for over "
+            f"{BUSY_TIMEOUT_MS // 1000} s; try again"
+        )
+    if "not a database" in low or "malformed" in low:
+        return f"{path} is not a valid workspace database ({text}); restore it or init a new workspace"
+    if "disk" in low or "full" in low:
+        return f"cannot write the workspace database {path}: {text}; free some disk space"
+    return f"workspace database {path}: {text}"
+
+
+def db_path_of(db: sqlite_utils.Database) -> str:
+    """The file behind a connection (for messages)."""
+    for _seq, name, file in db.conn.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return file or ":memory:"
+    return "?"
+
+
+def open_db(path: Path, create: bool = False) -> sqlite_utils.Database:
+    """Open (and with ``create`` make) a workspace database and apply pending migrations.
+
+    Raises StoreError when the file is missing (without ``create``), unreadable, read-only, or was
+    written by a newer refact-tui.
+    """
+    path = Path(path)
+    if not create and not path.is_file():
+        raise StoreError(f"no workspace database at {path}; run `refact init --model PATH` first")
+    try:
+        # Legacy transaction control (the default isolation_level) is what sqlite-utils expects.
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(_describe(exc, str(path))) from None
+    try:
+        db = sqlite_utils.Database(conn)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"cannot switch {path} to WAL mode (got {mode!r}); keep the workspace on a local disk"
+            )
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(db)
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(_describe(exc, str(path))) from None
+    return db
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a DDL script into complete statements (executescript would commit mid-transaction)."""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            stmt = buf.strip()
+            buf = ""
+            if stmt.strip(";").strip():
+                yield stmt
+    if buf.strip(" \n\t;"):
+        raise StoreError("incomplete SQL statement in a migration; this is a bug in refact-tui")
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The version recorded in ``meta`` (0 for an empty database)."""
+    has_meta = db.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return 0
+    row = db.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every pending migration in one transaction; returns the resulting version."""
+    path = db_path_of(db)
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {current} but this refact-tui knows only up to "
+            f"{SCHEMA_VERSION}; upgrade refact-tui"
+        )
+    if current == SCHEMA_VERSION:
+        return current
+    with transaction(db):
+        # Re-read under the write lock: another process may have migrated in the meantime.
+        current = schema_version(db)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for stmt in _statements(MIGRATIONS[version - 1]):
+                db.execute(stmt)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [str(version)],
+            )
+        if current == 0:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('created_at', ?)", [repr(time.time())]
+            )
+    return SCHEMA_VERSION
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception).
+
+    Nested use becomes a savepoint, so repository functions can be composed inside one caller's
+    transaction and still roll back together. Threads sharing a connection take turns.
+    """
+    with _connection_lock(db):
+        with _transaction(db) as handle:
+            yield handle
+
+
+def _connection_lock(db: sqlite_utils.Database) -> threading.RLock:
+    # One connection shared by threads (e.g. a UI and its workers): without this, a second thread's
+    # transaction would silently become a savepoint inside the first thread's.
+    lock = getattr(db, "_refact_tx_lock", None)
+    if lock is None:
+        with _lock_guard:
+            lock = getattr(db, "_refact_tx_lock", None)
+            if lock is None:
+                lock = threading.RLock()
+                db._refact_tx_lock = lock  # type: ignore[attr-defined]
+    return lock
+
+
+@contextmanager
+def _transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    conn = db.conn
+    if conn.in_transaction:
+        name = f"refact_sp_{next(_savepoints)}"
+        db.execute(f"SAVEPOINT {name}")
+        try:
+            yield db
+        except BaseException:
+            if conn.in_transaction:
+                db.execute(f"ROLLBACK TO {name}")
+                db.execute(f"RELEASE {name}")
+            raise
+        else:
+            db.execute(f"RELEASE {name}")
+        return
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(_describe(exc, db_path_of(db))) from None
+    try:
+        yield db
+    except sqlite3.OperationalError as exc:
+        _rollback(db)
+        raise StoreError(_describe(exc, db_path_of(db))) from exc
+    except BaseException:
+        _rollback(db)
+        raise
+    else:
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(db)
+            raise StoreError(_describe(exc, db_path_of(db))) from None
+
+
+def _rollback(db: sqlite_utils.Database) -> None:
+    if db.conn.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def fetch_all(db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Run a read and return every row as a dict; the cursor is exhausted at once (short read)."""
+    try:
+        cur = db.execute(sql, list(params))
+        rows = cur.fetchall()
+    except sqlite3.OperationalError as exc:
+        raise StoreError(_describe(exc, db_path_of(db))) from None
+    keys = [d[0] for d in cur.description or ()]
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def fetch_one(db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+    """The first row of a read, or None."""
+    rows = fetch_all(db, sql, params)
+    return rows[0] if rows else None
+
+
+def get_meta(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    """A value from the ``meta`` table."""
+    row = fetch_one(db, "SELECT value FROM meta WHERE key = ?", [key])
+    return row["value"] if row else default
+
+
+def set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
+    """Insert or replace a ``meta`` value."""
+    with transaction(db):
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, str(value)],
+        )
+
+
+def data_version(db: sqlite_utils.Database) -> int:
+    """Changes whenever another connection commits: a cheap guard before re-querying."""
+    return int(db.conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def integrity_check(db: sqlite_utils.Database) -> list[str]:
+    """Problems reported by ``PRAGMA integrity_check`` and ``foreign_key_check`` (empty = healthy)."""
+    problems = [r[0] for r in db.conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+    for table, rowid, parent, _fk in db.conn.execute("PRAGMA foreign_key_check").fetchall():
+        problems.append(f"{table} row {rowid} points to a missing {parent} row")
+    return problems
+
+
+def now() -> float:
+    """Epoch seconds (the unit of every time column)."""
+    return time.time()

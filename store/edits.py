@@ -1,0 +1,127 @@
+"""The edit log: one row per edit attempt that reached the model, never deleted.
+
+``status``: applied (part of the model up to the history head), rolled_back, failed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sqlite_utils
+
+from engine.hparams import ReFACTHParams
+from engine.request import EditRequest
+from store.db import NotFoundError, StoreError, fetch_all, fetch_one, now, transaction
+from store.records import EditRow, dump_json
+
+EDIT_STATUSES = ("applied", "rolled_back", "failed")
+
+
+def next_seq(db: sqlite_utils.Database, history_id: int) -> int:
+    """The seq the next edit of this history gets (1 for the first; rolled-back seqs are not reused)."""
+    row = fetch_one(db, "SELECT COALESCE(MAX(seq), 0) AS s FROM edits WHERE history_id = ?", [history_id])
+    return int(row["s"]) + 1
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def record_edit(
+    db: sqlite_utils.Database,
+    *,
+    history_id: int,
+    job_id: int | None,
+    request: EditRequest,
+    hparams: ReFACTHParams,
+    status: str,
+    layer: int,
+    module: str,
+    delta_path: str | None,
+    delta_sha256: str | None,
+    weights_hash: str | None,
+    steps_run: int,
+    early_stopped: bool,
+    p_target: float | None,
+    delta_norm: float | None,
+    division_factor: float | None,
+    timings: dict[str, float],
+    device: str,
+    error: str | None = None,
+    source_edit_id: int | None = None,
+) -> EditRow:
+    """Append an edit at ``next_seq``; an applied edit also moves the history head to it.
+
+    Call inside the caller's transaction together with finish_job and attach_steps, so the edit, the
+    job state and the step rows commit (or roll back) together.
+    """
+    if status not in EDIT_STATUSES:
+        raise StoreError(f"edit status must be one of {EDIT_STATUSES}, got {status!r}")
+    with transaction(db):
+        seq = next_seq(db, history_id)
+        cur = db.execute(
+            "INSERT INTO edits (history_id, seq, job_id, source_edit_id, request_json, hparams_json, status, "
+            "layer, module, delta_path, delta_sha256, weights_hash, steps_run, early_stopped, p_target, "
+            "delta_norm, division_factor, timings_json, device, error, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [history_id, seq, job_id, source_edit_id, dump_json(request.to_dict()), dump_json(hparams.to_dict()),
+             status, layer, module, delta_path, delta_sha256, weights_hash, steps_run, int(early_stopped),
+             _finite(p_target), _finite(delta_norm), _finite(division_factor),
+             dump_json({k: float(v) for k, v in timings.items()}), device, error, now()],
+        )
+        if status == "applied":
+            db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
+        return get_edit(db, cur.lastrowid)
+
+
+def get_edit(db: sqlite_utils.Database, id: int) -> EditRow:
+    """An edit by id (NotFoundError if none)."""
+    row = fetch_one(db, "SELECT * FROM edits WHERE id = ?", [id])
+    if row is None:
+        raise NotFoundError(f"no edit {id}; `refact history` lists the edits")
+    return EditRow.from_row(row)
+
+
+def get_edit_by_seq(db: sqlite_utils.Database, history_id: int, seq: int) -> EditRow:
+    """The edit at ``seq`` of a history (NotFoundError if none)."""
+    row = fetch_one(db, "SELECT * FROM edits WHERE history_id = ? AND seq = ?", [history_id, seq])
+    if row is None:
+        raise NotFoundError(f"history {history_id} has no edit with seq {seq}")
+    return EditRow.from_row(row)
+
+
+def list_edits(db: sqlite_utils.Database, history_id: int, include_rolled_back: bool = True) -> list[EditRow]:
+    """The edits of a history in seq order."""
+    sql = "SELECT * FROM edits WHERE history_id = ?"
+    if not include_rolled_back:
+        sql += " AND status != 'rolled_back'"
+    return [EditRow.from_row(r) for r in fetch_all(db, sql + " ORDER BY seq", [history_id])]
+
+
+def applied_edits(db: sqlite_utils.Database, history_id: int, upto_seq: int | None = None) -> list[EditRow]:
+    """Applied edits with seq <= upto_seq (default: the history head), in the order to apply them."""
+    if upto_seq is None:
+        head = fetch_one(db, "SELECT head_seq FROM histories WHERE id = ?", [history_id])
+        if head is None:
+            raise NotFoundError(f"no history with id {history_id}")
+        upto_seq = int(head["head_seq"])
+    rows = fetch_all(
+        db,
+        "SELECT * FROM edits WHERE history_id = ? AND status = 'applied' AND seq <= ? ORDER BY seq",
+        [history_id, upto_seq],
+    )
+    return [EditRow.from_row(r) for r in rows]
+
+
+def mark_rolled_back_after(db: sqlite_utils.Database, history_id: int, seq: int) -> int:
+    """Mark applied edits with seq > ``seq`` rolled back and set the head to ``seq``; returns how many."""
+    if seq < 0:
+        raise StoreError(f"rollback target must be >= 0, got {seq}")
+    with transaction(db):
+        n = db.execute(
+            "UPDATE edits SET status = 'rolled_back', rolled_back_at = ? "
+            "WHERE history_id = ? AND seq > ? AND status = 'applied'",
+            [now(), history_id, seq],
+        ).rowcount
+        db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
+        return n

@@ -1,0 +1,238 @@
+"""The job queue: edit requests waiting for, held by, or finished by the worker.
+
+Order is ``position`` ascending (REAL, so a move only rewrites the moved row). States:
+queued -> running -> done | failed | cancelled; failed/cancelled can be retried (back to queued).
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from engine.hparams import ReFACTHParams
+from engine.request import EditRequest
+from store.db import NotFoundError, StoreError, fetch_all, fetch_one, now, transaction
+from store.records import JobRow, dump_json
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+def _next_position(db: sqlite_utils.Database) -> float:
+    row = fetch_one(db, "SELECT MAX(position) AS p FROM jobs")
+    return float(row["p"] if row and row["p"] is not None else 0.0) + 1.0
+
+
+def enqueue(
+    db: sqlite_utils.Database, history_id: int, request: EditRequest, hparams: ReFACTHParams, kind: str = "edit"
+) -> JobRow:
+    """Append a job at the end of the queue."""
+    with transaction(db):
+        if not fetch_one(db, "SELECT 1 FROM histories WHERE id = ?", [history_id]):
+            raise NotFoundError(f"no history with id {history_id}")
+        cur = db.execute(
+            "INSERT INTO jobs (history_id, kind, position, request_json, hparams_json, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [history_id, kind, _next_position(db), dump_json(request.to_dict()),
+             dump_json(hparams.to_dict()), now()],
+        )
+        return get_job(db, cur.lastrowid)
+
+
+def get_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
+    """A job by id (NotFoundError if none)."""
+    row = fetch_one(db, "SELECT * FROM jobs WHERE id = ?", [job_id])
+    if row is None:
+        raise NotFoundError(f"no job {job_id}; `refact queue list` shows the queue")
+    return JobRow.from_row(row)
+
+
+def list_jobs(
+    db: sqlite_utils.Database, history_id: int | None = None, states: list[str] | tuple[str, ...] | None = None
+) -> list[JobRow]:
+    """Jobs in queue order, optionally filtered by history and states."""
+    sql, params = "SELECT * FROM jobs WHERE 1 = 1", []
+    if history_id is not None:
+        sql += " AND history_id = ?"
+        params.append(history_id)
+    if states:
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise StoreError(f"unknown job state(s) {bad}; use one of {STATES}")
+        sql += f" AND state IN ({', '.join('?' for _ in states)})"
+        params.extend(states)
+    return [JobRow.from_row(r) for r in fetch_all(db, sql + " ORDER BY position, id", params)]
+
+
+def _require_state(job: JobRow, allowed: tuple[str, ...], action: str, hint: str = "") -> None:
+    if job.state not in allowed:
+        extra = f"; {hint}" if hint else ""
+        raise StoreError(f"job {job.id} is {job.state}; only {'/'.join(allowed)} jobs can be {action}{extra}")
+
+
+def remove_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
+    """Delete a queued, failed or cancelled job (and its step rows); returns the removed row."""
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("queued", "failed", "cancelled"), "removed",
+                       "cancel a running job first" if job.state == "running" else "")
+        if fetch_one(db, "SELECT 1 FROM edits WHERE job_id = ?", [job_id]):
+            raise StoreError(f"job {job_id} produced an edit that is part of a history; it cannot be removed")
+        db.execute("DELETE FROM steps WHERE job_id = ?", [job_id])
+        db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+    return job
+
+
+def move_job(db: sqlite_utils.Database, job_id: int, index: int) -> JobRow:
+    """Move a queued job to ``index`` (0-based, clamped) among the queued jobs."""
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("queued",), "moved")
+        others = [
+            r["position"]
+            for r in fetch_all(
+                db, "SELECT position FROM jobs WHERE state = 'queued' AND id != ? ORDER BY position, id", [job_id]
+            )
+        ]
+        index = max(0, min(index, len(others)))
+        if not others:
+            return job
+        if index == 0:
+            position = others[0] - 1.0
+        elif index == len(others):
+            position = others[-1] + 1.0
+        else:
+            lo, hi = others[index - 1], others[index]
+            position = (lo + hi) / 2.0
+            if not lo < position < hi:  # float gap exhausted: renumber the queued jobs first
+                _renumber_queued(db)
+                return move_job(db, job_id, index)
+        db.execute("UPDATE jobs SET position = ? WHERE id = ?", [position, job_id])
+        return get_job(db, job_id)
+
+
+def _renumber_queued(db: sqlite_utils.Database) -> None:
+    rows = fetch_all(db, "SELECT id, position FROM jobs WHERE state = 'queued' ORDER BY position, id")
+    if not rows:
+        return
+    start = float(int(rows[0]["position"]))
+    db.conn.executemany(
+        "UPDATE jobs SET position = ? WHERE id = ?", [(start + i, r["id"]) for i, r in enumerate(rows)]
+    )
+
+
+def clear_queue(db: sqlite_utils.Database, history_id: int | None = None) -> int:
+    """Delete every queued job (of one history, or all); returns how many."""
+    with transaction(db):
+        sql, params = "FROM jobs WHERE state = 'queued'", []
+        if history_id is not None:
+            sql += " AND history_id = ?"
+            params.append(history_id)
+        db.execute(f"DELETE FROM steps WHERE job_id IN (SELECT id {sql})", params)
+        return db.execute(f"DELETE {sql}", params).rowcount
+
+
+def cancel_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
+    """Cancel a queued job now; for a running job set ``cancel_requested`` (the worker stops it)."""
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("queued", "running"), "cancelled")
+        if job.state == "queued":
+            db.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now(), job_id]
+            )
+        else:
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
+        return get_job(db, job_id)
+
+
+def is_cancel_requested(db: sqlite_utils.Database, job_id: int) -> bool:
+    """Whether someone asked to cancel this (running) job; cheap enough to poll between steps."""
+    row = fetch_one(db, "SELECT cancel_requested, state FROM jobs WHERE id = ?", [job_id])
+    return bool(row and (row["cancel_requested"] or row["state"] == "cancelled"))
+
+
+def retry_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
+    """Put a failed or cancelled job back at the end of the queue."""
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("failed", "cancelled"), "retried")
+        db.execute(
+            "UPDATE jobs SET state = 'queued', position = ?, error = NULL, worker_id = NULL, "
+            "heartbeat_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, "
+            "edit_id = NULL WHERE id = ?",
+            [_next_position(db), job_id],
+        )
+        return get_job(db, job_id)
+
+
+def claim_next(db: sqlite_utils.Database, worker_id: str, history_id: int | None = None) -> JobRow | None:
+    """Atomically take the first queued job (running, attempts + 1); None when the queue is empty."""
+    with transaction(db):  # BEGIN IMMEDIATE: no other writer can claim between SELECT and UPDATE
+        sql, params = "SELECT id FROM jobs WHERE state = 'queued'", []
+        if history_id is not None:
+            sql += " AND history_id = ?"
+            params.append(history_id)
+        row = fetch_one(db, sql + " ORDER BY position, id LIMIT 1", params)
+        if row is None:
+            return None
+        t = now()
+        db.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, "
+            "heartbeat_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0 "
+            "WHERE id = ? AND state = 'queued'",
+            [worker_id, t, t, row["id"]],
+        )
+        return get_job(db, row["id"])
+
+
+def heartbeat_job(db: sqlite_utils.Database, job_id: int) -> None:
+    """Refresh a running job's heartbeat."""
+    with transaction(db):
+        db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'running'", [now(), job_id])
+
+
+def finish_job(
+    db: sqlite_utils.Database, job_id: int, state: str, error: str | None = None, edit_id: int | None = None
+) -> JobRow:
+    """End a running job as done, failed or cancelled (call inside the transaction that records the edit)."""
+    if state not in FINAL_STATES:
+        raise StoreError(f"a job can only finish as {'/'.join(FINAL_STATES)}, not {state!r}")
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("running",), "finished")
+        db.execute(
+            "UPDATE jobs SET state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ? WHERE id = ?",
+            [state, error, edit_id, now(), now(), job_id],
+        )
+        return get_job(db, job_id)
+
+
+def requeue_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
+    """Give a running job back to the queue at its old position (e.g. the worker was stopped)."""
+    with transaction(db):
+        job = get_job(db, job_id)
+        _require_state(job, ("running",), "requeued")
+        db.execute(
+            "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
+            "cancel_requested = 0 WHERE id = ?",
+            [job_id],
+        )
+        return get_job(db, job_id)
+
+
+def requeue_orphans(db: sqlite_utils.Database) -> list[int]:
+    """Requeue every running job (cancel those with a pending cancel); call right after acquiring the
+    worker lease, when no one else can be running jobs. Returns the requeued ids."""
+    with transaction(db):
+        db.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'cancelled while its worker was gone' "
+            "WHERE state = 'running' AND cancel_requested = 1",
+            [now()],
+        )
+        ids = [r["id"] for r in fetch_all(db, "SELECT id FROM jobs WHERE state = 'running' ORDER BY position")]
+        if ids:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL "
+                "WHERE state = 'running'"
+            )
+        return ids

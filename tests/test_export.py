@@ -1,0 +1,74 @@
+"""Full export (diffusers reload reproduces the edited encoder) and delta-only export / apply."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fixtures_models import tiny_pipeline_dir
+from worker_helpers import new_workspace, queue, sample_requests
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_pipeline_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, model_dir):
+    from refact_tui.services.runner import run_worker
+
+    ws = new_workspace(tmp_path_factory.mktemp("exp") / "w", model_dir)
+    queue(ws, sample_requests(2))
+    assert run_worker(ws, device="cpu").done == 2
+    yield ws
+    ws.close()
+
+
+def test_full_export_reloads_with_diffusers_to_the_edited_encoder(ws, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from engine.hashing import module_hash
+    from refact_tui.services.export import export_pipeline
+    from refact_tui.services.history import list_history
+
+    res = export_pipeline(ws, tmp_path / "out")
+    assert res.kind == "pipeline" and res.n_edits == 2
+    head_hash = list_history(ws)[-1].weights_hash
+    assert res.weights_hash == head_hash
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "out"), local_files_only=True)
+    assert module_hash(pipe.text_encoder) == head_hash
+    assert json.loads((tmp_path / "out" / "refact_export.json").read_text())["head_seq"] == 2
+    with pytest.raises(Exception, match="not an empty folder"):
+        export_pipeline(ws, tmp_path / "out")
+
+
+def test_deltas_only_export_and_apply_with_hash_checks(ws, tmp_path, model_dir, tmp_path_factory):
+    from engine.errors import DeltaIntegrityError
+    from engine.hashing import module_hash
+    from engine.models import load_model
+    from refact_tui.services.export import apply_deltas_manifest, export_pipeline
+    from refact_tui.services.history import list_history
+
+    res = export_pipeline(ws, tmp_path / "d", deltas_only=True)
+    manifest = json.loads(res.manifest.read_text())
+    edits = list_history(ws)
+    assert [e["sha256"] for e in manifest["edits"]] == [e.delta_sha256 for e in edits]
+    assert manifest["final_weights_hash"] == edits[-1].weights_hash
+
+    applied = apply_deltas_manifest(res.manifest, model_dir, tmp_path / "applied")
+    assert applied.weights_hash == edits[-1].weights_hash
+    assert load_model(tmp_path / "applied", device="cpu", with_pipeline=False).encoder_hash() == edits[-1].weights_hash
+
+    other = tiny_pipeline_dir(tmp_path_factory, seed=1)
+    with pytest.raises(DeltaIntegrityError, match="not the base"):
+        apply_deltas_manifest(res.manifest, other, tmp_path / "wrong")
+    f = tmp_path / "d" / manifest["edits"][0]["file"]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(DeltaIntegrityError, match="sha256"):
+        apply_deltas_manifest(res.manifest, model_dir, tmp_path / "tampered")
+    assert not (tmp_path / "tampered").exists()
+    del module_hash

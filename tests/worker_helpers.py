@@ -1,0 +1,48 @@
+"""Helpers shared by the worker / history / export / CLI tests: a tiny workspace with fast hparams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.hparams import ReFACTHParams
+from engine.request import EditRequest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_EDITS = REPO / "datasets" / "sample_edits.jsonl"
+# Layer 2 of the 4-layer tiny encoder, few steps: each edit takes a fraction of a second.
+FAST = ReFACTHParams(layer=2, lr=0.2, max_steps=8, prob_threshold=0.999)
+STATS_SAMPLES = 40
+
+
+def sample_requests(n: int) -> list[EditRequest]:
+    lines = [l for l in SAMPLE_EDITS.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return [EditRequest.from_dict(json.loads(l)) for l in lines[:n]]
+
+
+def new_workspace(root: Path, model_dir: Path):
+    """An initialized workspace that computes C from a small corpus sample."""
+    from refact_tui.services.runner import STATS_SAMPLES_KEY
+    from refact_tui.services.workspace import init_workspace
+    from store.db import set_meta
+
+    ws = init_workspace(root, model_dir)
+    set_meta(ws.db, STATS_SAMPLES_KEY, str(STATS_SAMPLES))
+    return ws
+
+
+def queue(ws, requests, hparams: ReFACTHParams = FAST) -> list:
+    from refact_tui.services.queue import add_edit
+
+    return [add_edit(ws, r, hparams) for r in requests]
+
+
+def rebuild_hash(model_dir: Path, delta_paths: list[Path]) -> str:
+    """Encoder hash of base + deltas, recomputed without the workspace code."""
+    from engine.delta import EditDelta
+    from engine.models import load_model
+
+    model = load_model(model_dir, device="cpu", with_pipeline=False)
+    for p in delta_paths:
+        EditDelta.load(p).apply(model)
+    return model.encoder_hash()
