@@ -47,8 +47,12 @@ def test_add_edit_validates_and_queues(ws):
     with pytest.raises(RequestError, match="target is empty"):
         queue.add_edit(ws, _req(3, target="  "), HP)
     with pytest.raises(HParamsError, match="layer 7 is out of range.*4 layers"):
-        queue.add_edit(ws, _req(4))  # default layer 7 does not exist in a 4-layer encoder
+        queue.add_edit(ws, _req(4), ReFACTHParams(layer=7))  # no layer 7 in a 4-layer encoder
     assert [j.id for j in queue.list_queue(ws)] == [job.id]  # nothing half-added
+    # without hparams the workspace default moves the paper's layer 7 into range (middle layer)
+    default_job = queue.add_edit(ws, _req(5))
+    assert default_job.hparams == ReFACTHParams(layer=2)
+    assert queue.add_edit(ws, _req(6), {"max_steps": 9}).hparams == ReFACTHParams(layer=2, max_steps=9)
     assert "queued job" in tail_events(ws.db)[-1].message
 
 

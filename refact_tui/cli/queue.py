@@ -18,10 +18,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(queue_app, name="queue", rich_help_panel="Edits")
 
 
-def _hparams(overrides: dict):
-    from engine.hparams import ReFACTHParams
-
-    return ReFACTHParams().with_overrides(**overrides) if overrides else None
+def _hparams(overrides: dict) -> dict:
+    # overrides onto the workspace default (services.queue.default_hparams)
+    return overrides
 
 
 def _print_jobs(jobs, title: str = "queue") -> None:

@@ -13,7 +13,9 @@ from engine.hparams import ReFACTHParams
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 SAMPLE_EDITS = DATASETS / "sample_edits.jsonl"
 # Layer 2 of the 4-layer tiny encoder; few steps and a small corpus sample keep the demo to seconds.
-DEMO_HPARAMS = ReFACTHParams(layer=2, lr=0.1, max_steps=25, prob_threshold=0.95)
+# The tiny random encoder reacts weakly to a layer-2 change: a larger step and a lighter weight decay
+# than the paper's make the loss curve visibly fall within a short demo.
+DEMO_HPARAMS = ReFACTHParams(layer=2, lr=0.5, max_steps=40, prob_threshold=0.95, weight_decay=0.01)
 DEMO_STATS_SAMPLES = 200
 
 

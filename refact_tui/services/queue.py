@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest
@@ -44,6 +44,29 @@ class ImportReport:
         return "; ".join(parts)
 
 
+PAPER_LAYER = ReFACTHParams().layer
+
+
+def default_hparams(ws: Workspace) -> ReFACTHParams:
+    """The workspace's default hyperparameters: the paper's, with the layer moved into range.
+
+    Layer 7 is the paper's choice for the 12-layer SD text encoder; smaller encoders (the tiny test
+    model) get their middle layer instead, so a plain `queue add` works on every model.
+    """
+    base = get_base_model(ws.db, ws.history().base_model_id)
+    num_layers = base.config.get("num_layers")
+    if num_layers is not None and PAPER_LAYER >= int(num_layers):
+        return ReFACTHParams(layer=int(num_layers) // 2)
+    return ReFACTHParams()
+
+
+def resolve_hparams(ws: Workspace, hparams: ReFACTHParams | Mapping[str, Any] | None) -> ReFACTHParams:
+    """Full hyperparameters from None (workspace default), overrides onto the default, or a full set."""
+    if isinstance(hparams, ReFACTHParams):
+        return hparams
+    return default_hparams(ws).with_overrides(**dict(hparams or {}))
+
+
 def check_hparams(ws: Workspace, hparams: ReFACTHParams) -> None:
     """Validate hyperparameters against the current history's base model (layer in range)."""
     hparams.validate()
@@ -55,10 +78,14 @@ def check_hparams(ws: Workspace, hparams: ReFACTHParams) -> None:
         )
 
 
-def add_edit(ws: Workspace, request: EditRequest, hparams: ReFACTHParams | None = None) -> JobRow:
-    """Validate a request (RequestError / HParamsError) and queue it on the current history."""
+def add_edit(ws: Workspace, request: EditRequest,
+             hparams: ReFACTHParams | Mapping[str, Any] | None = None) -> JobRow:
+    """Validate a request (RequestError / HParamsError) and queue it on the current history.
+
+    ``hparams`` is a full set, a mapping of overrides onto the workspace default, or None.
+    """
     request.validate()
-    hparams = hparams or ReFACTHParams()
+    hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
     with transaction(ws.db):
         job = job_store.enqueue(ws.db, ws.history().id, request, hparams)
@@ -77,7 +104,7 @@ def import_requests(
     path: Path | str,
     format: str = "auto",
     skip_invalid: bool = False,
-    hparams: ReFACTHParams | None = None,
+    hparams: ReFACTHParams | Mapping[str, Any] | None = None,
     allow_duplicates: bool = False,
     tokenizer: Any | None = None,
 ) -> ImportReport:
@@ -91,7 +118,7 @@ def import_requests(
     from engine.importers import load_requests  # lazy: only the import command needs it
 
     path = Path(path)
-    hparams = hparams or ReFACTHParams()
+    hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
     result = load_requests(path, format=format, skip_invalid=skip_invalid, tokenizer=tokenizer)
     report = ImportReport(path=path, errors=list(result.errors))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from engine.errors import EngineError
 from engine.events import ProgressCallback
-from engine.hparams import ReFACTHParams
 
 
 def _store(ws):
@@ -24,8 +23,9 @@ def default_layers(ws, num_layers: int) -> list[int]:
     layers = [l for l in layers if 0 <= l < num_layers]
     if layers:
         return layers
-    default = ReFACTHParams().layer
-    return [default if default < num_layers else num_layers // 2]
+    from refact_tui.services.queue import default_hparams
+
+    return [default_hparams(ws).layer]
 
 
 def compute_stats(ws, layer: int | None = None, corpus: Path | None = None, samples: int | None = None,

@@ -20,17 +20,18 @@ FIELDS = (
     ("target", "Target", "Prince William"),
     ("contrastive", "Contrastive (optional)", "comma-separated texts to push away"),
     ("name", "Name (optional)", "a short label"),
-    ("layer", "Layer", str(ReFACTHParams().layer)),
+    ("layer", "Layer", "workspace default"),
     ("max_steps", "Max steps", str(ReFACTHParams().max_steps)),
 )
 
 
 @dataclass(frozen=True)
 class NewEdit:
-    """What the form returns: a validated request and its hyperparameters."""
+    """What the form returns: a validated request and hyperparameter overrides
+    (applied onto the workspace default by the queue service)."""
 
     request: EditRequest
-    hparams: ReFACTHParams
+    hparams: dict[str, int]
 
 
 def parse_form(values: dict[str, str]) -> NewEdit:
@@ -49,7 +50,8 @@ def parse_form(values: dict[str, str]) -> NewEdit:
                 overrides[key] = int(raw)
             except ValueError:
                 raise HParamsError(f"{key} must be a whole number, got {raw!r}") from None
-    return NewEdit(request, ReFACTHParams().with_overrides(**overrides))
+    ReFACTHParams().with_overrides(**overrides)  # range checks now; the layer is checked by the service
+    return NewEdit(request, overrides)
 
 
 class AddEditModal(ModalScreen[NewEdit | None]):
