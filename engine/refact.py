@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from engine.base_weights import base_fc2_of, fc2_weights
 from engine.covariance import SecondMomentStore
 from engine.delta import EditDelta
 from engine.events import ProgressCallback, StepCallback, StepEvent, StopCheck
@@ -126,7 +127,10 @@ def compute_edit(
     timings.key_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    targets = encode_texts(adapter, tokenizer, [request.target, request.source, *request.contrastive])
+    # Targets come from the frozen base encoder, as in the paper's sequential setting: later edits
+    # aim at the original model's features, not at features already moved by earlier edits.
+    with fc2_weights(model, base_fc2_of(model)):
+        targets = encode_texts(adapter, tokenizer, [request.target, request.source, *request.contrastive])
     value = optimize_value(
         adapter, tokenizer, rewriting, layer, targets, v0, hparams, on_step=on_step, should_stop=should_stop
     )

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from engine.evaluation.base_weights import fc2_weights
+from engine.base_weights import fc2_weights
 from engine.evaluation.config import ImageEvalConfig
 from engine.evaluation.distributed import run_sharded
 from engine.evaluation.generation import WorkItem, batched, generate_batch, prepare_pipeline

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.evaluation.base_weights import fc2_weights
+from engine.base_weights import fc2_weights
 from engine.evaluation.scoring import EditScores, MetricValue, pair_probs, pair_probs_l2, summarize
 from engine.request import EditRequest
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.evaluation.base_weights import base_fc2_of
+from engine.base_weights import base_fc2_of
 from engine.evaluation.config import ImageEvalConfig, TextEvalConfig
 from engine.evaluation.errors import EvaluationError
 from engine.evaluation.scoring import retention

@@ -181,3 +181,26 @@ def test_cosine_similarity_edit(tiny_clip_proj, edit):
     res = edit(tiny_clip_proj, MOVING.with_overrides(similarity="cosine", lr=0.2, max_steps=20, layer=1))
     assert res.steps[-1].loss < res.steps[0].loss
     assert res.p_target > res.steps[0].p_target
+
+
+def test_sequential_edits_aim_at_the_base_encoders_targets(tiny_clip, edit):
+    """After an earlier edit, targets are still the frozen *base* features (paper's sequential setting)."""
+    from engine.optimize import encode_texts
+
+    adapter, tok = tiny_clip.adapter, tiny_clip.tokenizer
+    tiny_clip.base_fc2 = {
+        f"{adapter.fc2_name(l)}.weight": adapter.fc2(l).weight.detach().clone() for l in range(adapter.num_layers)
+    }
+    texts = [REQUEST.target, REQUEST.source]
+    base_targets = encode_texts(adapter, tok, texts)
+    edit(tiny_clip, apply=True)  # first edit changes fc2 of layer 0
+    edited_weights = {k: adapter.fc2(l).weight.detach().clone() for l, k in enumerate(tiny_clip.base_fc2)}
+    current_targets = encode_texts(adapter, tok, texts)
+    assert not torch.allclose(current_targets, base_targets, atol=1e-4)
+
+    second = EditRequest(prompt="the prince of wales in a park", source=REQUEST.source, target=REQUEST.target)
+    res = edit(tiny_clip, request=second)
+    assert torch.equal(res.tensors["targets"][: len(texts)], base_targets.cpu())
+    # the swap to base weights and back is exact
+    for l, k in enumerate(tiny_clip.base_fc2):
+        assert torch.equal(adapter.fc2(l).weight, edited_weights[k])

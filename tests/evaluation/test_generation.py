@@ -49,7 +49,7 @@ def test_defaults_and_resolution(pipe):
 
 
 def test_text_encoder_weights_reach_the_images(tiny_model, pipe):
-    from engine.evaluation.base_weights import fc2_module
+    from engine.base_weights import fc2_module
 
     items = [WorkItem(PROMPTS[1], 5)]
     cfg = GenerationConfig(steps=2, output_type="latent")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.evaluation.base_weights import fc2_module
+from engine.base_weights import fc2_module
 from engine.evaluation.config import GenerationConfig, ImageEvalConfig
 from engine.evaluation.image_metrics import EvalTarget, evaluate_images, plan_items
 from engine.request import EditRequest, Probe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.evaluation.base_weights import base_fc2_of, fc2_module, fc2_weights
+from engine.base_weights import base_fc2_of, fc2_module, fc2_weights
 from engine.evaluation.text_metrics import FeatureCache, encode_texts, text_metrics
 from engine.request import EditRequest, Probe
 
