@@ -133,7 +133,6 @@ def pipeline_configs(size: str = "tiny") -> PipelineConfigs:
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32,
-            attention_head_dim=8,
             norm_num_groups=32,
         )
         vae = dict(
@@ -141,8 +140,6 @@ def pipeline_configs(size: str = "tiny") -> PipelineConfigs:
             layers_per_block=1,
             norm_num_groups=8,
             sample_size=64,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
         )
     elif size == "full":
         text = dict(
@@ -156,7 +153,6 @@ def pipeline_configs(size: str = "tiny") -> PipelineConfigs:
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             cross_attention_dim=768,
-            attention_head_dim=8,
             norm_num_groups=32,
         )
         vae = dict(
@@ -164,8 +160,6 @@ def pipeline_configs(size: str = "tiny") -> PipelineConfigs:
             layers_per_block=2,
             norm_num_groups=32,
             sample_size=512,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
         )
     else:
         raise BuildError(f"unknown model size {size!r}; use one of {', '.join(SIZES)}")
@@ -173,8 +167,13 @@ def pipeline_configs(size: str = "tiny") -> PipelineConfigs:
         vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=CLIP_MAX_LENGTH, hidden_act="quick_gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )
-    unet.update(in_channels=4, out_channels=4, act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
-    vae.update(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu")
+    unet.update(
+        in_channels=4, out_channels=4, act_fn="silu", flip_sin_to_cos=True, freq_shift=0, attention_head_dim=8,
+    )
+    vae.update(
+        in_channels=3, out_channels=3, latent_channels=4, act_fn="silu",
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     return PipelineConfigs(size, text, unet, vae, dict(SD_SCHEDULER_CONFIG))
 
 

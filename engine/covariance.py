@@ -9,9 +9,7 @@ padding excluded) and accumulates in float64. Results are cached in memory and o
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +17,11 @@ from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from engine.adapters.base import EncoderAdapter
 from engine.errors import EngineError
 from engine.events import Progress, ProgressCallback
+from engine.files import file_sha256, save_safetensors_atomic
 
 FORMAT = "refact-mom2/1"
 DEFAULT_BATCH_TOKENS = 64 * 77
@@ -34,14 +32,6 @@ SUBSET_SEED = 1
 def default_corpus_path() -> Path:
     """The caption corpus shipped with the project (``datasets/caption_corpus.txt``)."""
     return Path(__file__).resolve().parents[1] / "datasets" / "caption_corpus.txt"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_corpus(path: Path, n_samples: int | None = None) -> list[str]:
@@ -193,20 +183,8 @@ class SecondMomentStore:
                 "module": adapter.fc2_name(layer),
                 "created": f"{time.time():.3f}",
             }
-            self._write(path, mom2, meta)
+            save_safetensors_atomic(path, {"mom2": mom2.contiguous()}, meta)
         return mom2
-
-    @staticmethod
-    def _write(path: Path, mom2: torch.Tensor, meta: dict[str, str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"mom2": mom2.contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def entries(self) -> list[StatsEntry]:
         """Every cached file in ``cache_dir``, newest first (unreadable files are skipped)."""

@@ -6,19 +6,16 @@ atomically (temporary file + rename) with a sha256 the caller records to detect 
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from engine.adapters.base import EncoderAdapter
 from engine.errors import DeltaIntegrityError
+from engine.files import file_sha256, save_safetensors_atomic
 
 FORMAT = "refact-delta/1"
 
@@ -40,14 +37,6 @@ def add_rank_one(linear: torch.nn.Linear, u: torch.Tensor, r: torch.Tensor, sign
             w.add_(update, alpha=sign)
         else:
             w.copy_((w.float() + sign * update).to(w.dtype))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -88,20 +77,10 @@ class EditDelta:
     def save(self, path: Path) -> str:
         """Write atomically; return the sha256 of the written file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {str(k): str(v) for k, v in self.meta.items()}
         meta.update({"format": FORMAT, "layer": str(self.layer), "module": self.module})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"u": self.u, "r": self.r}, tmp, metadata=meta)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return _sha256(path)
+        save_safetensors_atomic(path, {"u": self.u, "r": self.r}, meta, fsync=True)
+        return file_sha256(path)
 
     @classmethod
     def load(cls, path: Path, expected_sha256: str | None = None) -> "EditDelta":
@@ -109,7 +88,7 @@ class EditDelta:
         path = Path(path)
         if not path.is_file():
             raise DeltaIntegrityError(f"delta file {path} is missing; the edit cannot be re-applied")
-        if expected_sha256 is not None and _sha256(path) != expected_sha256:
+        if expected_sha256 is not None and file_sha256(path) != expected_sha256:
             raise DeltaIntegrityError(f"delta file {path} does not match its recorded sha256; it was changed or damaged")
         try:
             with safe_open(str(path), framework="pt") as f:

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlite_utils
 
-from store.db import NotFoundError, fetch_all, fetch_one, now, transaction
+from store.db import fetch_all, fetch_one, fetch_required, now, transaction
 from store.records import BaseModelRow, dump_json
 
 
@@ -36,9 +36,7 @@ def register_base_model(
 
 def get_base_model(db: sqlite_utils.Database, id: int) -> BaseModelRow:
     """The base model with this id (NotFoundError if none)."""
-    row = fetch_one(db, "SELECT * FROM base_models WHERE id = ?", [id])
-    if row is None:
-        raise NotFoundError(f"no base model with id {id}")
+    row = fetch_required(db, "SELECT * FROM base_models WHERE id = ?", [id], f"no base model with id {id}")
     return BaseModelRow.from_row(row)
 
 

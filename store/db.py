@@ -231,6 +231,14 @@ def fetch_one(db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()) -
     return rows[0] if rows else None
 
 
+def fetch_required(db: sqlite_utils.Database, sql: str, params: Sequence[Any], missing: str) -> dict[str, Any]:
+    """The first row of a read; NotFoundError(``missing``) when there is none."""
+    row = fetch_one(db, sql, params)
+    if row is None:
+        raise NotFoundError(missing)
+    return row
+
+
 def get_meta(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
     """A value from the ``meta`` table."""
     row = fetch_one(db, "SELECT value FROM meta WHERE key = ?", [key])

@@ -11,7 +11,7 @@ import sqlite_utils
 
 from engine.hparams import ReFACTHParams
 from engine.request import EditRequest
-from store.db import NotFoundError, StoreError, fetch_all, fetch_one, now, transaction
+from store.db import NotFoundError, StoreError, fetch_all, fetch_one, fetch_required, now, transaction
 from store.records import EditRow, dump_json
 
 EDIT_STATUSES = ("applied", "rolled_back", "failed")
@@ -76,17 +76,15 @@ def record_edit(
 
 def get_edit(db: sqlite_utils.Database, id: int) -> EditRow:
     """An edit by id (NotFoundError if none)."""
-    row = fetch_one(db, "SELECT * FROM edits WHERE id = ?", [id])
-    if row is None:
-        raise NotFoundError(f"no edit {id}; `refact history` lists the edits")
+    row = fetch_required(db, "SELECT * FROM edits WHERE id = ?", [id],
+                         f"no edit {id}; `refact history` lists the edits")
     return EditRow.from_row(row)
 
 
 def get_edit_by_seq(db: sqlite_utils.Database, history_id: int, seq: int) -> EditRow:
     """The edit at ``seq`` of a history (NotFoundError if none)."""
-    row = fetch_one(db, "SELECT * FROM edits WHERE history_id = ? AND seq = ?", [history_id, seq])
-    if row is None:
-        raise NotFoundError(f"history {history_id} has no edit with seq {seq}")
+    sql = "SELECT * FROM edits WHERE history_id = ? AND seq = ?"
+    row = fetch_required(db, sql, [history_id, seq], f"history {history_id} has no edit with seq {seq}")
     return EditRow.from_row(row)
 
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import sqlite_utils
 
-from store.db import NotFoundError, StoreError, fetch_all, fetch_one, get_meta, now, set_meta, transaction
+from store.db import StoreError, fetch_all, fetch_one, fetch_required, get_meta, now, set_meta, transaction
 from store.records import HistoryRow
 
 CURRENT_KEY = "current_history_id"
@@ -45,12 +45,11 @@ def create_history(
 def get_history(db: sqlite_utils.Database, id_or_name: int | str) -> HistoryRow:
     """A history by id (int or digit string) or by name; NotFoundError if none."""
     if isinstance(id_or_name, int) or (isinstance(id_or_name, str) and id_or_name.isdigit()):
-        row = fetch_one(db, "SELECT * FROM histories WHERE id = ?", [int(id_or_name)])
+        sql, key = "SELECT * FROM histories WHERE id = ?", int(id_or_name)
     else:
-        row = fetch_one(db, "SELECT * FROM histories WHERE name = ?", [str(id_or_name).strip()])
-    if row is None:
-        raise NotFoundError(f"no history {id_or_name!r}; `refact history list` shows the histories")
-    return HistoryRow.from_row(row)
+        sql, key = "SELECT * FROM histories WHERE name = ?", str(id_or_name).strip()
+    missing = f"no history {id_or_name!r}; `refact history list` shows the histories"
+    return HistoryRow.from_row(fetch_required(db, sql, [key], missing))
 
 
 def current_history(db: sqlite_utils.Database) -> HistoryRow:

@@ -10,7 +10,7 @@ import sqlite_utils
 
 from engine.hparams import ReFACTHParams
 from engine.request import EditRequest
-from store.db import NotFoundError, StoreError, fetch_all, fetch_one, now, transaction
+from store.db import NotFoundError, StoreError, fetch_all, fetch_one, fetch_required, now, transaction
 from store.records import JobRow, dump_json
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -40,9 +40,8 @@ def enqueue(
 
 def get_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
     """A job by id (NotFoundError if none)."""
-    row = fetch_one(db, "SELECT * FROM jobs WHERE id = ?", [job_id])
-    if row is None:
-        raise NotFoundError(f"no job {job_id}; `refact queue list` shows the queue")
+    missing = f"no job {job_id}; `refact queue list` shows the queue"
+    row = fetch_required(db, "SELECT * FROM jobs WHERE id = ?", [job_id], missing)
     return JobRow.from_row(row)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlite_utils
 
-from store.db import NotFoundError, StoreError, fetch_all, fetch_one, now, transaction
+from store.db import StoreError, fetch_all, fetch_one, fetch_required, now, transaction
 from store.records import EvalRunRow, MetricRow, dump_json
 
 SPACES = ("text", "image")
@@ -29,9 +29,7 @@ def start_eval_run(
 
 def get_eval_run(db: sqlite_utils.Database, id: int) -> EvalRunRow:
     """An evaluation run by id (NotFoundError if none)."""
-    row = fetch_one(db, "SELECT * FROM eval_runs WHERE id = ?", [id])
-    if row is None:
-        raise NotFoundError(f"no evaluation run {id}")
+    row = fetch_required(db, "SELECT * FROM eval_runs WHERE id = ?", [id], f"no evaluation run {id}")
     return EvalRunRow.from_row(row)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable, ClassVar, Self
 
 from engine.hparams import ReFACTHParams
 from engine.request import EditRequest
@@ -25,8 +25,35 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def _request(text: str) -> EditRequest:
+    return EditRequest.from_dict(json.loads(text))
+
+
+def _hparams(text: str) -> ReFACTHParams:
+    return ReFACTHParams.from_dict(json.loads(text))
+
+
+def _timings(text: str | None) -> dict[str, float]:
+    return {k: float(v) for k, v in _json(text).items()}
+
+
+class _Row:
+    """``from_row``: each dataclass field reads the column of its name, except those ``_columns`` maps
+    to (column, decoder): JSON columns, SQLite integers read as bool, NULL read as NaN."""
+
+    _columns: ClassVar[dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Self:
+        values = {}
+        for f in fields(cls):
+            column, decode = cls._columns.get(f.name, (f.name, None))
+            values[f.name] = r[column] if decode is None else decode(r[column])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class BaseModelRow:
+class BaseModelRow(_Row):
     id: int
     source: str
     path: str
@@ -36,14 +63,11 @@ class BaseModelRow:
     config: dict[str, Any]
     created_at: float
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "BaseModelRow":
-        return cls(r["id"], r["source"], r["path"], r["kind"], r["encoder_family"], r["encoder_hash"],
-                   _json(r["config_json"]), r["created_at"])
+    _columns = {"config": ("config_json", _json)}
 
 
 @dataclass(frozen=True)
-class HistoryRow:
+class HistoryRow(_Row):
     id: int
     base_model_id: int
     name: str
@@ -54,13 +78,9 @@ class HistoryRow:
     note: str
     created_at: float
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "HistoryRow":
-        return cls(**{f.name: r[f.name] for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class JobRow:
+class JobRow(_Row):
     id: int
     history_id: int
     kind: str
@@ -78,21 +98,14 @@ class JobRow:
     started_at: float | None
     finished_at: float | None
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "JobRow":
-        return cls(
-            id=r["id"], history_id=r["history_id"], kind=r["kind"], position=r["position"],
-            request=EditRequest.from_dict(json.loads(r["request_json"])),
-            hparams=ReFACTHParams.from_dict(json.loads(r["hparams_json"])),
-            state=r["state"], attempts=r["attempts"], worker_id=r["worker_id"],
-            heartbeat_at=r["heartbeat_at"], error=r["error"], edit_id=r["edit_id"],
-            cancel_requested=bool(r["cancel_requested"]), created_at=r["created_at"],
-            started_at=r["started_at"], finished_at=r["finished_at"],
-        )
+    _columns = {
+        "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
+        "cancel_requested": ("cancel_requested", bool),
+    }
 
 
 @dataclass(frozen=True)
-class EditRow:
+class EditRow(_Row):
     id: int
     history_id: int
     seq: int
@@ -117,25 +130,14 @@ class EditRow:
     created_at: float
     rolled_back_at: float | None
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "EditRow":
-        return cls(
-            id=r["id"], history_id=r["history_id"], seq=r["seq"], job_id=r["job_id"],
-            source_edit_id=r["source_edit_id"],
-            request=EditRequest.from_dict(json.loads(r["request_json"])),
-            hparams=ReFACTHParams.from_dict(json.loads(r["hparams_json"])),
-            status=r["status"], layer=r["layer"], module=r["module"], delta_path=r["delta_path"],
-            delta_sha256=r["delta_sha256"], weights_hash=r["weights_hash"], steps_run=r["steps_run"],
-            early_stopped=bool(r["early_stopped"]), p_target=r["p_target"], delta_norm=r["delta_norm"],
-            division_factor=r["division_factor"],
-            timings={k: float(v) for k, v in _json(r["timings_json"]).items()},
-            device=r["device"], error=r["error"], created_at=r["created_at"],
-            rolled_back_at=r["rolled_back_at"],
-        )
+    _columns = {
+        "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
+        "early_stopped": ("early_stopped", bool), "timings": ("timings_json", _timings),
+    }
 
 
 @dataclass(frozen=True)
-class StepRow:
+class StepRow(_Row):
     edit_id: int | None
     job_id: int
     attempt: int
@@ -147,14 +149,11 @@ class StepRow:
     delta_norm: float
     elapsed: float
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "StepRow":
-        return cls(r["edit_id"], r["job_id"], r["attempt"], r["step"], _nan(r["loss"]), _nan(r["nll"]),
-                   _nan(r["wd"]), _nan(r["p_target"]), _nan(r["delta_norm"]), r["elapsed"])
+    _columns = {name: (name, _nan) for name in ("loss", "nll", "wd", "p_target", "delta_norm")}
 
 
 @dataclass(frozen=True)
-class EvalRunRow:
+class EvalRunRow(_Row):
     id: int
     history_id: int
     at_seq: int
@@ -165,14 +164,11 @@ class EvalRunRow:
     started_at: float
     finished_at: float | None
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "EvalRunRow":
-        return cls(r["id"], r["history_id"], r["at_seq"], r["space"], _json(r["config_json"]), r["state"],
-                   r["error"], r["started_at"], r["finished_at"])
+    _columns = {"config": ("config_json", _json)}
 
 
 @dataclass(frozen=True)
-class MetricRow:
+class MetricRow(_Row):
     id: int
     eval_run_id: int | None
     edit_id: int | None
@@ -185,21 +181,23 @@ class MetricRow:
     final: bool
     created_at: float
 
+    _columns = {"final": ("final", bool)}
+
     @property
     def progress(self) -> float:
         """Fraction of items scored (1.0 when the total is unknown and the value is final)."""
-        if self.total > 0:
-            return min(1.0, self.n / self.total)
-        return 1.0 if self.final else 0.0
+        return metric_progress(self.n, self.total, self.final)
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "MetricRow":
-        return cls(r["id"], r["eval_run_id"], r["edit_id"], r["space"], r["name"], r["value"], r["std"],
-                   r["n"], r["total"], bool(r["final"]), r["created_at"])
+
+def metric_progress(n: int, total: int, final: bool) -> float:
+    """Progress of a metric that has scored ``n`` of ``total`` items."""
+    if total > 0:
+        return min(1.0, n / total)
+    return 1.0 if final else 0.0
 
 
 @dataclass(frozen=True)
-class ArtifactRow:
+class ArtifactRow(_Row):
     id: int
     owner_kind: str
     owner_id: int
@@ -210,14 +208,11 @@ class ArtifactRow:
     meta: dict[str, Any]
     created_at: float
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "ArtifactRow":
-        return cls(r["id"], r["owner_kind"], r["owner_id"], r["kind"], r["path"], r["sha256"], r["bytes"],
-                   _json(r["meta_json"]), r["created_at"])
+    _columns = {"meta": ("meta_json", _json)}
 
 
 @dataclass(frozen=True)
-class EventRow:
+class EventRow(_Row):
     id: int
     ts: float
     level: str
@@ -225,23 +220,15 @@ class EventRow:
     job_id: int | None
     message: str
 
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "EventRow":
-        return cls(**{f.name: r[f.name] for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class LeaseRow:
+class LeaseRow(_Row):
     name: str
     holder: str
     pid: int
     host: str
     acquired_at: float
     heartbeat_at: float
-
-    @classmethod
-    def from_row(cls, r: dict[str, Any]) -> "LeaseRow":
-        return cls(**{f.name: r[f.name] for f in fields(cls)})
 
 
 __all__ = [

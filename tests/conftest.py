@@ -28,3 +28,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """Folder of the tiny SD pipeline shared by the workspace, worker, history, export and CLI tests."""
+    from fixtures_models import tiny_pipeline_dir
+
+    return tiny_pipeline_dir(tmp_path_factory)

@@ -10,7 +10,6 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from fixtures_models import tiny_pipeline_dir
 from refact_tui.cli.main import app
 
 runner = CliRunner()
@@ -18,11 +17,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,12 @@ import json
 import pytest
 
 from fixtures_models import tiny_pipeline_dir
-from worker_helpers import new_workspace, queue, sample_requests
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory)
+from worker_helpers import workspace_with_edits
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, model_dir):
-    from refact_tui.services.runner import run_worker
-
-    ws = new_workspace(tmp_path_factory.mktemp("exp") / "w", model_dir)
-    queue(ws, sample_requests(2))
-    assert run_worker(ws, device="cpu").done == 2
+    ws, _, _ = workspace_with_edits(tmp_path_factory.mktemp("exp") / "w", model_dir, 2)
     yield ws
     ws.close()
 

@@ -5,23 +5,15 @@ from __future__ import annotations
 import pytest
 
 from fixtures_models import tiny_pipeline_dir
-from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory)
+from worker_helpers import FAST, queue, rebuild_hash, sample_requests, workspace_with_edits
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, model_dir):
     """A closed workspace with three applied edits; each test works on a copy."""
-    from refact_tui.services.runner import run_worker
-
     root = tmp_path_factory.mktemp("hist") / "w"
-    with new_workspace(root, model_dir) as ws:
-        queue(ws, sample_requests(3))
-        assert run_worker(ws, device="cpu").done == 3
+    ws, _, _ = workspace_with_edits(root, model_dir, 3)
+    ws.close()
     return root
 
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from fixtures_models import tiny_pipeline_dir
 from worker_helpers import FAST, REPO, new_workspace, queue, rebuild_hash, sample_requests
 
 pytestmark = pytest.mark.slow
@@ -48,11 +47,6 @@ def wait_for_steps(proc, db_path, min_steps: int = 2, timeout: float = 120.0) ->
             return job
         time.sleep(0.05)
     raise AssertionError("the worker never reached an optimization step")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory)
 
 
 def test_sigkill_mid_edit_and_restart_applies_every_edit_exactly_once(tmp_path, model_dir):

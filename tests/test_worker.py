@@ -10,24 +10,14 @@ import sys
 import pytest
 import torch
 
-from fixtures_models import tiny_pipeline_dir
-from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_pipeline_dir(tmp_path_factory)
+from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests, workspace_with_edits
 
 
 @pytest.fixture(scope="module")
 def done_ws(tmp_path_factory, model_dir):
     """A workspace after the worker ran three queued edits (events collected)."""
-    from refact_tui.services.runner import run_worker
-
-    ws = new_workspace(tmp_path_factory.mktemp("ws") / "w", model_dir)
-    jobs = queue(ws, sample_requests(3))
     events = []
-    summary = run_worker(ws, device="cpu", on_event=events.append)
+    ws, jobs, summary = workspace_with_edits(tmp_path_factory.mktemp("ws") / "w", model_dir, 3, events.append)
     yield ws, jobs, events, summary
     ws.close()
 

@@ -37,6 +37,17 @@ def queue(ws, requests, hparams: ReFACTHParams = FAST) -> list:
     return [add_edit(ws, r, hparams) for r in requests]
 
 
+def workspace_with_edits(root: Path, model_dir: Path, n: int, on_event=None):
+    """A new workspace after the worker applied the first ``n`` sample edits: (ws, jobs, summary)."""
+    from refact_tui.services.runner import run_worker
+
+    ws = new_workspace(root, model_dir)
+    jobs = queue(ws, sample_requests(n))
+    summary = run_worker(ws, device="cpu", on_event=on_event)
+    assert summary.done == n
+    return ws, jobs, summary
+
+
 def rebuild_hash(model_dir: Path, delta_paths: list[Path]) -> str:
     """Encoder hash of base + deltas, recomputed without the workspace code."""
     from engine.delta import EditDelta

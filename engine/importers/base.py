@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from engine.errors import EngineError
 from engine.request import EditRequest, RequestError, clean_text
@@ -261,3 +261,45 @@ def row_cells(table: CsvTable, index: int, positions: dict[str, int], check: Row
     if len(cells) != len(table.header):
         check.add(None, f"has {len(cells)} cells but the header has {len(table.header)}; check commas and quotes")
     return {name: cells[pos] if pos < len(cells) else "" for name, pos in positions.items()}
+
+
+# Reads a row's optional cells and builds its request from the required ``text`` cells; returns None
+# (building nothing) when ``check`` holds problems by then.
+CsvRowBuilder = Callable[[RowChecker, dict[str, str], dict[str, Any]], EditRequest | None]
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """One CSV request format: its columns, its field -> column names for messages, its row builder."""
+
+    name: str
+    required: list[str]
+    optional: list[str]
+    field_columns: dict[str, str]
+    build: CsvRowBuilder
+
+
+def parse_csv_requests(
+    fmt: CsvFormat, table: CsvTable, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
+) -> ImportResult:
+    """Check a parsed table's header against ``fmt``, build and validate a request per row, collect."""
+    file = str(path)
+    positions, header_problems, fatal = check_header(table, file, fmt.required, fmt.optional)
+    if fatal:
+        return collect(path, fmt.name, [], header_problems, skip_invalid, unparsed_rows=len(table.rows))
+    outcomes = _csv_outcomes(fmt, table, positions, file, tokenizer, max_tokens)
+    return collect(path, fmt.name, outcomes, header_problems, skip_invalid)
+
+
+def _csv_outcomes(
+    fmt: CsvFormat, table: CsvTable, positions: dict[str, int], file: str, tokenizer: Any | None, max_tokens: int
+) -> Iterator[RowOutcome]:
+    for index in range(len(table.rows)):
+        check = RowChecker(file, index + 1)
+        cells = row_cells(table, index, positions, check)
+        text = {name: check.text(cells[name], name) for name in fmt.required}
+        request = fmt.build(check, cells, text)
+        if request is None:
+            yield RowOutcome(check.row, None, check.problems)
+        else:
+            yield finish_request(check, request, tokenizer, max_tokens, fmt.field_columns)

@@ -8,18 +8,9 @@ Prompt (no subject); a negative keeps its own text as the source.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from engine.importers.base import (
-    CsvTable,
-    ImportResult,
-    RowChecker,
-    RowOutcome,
-    check_header,
-    collect,
-    finish_request,
-    row_cells,
-)
+from engine.importers.base import CsvFormat, CsvTable, ImportResult, RowChecker, parse_csv_requests
 from engine.request import EditRequest, Probe
 
 N_PROBES = 5
@@ -50,40 +41,30 @@ def parse_road(
     table: CsvTable, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
 ) -> ImportResult:
     """Read a parsed RoAD table into an ImportResult."""
-    file = str(path)
-    positions, header_problems, fatal = check_header(table, file, REQUIRED, OPTIONAL)
-    if fatal:
-        return collect(path, "road", [], header_problems, skip_invalid, unparsed_rows=len(table.rows))
-    outcomes = _rows(table, positions, file, tokenizer, max_tokens)
-    return collect(path, "road", outcomes, header_problems, skip_invalid)
+    return parse_csv_requests(ROAD, table, path, tokenizer, max_tokens, skip_invalid)
 
 
-def _rows(
-    table: CsvTable, positions: dict[str, int], file: str, tokenizer: Any | None, max_tokens: int
-) -> Iterator[RowOutcome]:
-    for index in range(len(table.rows)):
-        check = RowChecker(file, index + 1)
-        cells = row_cells(table, index, positions, check)
-        text = {name: check.text(cells[name], name) for name in REQUIRED}
-        oracle = check.text(cells.get("Oracle"), "Oracle", required=False)
-        if check.problems:
-            yield RowOutcome(check.row, None, check.problems)
-            continue
-        positives = tuple(
-            Probe(text[f"Positive{i}"], text[f"Positive_old{i}"], text[f"Positive_new{i}"])
-            for i in range(1, N_PROBES + 1)
-        )
-        negatives = tuple(
-            Probe(text[f"Negative{i}"], text[f"Negative{i}"], text[f"Negative_new{i}"])
-            for i in range(1, N_PROBES + 1)
-        )
-        request = EditRequest(
-            prompt=text["Prompt"],
-            source=text["Old"],
-            target=text["New"],
-            positives=positives,
-            negatives=negatives,
-            oracle=oracle,
-            extra={"type": text["Type"]},
-        )
-        yield finish_request(check, request, tokenizer, max_tokens, FIELD_COLUMNS)
+def _request(check: RowChecker, cells: dict[str, str], text: dict[str, Any]) -> EditRequest | None:
+    oracle = check.text(cells.get("Oracle"), "Oracle", required=False)
+    if check.problems:
+        return None
+    positives = tuple(
+        Probe(text[f"Positive{i}"], text[f"Positive_old{i}"], text[f"Positive_new{i}"])
+        for i in range(1, N_PROBES + 1)
+    )
+    negatives = tuple(
+        Probe(text[f"Negative{i}"], text[f"Negative{i}"], text[f"Negative_new{i}"])
+        for i in range(1, N_PROBES + 1)
+    )
+    return EditRequest(
+        prompt=text["Prompt"],
+        source=text["Old"],
+        target=text["New"],
+        positives=positives,
+        negatives=negatives,
+        oracle=oracle,
+        extra={"type": text["Type"]},
+    )
+
+
+ROAD = CsvFormat("road", REQUIRED, OPTIONAL, FIELD_COLUMNS, _request)

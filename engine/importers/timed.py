@@ -7,18 +7,9 @@ optional is_human_name. The edit prompt is ``old`` itself; every probe keeps its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from engine.importers.base import (
-    CsvTable,
-    ImportResult,
-    RowChecker,
-    RowOutcome,
-    check_header,
-    collect,
-    finish_request,
-    row_cells,
-)
+from engine.importers.base import CsvFormat, CsvTable, ImportResult, RowChecker, parse_csv_requests
 from engine.request import EditRequest, Probe
 
 N_PROBES = 5
@@ -47,41 +38,31 @@ def parse_timed(
     table: CsvTable, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
 ) -> ImportResult:
     """Read a parsed TIMED table into an ImportResult."""
-    file = str(path)
-    positions, header_problems, fatal = check_header(table, file, REQUIRED, OPTIONAL)
-    if fatal:
-        return collect(path, "timed", [], header_problems, skip_invalid, unparsed_rows=len(table.rows))
-    outcomes = _rows(table, positions, file, tokenizer, max_tokens)
-    return collect(path, "timed", outcomes, header_problems, skip_invalid)
+    return parse_csv_requests(TIMED, table, path, tokenizer, max_tokens, skip_invalid)
 
 
-def _rows(
-    table: CsvTable, positions: dict[str, int], file: str, tokenizer: Any | None, max_tokens: int
-) -> Iterator[RowOutcome]:
-    for index in range(len(table.rows)):
-        check = RowChecker(file, index + 1)
-        cells = row_cells(table, index, positions, check)
-        text = {name: check.text(cells[name], name) for name in REQUIRED}
-        extra: dict[str, str] = {}
-        human = check.text(cells.get("is_human_name"), "is_human_name", required=False)
-        if human is not None:
-            if human.lower() in _BOOLEANS:
-                extra["is_human_name"] = _BOOLEANS[human.lower()]
-            else:
-                check.add("is_human_name", f"must be True or False, got {human!r}")
-        if check.problems:
-            yield RowOutcome(check.row, None, check.problems)
-            continue
-        request = EditRequest(
-            prompt=text["old"],
-            source=text["old"],
-            target=text["new"],
-            positives=tuple(
-                Probe(text[f"positive{i}"], text[f"positive{i}"], text[f"gt{i}"]) for i in range(1, N_PROBES + 1)
-            ),
-            negatives=tuple(
-                Probe(text[f"negative{i}"], text[f"negative{i}"], text[f"gn{i}"]) for i in range(1, N_PROBES + 1)
-            ),
-            extra=extra,
-        )
-        yield finish_request(check, request, tokenizer, max_tokens, FIELD_COLUMNS)
+def _request(check: RowChecker, cells: dict[str, str], text: dict[str, Any]) -> EditRequest | None:
+    extra: dict[str, str] = {}
+    human = check.text(cells.get("is_human_name"), "is_human_name", required=False)
+    if human is not None:
+        if human.lower() in _BOOLEANS:
+            extra["is_human_name"] = _BOOLEANS[human.lower()]
+        else:
+            check.add("is_human_name", f"must be True or False, got {human!r}")
+    if check.problems:
+        return None
+    return EditRequest(
+        prompt=text["old"],
+        source=text["old"],
+        target=text["new"],
+        positives=tuple(
+            Probe(text[f"positive{i}"], text[f"positive{i}"], text[f"gt{i}"]) for i in range(1, N_PROBES + 1)
+        ),
+        negatives=tuple(
+            Probe(text[f"negative{i}"], text[f"negative{i}"], text[f"gn{i}"]) for i in range(1, N_PROBES + 1)
+        ),
+        extra=extra,
+    )
+
+
+TIMED = CsvFormat("timed", REQUIRED, OPTIONAL, FIELD_COLUMNS, _request)

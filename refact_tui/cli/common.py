@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import click
 import typer
@@ -185,3 +187,29 @@ ClampOpt = typer.Option(None, "--clamp-factor", help="Clamp ||delta|| to this ti
 SimOpt = typer.Option(None, "--similarity", help="l2 or cosine.", rich_help_panel=HP)
 TempOpt = typer.Option(None, "--temperature", help="Softmax temperature.", rich_help_panel=HP)
 RidgeOpt = typer.Option(None, "--ridge", help="Ridge added to C before the solve.", rich_help_panel=HP)
+
+# name -> (type, option) of every hyperparameter option, in help order.
+HPARAM_OPTIONS: dict[str, tuple[type, Any]] = {
+    "layer": (int, LayerOpt), "lr": (float, LrOpt), "max_steps": (int, StepsOpt),
+    "prob_threshold": (float, ThresholdOpt), "weight_decay": (float, WdOpt), "clamp_factor": (float, ClampOpt),
+    "similarity": (str, SimOpt), "temperature": (float, TempOpt), "ridge": (float, RidgeOpt),
+}
+
+
+def with_hparam_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the hyperparameter options (after its own); it receives the ones the user gave
+    as its ``hparams`` argument, a dict from ``hparam_overrides``."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "hparams"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in HPARAM_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name, None) for name in HPARAM_OPTIONS}
+        return command(*args, hparams=hparam_overrides(**given), **kwargs)
+
+    # Typer reads the options from the signature and the type hints, so both must list them.
+    wrapper.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    hints = {k: v for k, v in command.__annotations__.items() if k != "hparams"}
+    wrapper.__annotations__ = {**hints, **{name: kind for name, (kind, _) in HPARAM_OPTIONS.items()}}
+    return wrapper

@@ -1,86 +1,91 @@
-"""`refact eval ...`: thin wrappers over refact_tui.services.evaluation."""
+"""`refact eval [EDIT_ID|--history] ...`: a thin wrapper over refact_tui.services.evaluation."""
 
 from __future__ import annotations
 
 import typer
 
-from refact_tui.cli.common import JSON_OPTION, console, open_workspace, print_json
+from refact_tui.cli.common import JSON_OPTION, console, fmt_float, open_workspace, print_json, print_table
 
-eval_app = typer.Typer(help="Measure edits (text space: fast; image space: generates images).",
-                       no_args_is_help=True)
+IMG = "Image space"
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(eval_app, name="eval", rich_help_panel="Evaluation")
+    app.command("eval", rich_help_panel="Evaluation")(evaluate)
 
 
-def _print_result(result, json_out: bool) -> None:
-    from refact_tui.cli.common import to_jsonable
+def evaluate(
+    ctx: typer.Context,
+    edit_id: int = typer.Argument(None, help="Edit id to measure at the head (default: the head edit)."),
+    history: bool = typer.Option(False, "--history", help="Every applied edit, re-scored at the head, + retention."),
+    text_only: bool = typer.Option(False, "--text-only", help="Text-space metrics only (seconds, no images)."),
+    seeds: int = typer.Option(None, "--seeds", help="Images per prompt (seeds 0..S-1; paper: 25).",
+                              rich_help_panel=IMG),
+    steps: int = typer.Option(None, "--steps", help="Denoising steps (paper: 50).", rich_help_panel=IMG),
+    size: int = typer.Option(None, "--size", help="Image side in pixels, a multiple of 8 (default: the pipeline's).",
+                             rich_help_panel=IMG),
+    judge: str = typer.Option(None, "--judge", help="open_clip judge MODEL:CHECKPOINT (MODEL may be a config JSON); "
+                              "default ViT-bigG-14 from the local Hugging Face cache.", rich_help_panel=IMG),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also score the unedited model.",
+                                  rich_help_panel=IMG),
+    oracle: bool = typer.Option(False, "--oracle", help="Also score the unedited model prompted with the targets.",
+                                rich_help_panel=IMG),
+    grids: bool = typer.Option(True, "--grids/--no-grids", help="Save before/after grids of the edit prompt.",
+                               rich_help_panel=IMG),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per generation batch.", rich_help_panel=IMG),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (accelerate picks per process)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Measure edits at the head: text space, then images scored by a CLIP judge (not with --text-only)."""
+    from refact_tui.services.evaluation import EvalOptions, is_main_process, run_evaluation
 
-    if json_out:
-        print_json(result)
+    if history and edit_id is not None:
+        raise typer.BadParameter("give an EDIT_ID or --history, not both", param_hint="EDIT_ID")
+    options = EvalOptions(edit_id=edit_id, history=history, text_only=text_only,
+                          image=_image_config(seeds, steps, size, judge, baseline, oracle, grids, batch_size, device))
+    # Under accelerate only the main process draws progress and prints the results.
+    show = is_main_process()
+    progress, on_progress = _progress_printer(disable=json_out or not show)
+    with open_workspace(ctx) as ws, progress:
+        report = run_evaluation(ws, options, on_progress=on_progress)
+    if not show:
         return
-    data = to_jsonable(result)
-    if isinstance(data, dict):
-        for k, v in data.items():
-            console.print(f"{k}: {v}")
-    else:
-        console.print(data)
+    if json_out:
+        print_json(report)
+        return
+    where = "whole history" if report.scope_edit_id is None else f"edit {report.scope_edit_id}"
+    print_table(f"{where} at head {report.head_seq} of {report.history} ({len(report.edit_ids)} edit(s) evaluated)",
+                ["metric", "text", "image", "std", "n"],
+                [(m.name, fmt_float(m.text), fmt_float(m.image), fmt_float(m.std, 3), m.n) for m in report.lines])
+    for path in report.grids:
+        console.print(f"grid  {path}")
+    for note in report.notes:
+        console.print(f"note  {note}")
 
 
-def _progress_printer(json_out: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+def _image_config(seeds, steps, size, judge, baseline, oracle, grids, batch_size, device):
+    """ImageEvalConfig with the options given (paper defaults otherwise); bad values are usage errors."""
+    from engine.evaluation.config import EvalConfigError, ImageEvalConfig
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
-                        transient=True, disable=json_out)
+    try:
+        base = ImageEvalConfig(judge=judge, baseline=baseline, oracle=oracle, grids=grids, device=device,
+                               **({"seeds": seeds} if seeds is not None else {}))
+        return base.with_generation(steps=steps, height=size, width=size, batch_size=batch_size)
+    except EvalConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _progress_printer(disable: bool):
+    """A rich Progress with one bar per progress task (images, text edits, each metric's items)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                        transient=True, disable=disable)
     tasks: dict[str, int] = {}
 
     def on_progress(p) -> None:
         if p.task not in tasks:
-            tasks[p.task] = progress.add_task(p.task, total=p.total or None)
-        progress.update(tasks[p.task], completed=p.done, total=p.total or None)
+            tasks[p.task] = progress.add_task(p.task, total=p.total or None, detail="")
+        progress.update(tasks[p.task], completed=p.done, total=p.total or None, detail=p.detail)
 
     return progress, on_progress
-
-
-@eval_app.command("text")
-def text(
-    ctx: typer.Context,
-    edit: int = typer.Option(None, "--edit", help="Edit id (default: the head edit)."),
-    all_edits: bool = typer.Option(False, "--history", help="Every applied edit of the history (retention)."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """Text-space efficacy / generality / specificity with the model's own encoder."""
-    from refact_tui.services.evaluation import run_text_eval
-
-    progress, on_progress = _progress_printer(json_out)
-    with open_workspace(ctx) as ws, progress:
-        result = run_text_eval(ws, edit_id=edit, history=all_edits, on_progress=on_progress)
-    _print_result(result, json_out)
-
-
-@eval_app.command("image")
-def image(
-    ctx: typer.Context,
-    edit: int = typer.Option(None, "--edit", help="Edit id (default: the head edit)."),
-    all_edits: bool = typer.Option(False, "--history", help="Every applied edit of the history."),
-    seeds: int = typer.Option(None, "--seeds", help="Images per prompt."),
-    steps: int = typer.Option(None, "--steps", help="Denoising steps."),
-    size: int = typer.Option(None, "--size", help="Image side in pixels."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """Generate images before/after and score them with the judge model."""
-    import dataclasses
-
-    from refact_tui.services import evaluation
-
-    config_cls = getattr(evaluation, "ImageEvalConfig")
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    wanted = {"seeds": seeds, "num_seeds": seeds, "steps": steps, "num_steps": steps, "size": size,
-              "height": size, "width": size}
-    config = config_cls(**{k: v for k, v in wanted.items() if v is not None and k in names})
-    progress, on_progress = _progress_printer(json_out)
-    with open_workspace(ctx) as ws, progress:
-        result = evaluation.run_image_eval(ws, edit_id=edit, history=all_edits, config=config,
-                                           on_progress=on_progress)
-    _print_result(result, json_out)

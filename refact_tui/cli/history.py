@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from refact_tui.cli.common import (
-    ClampOpt, JSON_OPTION, LayerOpt, LrOpt, RidgeOpt, SimOpt, StepsOpt, TempOpt, ThresholdOpt, WdOpt,
-    console, fmt_float, hparam_overrides, open_workspace, print_json, print_table, short,
+    JSON_OPTION, console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
 )
 
 PANEL = "History"
@@ -94,6 +93,7 @@ def rollback(ctx: typer.Context, seq: int = typer.Argument(..., help="Edit seq t
                       f"rolled back; weights verified {str(res.weights_hash)[:12]})")
 
 
+@with_hparam_options
 def replay(
     ctx: typer.Context,
     onto: str = typer.Option(None, "--onto", help="Another base model (path or cached hub id)."),
@@ -101,17 +101,13 @@ def replay(
     reoptimize: bool = typer.Option(False, "--reoptimize", help="Queue the requests again instead of re-applying."),
     name: str = typer.Option(None, "--name", help="Name of the new history."),
     json_out: bool = JSON_OPTION,
-    layer: int = LayerOpt, lr: float = LrOpt, max_steps: int = StepsOpt, prob_threshold: float = ThresholdOpt,
-    weight_decay: float = WdOpt, clamp_factor: float = ClampOpt, similarity: str = SimOpt,
-    temperature: float = TempOpt, ridge: float = RidgeOpt,
+    hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
     """Re-apply the current history's edits as a new history (or re-run them with --reoptimize)."""
     from refact_tui.services.history import replay as do_replay
 
-    overrides = hparam_overrides(layer, lr, max_steps, prob_threshold, weight_decay, clamp_factor, similarity,
-                                 temperature, ridge)
     with open_workspace(ctx) as ws:
-        h = do_replay(ws, model=onto, force=force, reoptimize=reoptimize, hparams=overrides or None, name=name)
+        h = do_replay(ws, model=onto, force=force, reoptimize=reoptimize, hparams=hparams or None, name=name)
     if json_out:
         print_json(h)
     elif reoptimize:

@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from refact_tui.cli.common import (
-    ClampOpt, JSON_OPTION, LayerOpt, LrOpt, RidgeOpt, SimOpt, StepsOpt, TempOpt, ThresholdOpt, WdOpt,
-    console, err_console, fmt_float, hparam_overrides, open_workspace, print_json, print_table, short,
+    JSON_OPTION, console, err_console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
 )
 
 queue_app = typer.Typer(help="The edit queue the worker (`refact run`) processes.", no_args_is_help=True)
@@ -16,11 +15,6 @@ queue_app = typer.Typer(help="The edit queue the worker (`refact run`) processes
 
 def register(app: typer.Typer) -> None:
     app.add_typer(queue_app, name="queue", rich_help_panel="Edits")
-
-
-def _hparams(overrides: dict) -> dict:
-    # overrides onto the workspace default (services.queue.default_hparams)
-    return overrides
 
 
 def _print_jobs(jobs, title: str = "queue") -> None:
@@ -33,6 +27,7 @@ def _print_jobs(jobs, title: str = "queue") -> None:
 
 
 @queue_app.command("add")
+@with_hparam_options
 def add(
     ctx: typer.Context,
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt whose meaning changes."),
@@ -40,18 +35,14 @@ def add(
     target: str = typer.Option(..., "--target", "-t", help="What it should mean."),
     subject: str = typer.Option(None, "--subject", help="Part of the prompt whose last token is edited."),
     json_out: bool = JSON_OPTION,
-    layer: int = LayerOpt, lr: float = LrOpt, max_steps: int = StepsOpt, prob_threshold: float = ThresholdOpt,
-    weight_decay: float = WdOpt, clamp_factor: float = ClampOpt, similarity: str = SimOpt,
-    temperature: float = TempOpt, ridge: float = RidgeOpt,
+    hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
     """Queue one edit on the current history."""
     from engine.request import EditRequest
     from refact_tui.services.queue import add_edit
 
-    hp = _hparams(hparam_overrides(layer, lr, max_steps, prob_threshold, weight_decay, clamp_factor, similarity,
-                                   temperature, ridge))
     with open_workspace(ctx) as ws:
-        job = add_edit(ws, EditRequest(prompt=prompt, source=source, target=target, subject=subject), hp)
+        job = add_edit(ws, EditRequest(prompt=prompt, source=source, target=target, subject=subject), hparams)
     if json_out:
         print_json(job)
     else:
@@ -59,23 +50,20 @@ def add(
 
 
 @queue_app.command("import")
+@with_hparam_options
 def import_(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="RoAD / TIMED CSV, JSONL or JSON file of edit requests."),
     format: str = typer.Option("auto", "--format", "-f", help="auto | road | timed | jsonl | json"),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Queue the valid rows, report the rest."),
     json_out: bool = JSON_OPTION,
-    layer: int = LayerOpt, lr: float = LrOpt, max_steps: int = StepsOpt, prob_threshold: float = ThresholdOpt,
-    weight_decay: float = WdOpt, clamp_factor: float = ClampOpt, similarity: str = SimOpt,
-    temperature: float = TempOpt, ridge: float = RidgeOpt,
+    hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
     """Queue every request of a file (nothing is queued if a row is invalid, unless --skip-invalid)."""
     from refact_tui.services.queue import import_requests
 
-    hp = _hparams(hparam_overrides(layer, lr, max_steps, prob_threshold, weight_decay, clamp_factor, similarity,
-                                   temperature, ridge))
     with open_workspace(ctx) as ws:
-        report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hp)
+        report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hparams)
     if json_out:
         print_json({"added": [j.id for j in report.added], "errors": [str(e) for e in report.errors],
                     "skipped_invalid": report.skipped_invalid, "duplicates": report.duplicates})

@@ -25,6 +25,7 @@ from store.records import (
     JobRow,
     LeaseRow,
     MetricRow,
+    metric_progress,
     StepRow,
 )
 
@@ -253,9 +254,7 @@ class MetricValue:
 
     @property
     def progress(self) -> float:
-        if self.total > 0:
-            return min(1.0, self.n / self.total)
-        return 1.0 if self.final else 0.0
+        return metric_progress(self.n, self.total, self.final)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ applying such a manifest to a fresh copy of the base model (with every hash chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import DeltaIntegrityError, EngineError
+from engine.files import file_sha256
 
 MANIFEST_FORMAT = "refact-deltas/1"
 PROVENANCE_FILE = "refact_export.json"
@@ -28,14 +28,6 @@ class ExportResult:
     weights_hash: str               # encoder hash of the exported (edited) model
     manifest: Path | None = None
     files: list[Path] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _prepare_out(out: Path) -> Path:
@@ -87,7 +79,7 @@ def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str
         for e in edits:
             rel = f"deltas/{e.seq:04d}.safetensors"
             shutil.copyfile(delta_file(ws, e), out / rel)
-            sha = _sha256(out / rel)
+            sha = file_sha256(out / rel)
             if sha != e.delta_sha256:
                 raise DeltaIntegrityError(f"copy of the delta of edit {e.seq} does not match its sha256; disk problem?")
             entries.append(_edit_entry(e, rel, sha))
@@ -104,7 +96,7 @@ def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str
         }
         mpath = out / "manifest.json"
         mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        add_artifact(ws.db, "history", hist.id, "manifest", str(mpath), sha256=_sha256(mpath),
+        add_artifact(ws.db, "history", hist.id, "manifest", str(mpath), sha256=file_sha256(mpath),
                      bytes=mpath.stat().st_size, meta={"head_seq": hist.head_seq})
         return ExportResult(out, "deltas", len(edits), base.encoder_hash, final_hash, mpath, files + [mpath])
 

@@ -12,11 +12,11 @@ from typing import Any, Callable
 import sqlite_utils
 from textual import on
 from textual.app import App
-from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
 from refact_tui.tui.commands import RefactCommands
 from refact_tui.tui.errors import one_line
+from refact_tui.tui.keys import APP_KEYS, bindings
 from refact_tui.tui.messages import ActionDone, StoreNudge
 from refact_tui.tui.poller import StorePoller
 from refact_tui.tui.screens.base import DashboardScreen
@@ -56,15 +56,7 @@ class RefactApp(App[None]):
     MODES = {"queue": QueueScreen, "live": LiveScreen, "metrics": MetricsScreen, "history": HistoryScreen}
     DEFAULT_MODE = "queue"
     COMMANDS = App.COMMANDS | {RefactCommands}
-    BINDINGS = [
-        Binding("1", "switch_mode('queue')", "Queue"),
-        Binding("2", "switch_mode('live')", "Live"),
-        Binding("3", "switch_mode('metrics')", "Metrics"),
-        Binding("4", "switch_mode('history')", "History"),
-        Binding("w", "toggle_worker", "Worker"),
-        Binding("question_mark,f1", "show_help", "Help"),
-        Binding("q", "quit", "Quit"),
-    ]
+    BINDINGS = bindings(APP_KEYS)
 
     def __init__(self, workspace_root: Path, *, clock: Callable[[], float] = time.time,
                  poll_interval: float = 0.25, device: str = "auto", mode: str = "queue") -> None:

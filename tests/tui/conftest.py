@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -180,12 +181,17 @@ def sample_template(tmp_path_factory) -> Path:
     return root
 
 
+def private_copy(template: Path, tmp_path: Path) -> Path:
+    """A copy of a template workspace a test may change, always at a folder named 'ws'."""
+    root = tmp_path / "ws"
+    shutil.copytree(template, root)
+    return root
+
+
 @pytest.fixture
 def sample_ws(sample_template, tmp_path) -> Path:
-    """A private copy of the sample workspace, always at a folder named 'ws'."""
-    root = tmp_path / "ws"
-    shutil.copytree(sample_template, root)
-    return root
+    """A private copy of the sample workspace."""
+    return private_copy(sample_template, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -222,14 +228,15 @@ def real_template(tmp_path_factory) -> Path:
 @pytest.fixture
 def real_ws(real_template, tmp_path) -> Path:
     """A private copy of the real workspace (the model folder it points to is shared, read-only)."""
-    root = tmp_path / "ws"
-    shutil.copytree(real_template, root)
-    return root
+    return private_copy(real_template, tmp_path)
+
+
+# Captured at import: every tests/*/conftest.py is named "conftest", so sys.modules["conftest"]
+# may later point at another folder's conftest.
+_THIS_MODULE = sys.modules[__name__]
 
 
 @pytest.fixture(scope="session")
 def S():
     """This module's constants and helpers (NOW, curve, ...) without importing 'conftest' by name."""
-    import sys
-
-    return sys.modules[__name__]
+    return _THIS_MODULE

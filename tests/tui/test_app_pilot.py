@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -43,6 +44,15 @@ async def settle(app, pilot) -> None:
     except WorkerFailed:  # the app shows it in an error modal; the test checks that
         pass
     await pilot.pause(0.15)
+
+
+@asynccontextmanager
+async def on_screen(app, key: str):
+    """Run ``app`` in a 120x40 test terminal, switch screens with ``key`` and let it draw."""
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(key)
+        await pilot.pause(0.15)
+        yield pilot
 
 
 def jobs(root):
@@ -167,9 +177,7 @@ async def test_retry_shows_the_error_and_requeues(sample_ws, S):
 
 async def test_live_screen_follows_steps_written_by_another_connection(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("2")
-        await pilot.pause(0.15)
+    async with on_screen(app, "2") as pilot:
         loss, ptgt = app.screen.query_one(LossPlot), app.screen.query_one(PTargetPlot)
         assert loss.xs == list(range(S.RUNNING_STEPS)) and ptgt.threshold == 0.9
         stats = text_of(app.screen.query_one("#step-stats"))
@@ -186,9 +194,7 @@ async def test_live_screen_follows_steps_written_by_another_connection(sample_ws
 
 async def test_live_cancel_requests_stop_of_running_job(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("2")
-        await pilot.pause(0.1)
+    async with on_screen(app, "2") as pilot:
         await pilot.press("c", "y")
         await settle(app, pilot)
     db = open_db(sample_ws / "refact.db")
@@ -198,9 +204,7 @@ async def test_live_cancel_requests_stop_of_running_job(sample_ws, S):
 
 async def test_metrics_screen_panels(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("3")
-        await pilot.pause(0.15)
+    async with on_screen(app, "3") as pilot:
         eff = app.screen.query_one("#metric-efficacy")
         assert "0.8000" in text_of(eff.query_one("#values"))
         assert eff.query_one("#progress").display and eff.query_one("#progress").progress == 62.5
@@ -210,9 +214,7 @@ async def test_metrics_screen_panels(sample_ws, S):
 
 async def test_history_detail_and_grid_preview(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("4")
-        await pilot.pause(0.15)
+    async with on_screen(app, "4") as pilot:
         table = app.screen.query_one("#history-table")
         assert table.row_count == 4
         await select_row(pilot, table, 1)
@@ -229,9 +231,7 @@ async def test_history_rollback_confirm_text_names_the_edits(sample_ws, S, monke
     calls = []
     app = make_app(sample_ws, S)
     monkeypatch.setattr(app, "run_service", lambda *a, **k: calls.append(a))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("4")
-        await pilot.pause(0.1)
+    async with on_screen(app, "4") as pilot:
         await select_row(pilot, app.screen.query_one("#history-table"), 0)
         await pilot.press("b")
         await pilot.pause()
@@ -266,6 +266,7 @@ async def test_failing_service_shows_error_modal_and_app_survives(sample_ws, S):
 
 async def test_help_and_command_palette_cover_every_action(sample_ws, S):
     from refact_tui.tui.commands import COMMANDS, RefactCommands
+    from refact_tui.tui.screens.help import KEYS
 
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
@@ -274,10 +275,13 @@ async def test_help_and_command_palette_cover_every_action(sample_ws, S):
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         # every binding of every screen has a palette entry
-        actions = {c[3] for c in COMMANDS}
-        for screen_cls in app.MODES.values():
-            for b in screen_cls.BINDINGS:
-                assert b.action in actions, b.action
+        actions = {c.action.removeprefix("app.") for c in COMMANDS}
+        help_keys = {k for _, rows in KEYS for key, _ in rows for k in key.replace("/", " ").split()}
+        for owner in (app, *app.MODES.values()):
+            for b in owner.BINDINGS:
+                assert b.action in actions or b.action == "quit", b.action
+                for key in b.key.split(","):
+                    assert {"question_mark": "?"}.get(key, key) in help_keys, key
         provider = RefactCommands(app.screen)
         hits = [h async for h in provider.search("rollback")]
         assert [h.text for h in hits] == ["Rollback to selected edit"]

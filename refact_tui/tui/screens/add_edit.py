@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.containers import Grid, Vertical
+from textual.widgets import Input, Label, Static
 
 from engine.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, RequestError
+from refact_tui.tui.screens.form import FormModal
 
 FIELDS = (
     ("prompt", "Prompt", "The Prince of Wales"),
@@ -54,13 +54,10 @@ def parse_form(values: dict[str, str]) -> NewEdit:
     return NewEdit(request, overrides)
 
 
-class AddEditModal(ModalScreen[NewEdit | None]):
+class AddEditModal(FormModal[NewEdit | None]):
     """Dismisses with a NewEdit, or None when cancelled. Errors stay in the form, on one line."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "submit", "Queue it")]
-
-    def __init__(self) -> None:
-        super().__init__(classes="modal")
+    BINDINGS = [Binding("ctrl+s", "submit", "Queue it")]
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
@@ -69,15 +66,7 @@ class AddEditModal(ModalScreen[NewEdit | None]):
                 for key, label, placeholder in FIELDS:
                     yield Label(label)
                     yield Input(placeholder=placeholder, id=f"f-{key}")
-            yield Static("", id="form-error", classes="form-error")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Queue (ctrl+s)", variant="primary", id="submit")
-                yield Button("Cancel (esc)", id="cancel")
-
-    def on_mount(self) -> None:
-        for inp in self.query(Input):
-            inp.cursor_blink = False
-        self.query_one("#f-prompt", Input).focus()
+            yield from self.form_end("Queue (ctrl+s)")
 
     def values(self) -> dict[str, str]:
         return {key: self.query_one(f"#f-{key}", Input).value for key, _, _ in FIELDS}
@@ -86,18 +75,6 @@ class AddEditModal(ModalScreen[NewEdit | None]):
         try:
             result = parse_form(self.values())
         except (RequestError, HParamsError) as exc:
-            self.query_one("#form-error", Static).update(f"✗ {exc}")
+            self.fail(str(exc))
             return
         self.dismiss(result)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "submit":
-            self.action_submit()
-        else:
-            self.dismiss(None)

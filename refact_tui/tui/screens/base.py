@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import sqlite_utils
 from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer
 
 if TYPE_CHECKING:
     from refact_tui.tui.app import RefactApp
+
+
+W = TypeVar("W", bound=Widget)
+COMPACT_BELOW = 110  # terminal columns
+
+
+def titled(widget: W, title: str) -> W:
+    """``widget`` with a border title (for use inside compose)."""
+    widget.border_title = title
+    return widget
 
 
 class DashboardScreen(Screen):
@@ -28,4 +40,13 @@ class DashboardScreen(Screen):
         return False
 
     def on_screen_resume(self) -> None:
+        self._fit_footer()
         self.refact.request_refresh()
+
+    def on_resize(self) -> None:
+        self._fit_footer()
+
+    def _fit_footer(self) -> None:
+        # Below 110 columns the spaced-out footer of the Queue and History screens runs out of room.
+        for footer in self.query(Footer):
+            footer.compact = self.app.size.width < COMPACT_BELOW

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button
+
+from refact_tui.tui.screens.dialog import Dialog
 
 
-class ErrorModal(ModalScreen[None]):
+class ErrorModal(Dialog[None]):
     """Names what failed and the one-line reason; enter / escape closes it."""
 
     BINDINGS = [Binding("escape,enter", "close", "Close")]
+    body_id = "error-message"
 
     def __init__(self, title: str, message: str) -> None:
-        super().__init__(classes="modal error-modal")
-        self.title_text = title
-        self.message = message
+        super().__init__(title, message, classes="modal error-modal")
 
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Static(self.title_text, classes="dialog-title")
-            yield Static(self.message, id="error-message", classes="dialog-body")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Close", variant="error", id="close")
+    @property
+    def message(self) -> str:
+        return self.body
+
+    def buttons(self) -> list[Button]:
+        return [Button("Close", variant="error", id="close")]
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None)

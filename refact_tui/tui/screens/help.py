@@ -57,7 +57,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog wide", id="help-body"):
-            yield Static("Keys", classes="dialog-title")
+            yield Static("Keys  (escape closes this help)", classes="dialog-title")
             yield Static(help_table())
 
     def action_close(self) -> None:

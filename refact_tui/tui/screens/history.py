@@ -7,11 +7,11 @@ from pathlib import Path
 import sqlite_utils
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
 from refact_tui.services.dashboard import HistoryView, edit_detail_view, history_view
-from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.keys import SCREEN_KEYS, bindings
+from refact_tui.tui.screens.base import DashboardScreen, titled
 from refact_tui.tui.widgets.edit_detail import EditDetail
 from refact_tui.tui.widgets.history_table import HistoryTable
 
@@ -29,13 +29,8 @@ def unique_name(existing: set[str], stem: str) -> str:
 class HistoryScreen(DashboardScreen):
     """Edit log of the current history with rollback, replay, re-optimize, fork and export."""
 
-    BINDINGS = [
-        Binding("b", "rollback", "Rollback to here"),
-        Binding("p", "replay", "Replay"),
-        Binding("o", "reoptimize", "Re-optimize"),
-        Binding("f", "fork", "Fork here"),
-        Binding("e", "export", "Export"),
-    ]
+    TITLE = "refact-tui · History"
+    BINDINGS = bindings(SCREEN_KEYS["history"])
 
     def __init__(self) -> None:
         super().__init__(id="history-screen")
@@ -45,21 +40,18 @@ class HistoryScreen(DashboardScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="history-status", classes="status-line")
-        yield HistoryTable(id="history-table")
-        yield EditDetail(id="edit-detail", classes="panel")
+        yield titled(HistoryTable(id="history-table"), "Edits")
+        yield titled(EditDetail(id="edit-detail", classes="panel"), "Selected edit")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#history-table").border_title = "Edits"
-        self.query_one("#edit-detail").border_title = "Selected edit"
 
     def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
         self.view = history_view(db)
         hist = self.view.history
-        status = Text(f"history '{hist.name if hist else '?'}'", style="bold")
+        status = Text()  # the history's name is in the header
         if hist is not None:
             applied = sum(1 for e in self.view.edits if e.status == "applied")
-            status.append(f"  head at edit {hist.head_seq} · {applied} applied of {len(self.view.edits)} recorded")
+            status.append(f"head at edit {hist.head_seq}", style="bold")
+            status.append(f" · {applied} applied of {len(self.view.edits)} recorded")
             if hist.parent_id is not None:
                 parent = next((h.name for h in self.view.histories if h.id == hist.parent_id), "?")
                 status.append(f" · forked from '{parent}' at {hist.forked_at_seq}", style="dim")
@@ -106,30 +98,28 @@ class HistoryScreen(DashboardScreen):
         return [x.seq for x in self.view.edits if x.status == "applied"] if self.view else []
 
     def action_replay(self) -> None:
-        hist = self.view.history if self.view else None
-        if hist is None:
-            return
-        n = len(self._applied())
-        self.refact.confirm(
-            f"Replay '{hist.name}'?",
-            f"A new history (named '{hist.name}-replay-N') re-applies the {n} stored delta(s) of "
-            f"'{hist.name}' in order onto its base model, records the weight hash after each, and becomes "
-            "the current history. Nothing is re-optimized; the old history is unchanged.",
-            lambda: self.refact.run_service("Replay", "history", "replay"),
-        )
+        self._confirm_replay(False)
 
     def action_reoptimize(self) -> None:
+        self._confirm_replay(True)
+
+    def _confirm_replay(self, reoptimize: bool) -> None:
         hist = self.view.history if self.view else None
         if hist is None:
             return
         n = len(self._applied())
-        self.refact.confirm(
-            f"Re-optimize '{hist.name}'?",
-            f"A new history (named '{hist.name}-reopt-N') starts from the base model and queues the {n} "
-            "applied request(s) as new jobs with their stored hyperparameters; it becomes the current "
-            "history. Start the worker (w) to run them. The old history is unchanged.",
-            lambda: self.refact.run_service("Re-optimize", "history", "replay", reoptimize=True),
-        )
+        if reoptimize:
+            title, label = f"Re-optimize '{hist.name}'?", "Re-optimize"
+            body = (f"A new history (named '{hist.name}-reopt-N') starts from the base model and queues the {n} "
+                    "applied request(s) as new jobs with their stored hyperparameters; it becomes the current "
+                    "history. Start the worker (w) to run them. The old history is unchanged.")
+        else:
+            title, label = f"Replay '{hist.name}'?", "Replay"
+            body = (f"A new history (named '{hist.name}-replay-N') re-applies the {n} stored delta(s) of "
+                    f"'{hist.name}' in order onto its base model, records the weight hash after each, and "
+                    "becomes the current history. Nothing is re-optimized; the old history is unchanged.")
+        extra = {"reoptimize": True} if reoptimize else {}
+        self.refact.confirm(title, body, lambda: self.refact.run_service(label, "history", "replay", **extra))
 
     def action_fork(self) -> None:
         e, hist = self._selected(), self.view.history if self.view else None

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets import Checkbox, Input, Label, Select, Static
+
+from refact_tui.tui.screens.form import FormModal
 
 FORMATS = ("auto", "road", "timed", "csv", "jsonl", "json")
 
@@ -21,13 +21,11 @@ class ImportChoice:
     skip_invalid: bool
 
 
-class ImportFileModal(ModalScreen[ImportChoice | None]):
+class ImportFileModal(FormModal[ImportChoice | None]):
     """Path, format and whether to skip invalid rows; checks that the file exists."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
     def __init__(self, start_dir: Path | None = None) -> None:
-        super().__init__(classes="modal")
+        super().__init__()
         self.start_dir = start_dir or Path.cwd()
 
     def compose(self) -> ComposeResult:
@@ -38,39 +36,19 @@ class ImportFileModal(ModalScreen[ImportChoice | None]):
             with Horizontal(classes="form-row"):
                 yield Select([(f, f) for f in FORMATS], value="auto", allow_blank=False, id="import-format")
                 yield Checkbox("skip invalid rows", id="import-skip")
-            yield Static("", id="form-error", classes="form-error")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button("Import", variant="primary", id="submit")
-                yield Button("Cancel (esc)", id="cancel")
-
-    def on_mount(self) -> None:
-        inp = self.query_one("#import-path", Input)
-        inp.cursor_blink = False
-        inp.focus()
+            yield from self.form_end("Import")
 
     def action_submit(self) -> None:
         raw = self.query_one("#import-path", Input).value.strip()
         if not raw:
-            self.query_one("#form-error", Static).update("✗ enter the path of the file to import")
+            self.fail("enter the path of the file to import")
             return
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = self.start_dir / path
         if not path.is_file():
-            self.query_one("#form-error", Static).update(f"✗ no file at {path}; check the path")
+            self.fail(f"no file at {path}; check the path")
             return
         fmt = str(self.query_one("#import-format", Select).value)
         skip = self.query_one("#import-skip", Checkbox).value
         self.dismiss(ImportChoice(path, fmt, skip))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "submit":
-            self.action_submit()
-        else:
-            self.dismiss(None)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite_utils
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
 from refact_tui.services.dashboard import LiveView, live_view
-from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.keys import SCREEN_KEYS, bindings
+from refact_tui.tui.screens.base import DashboardScreen, titled
 from refact_tui.tui.widgets.event_log import EventLog
 from refact_tui.tui.widgets.hparams_view import HParamsView
 from refact_tui.tui.widgets.loss_plot import LossPlot, PTargetPlot
@@ -19,7 +19,8 @@ from refact_tui.tui.widgets.step_stats import StepStats
 class LiveScreen(DashboardScreen):
     """Loss and P(target) curves, step counter, ||delta||, elapsed / ETA, hparams and events."""
 
-    BINDINGS = [Binding("c", "cancel_running", "Cancel edit")]
+    TITLE = "refact-tui · Live"
+    BINDINGS = bindings(SCREEN_KEYS["live"])
 
     def __init__(self) -> None:
         super().__init__(id="live-screen")
@@ -31,18 +32,13 @@ class LiveScreen(DashboardScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="live-top"):
-            yield StepStats(id="step-stats", classes="panel")
-            yield HParamsView(id="live-hparams", classes="panel")
+            yield titled(StepStats(id="step-stats", classes="panel"), "Edit in progress")
+            yield titled(HParamsView(id="live-hparams", classes="panel"), "Hyperparameters")
         with Horizontal(id="live-plots"):
             yield LossPlot(id="loss-plot")
             yield PTargetPlot(id="p-plot")
-        yield EventLog(id="event-log", classes="panel")
+        yield titled(EventLog(id="event-log", classes="panel"), "Events")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#step-stats").border_title = "Edit in progress"
-        self.query_one("#live-hparams").border_title = "Hyperparameters"
-        self.query_one("#event-log").border_title = "Events"
 
     @property
     def ticking(self) -> bool:

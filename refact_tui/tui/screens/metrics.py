@@ -5,18 +5,18 @@ from __future__ import annotations
 import sqlite_utils
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid
 from textual.widgets import Footer, Header, Static
 
 from refact_tui.services.dashboard import METRICS, MetricsView, metrics_view
-from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.keys import SCREEN_KEYS, bindings
+from refact_tui.tui.screens.base import DashboardScreen, titled
 from refact_tui.tui.widgets.metric_panel import MetricPanel
 
 
 def _status(view: MetricsView) -> Text:
-    hist = view.history
-    text = Text(f"history '{hist.name if hist else '?'}' at edit {hist.head_seq if hist else 0}   ", style="bold")
+    hist = view.history  # its name is in the header
+    text = Text(f"head at edit {hist.head_seq if hist else 0}   ", style="bold")
     if view.running:
         runs = ", ".join(f"{r.space} run #{r.id}" for r in view.running)
         text.append(f"evaluating: {runs}", style="yellow")
@@ -30,12 +30,8 @@ def _status(view: MetricsView) -> Text:
 class MetricsScreen(DashboardScreen):
     """Efficacy, generality, specificity, F1, retention and CLIP score of the current history."""
 
-    BINDINGS = [
-        Binding("t", "evaluate('text', False)", "Text eval"),
-        Binding("T", "evaluate('text', True)", "Text eval (all)"),
-        Binding("i", "evaluate('image', False)", "Image eval"),
-        Binding("I", "evaluate('image', True)", "Image eval (all)"),
-    ]
+    TITLE = "refact-tui · Metrics"
+    BINDINGS = bindings(SCREEN_KEYS["metrics"])
 
     def __init__(self) -> None:
         super().__init__(id="metrics-screen")

@@ -6,13 +6,13 @@ import sqlite_utils
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
 from refact_tui.services.dashboard import QueueView, queue_view
 from refact_tui.tui.screens.add_edit import AddEditModal, NewEdit
-from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.keys import SCREEN_KEYS, bindings
+from refact_tui.tui.screens.base import DashboardScreen, titled
 from refact_tui.tui.screens.confirm import ConfirmModal
 from refact_tui.tui.screens.import_file import ImportChoice, ImportFileModal
 from refact_tui.tui.widgets import fmt
@@ -20,14 +20,14 @@ from refact_tui.tui.widgets.queue_table import QueueTable
 
 
 def _status_line(view: QueueView) -> Text:
-    hist = view.history.name if view.history else "?"
+    # The history's name is in the header; zero counts other than 'queued' are left out.
     c = view.counts
-    text = Text(f"history '{hist}'  ", style="bold")
-    text.append(f"{c.get('queued', 0)} queued · {c.get('running', 0)} running · {c.get('done', 0)} done · "
-                f"{c.get('failed', 0)} failed · {c.get('cancelled', 0)} cancelled   ")
+    counts = [f"{c.get('queued', 0)} queued"] + [f"{c[s]} {s}" for s in ("running", "done", "failed", "cancelled")
+                                                 if c.get(s)]
+    text = Text(" · ".join(counts) + "   ", style="bold")
     w = view.worker
     if w is None:
-        text.append("worker: not running (w starts one here, or `refact run` elsewhere)", style="dim")
+        text.append("worker: not running (w starts one, or `refact run`)", style="dim")
     elif w.alive:
         text.append(f"worker: pid {w.pid} on {w.host}", style="green")
     else:
@@ -38,14 +38,8 @@ def _status_line(view: QueueView) -> Text:
 class QueueScreen(DashboardScreen):
     """The current history's job queue."""
 
-    BINDINGS = [
-        Binding("a", "add", "Add edit"),
-        Binding("i", "import_file", "Import"),
-        Binding("u", "move(-1)", "Move up"),
-        Binding("d", "move(1)", "Move down"),
-        Binding("c", "cancel_job", "Cancel"),
-        Binding("r", "retry_job", "Retry"),
-    ]
+    TITLE = "refact-tui · Queue"
+    BINDINGS = bindings(SCREEN_KEYS["queue"])
 
     def __init__(self) -> None:
         super().__init__(id="queue-screen")
@@ -54,14 +48,10 @@ class QueueScreen(DashboardScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="queue-status", classes="status-line")
-        yield QueueTable(id="queue-table")
-        with Vertical(id="job-detail", classes="panel"):
+        yield titled(QueueTable(id="queue-table"), "Queue")
+        with titled(Vertical(id="job-detail", classes="panel"), "Selected job"):
             yield Static(id="job-detail-body")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one(QueueTable).border_title = "Queue"
-        self.query_one("#job-detail").border_title = "Selected job"
 
     def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
         self.view = queue_view(db, now=now)

@@ -7,6 +7,12 @@ from typing import Sequence
 from textual_plotext import PlotextPlot
 
 
+def step_ticks(first: int, last: int, most: int = 5) -> list[int]:
+    """At most ``most`` whole-number ticks from ``first`` to ``last`` (steps are integers)."""
+    stride = max(1, -(-(last - first) // (most - 1)))
+    return list(range(first, last + 1, stride))
+
+
 class CurvePlot(PlotextPlot):
     """One curve over optimization steps; ``replot`` only when data changed (callers coalesce)."""
 
@@ -40,6 +46,7 @@ class CurvePlot(PlotextPlot):
         pts = [(x, y) for x, y in zip(self.xs, self.ys) if y == y]
         if pts:
             plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
+            plt.xticks(step_ticks(int(pts[0][0]), int(pts[-1][0])))
         self._decorate()
         self.refresh()
 

@@ -17,13 +17,16 @@ def live_table(view: LiveView) -> Table | Text:
     job, last = view.job, view.last
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
-    t.add_column()
+    t.add_column(no_wrap=True, overflow="ellipsis")
     state = Text(job.state, style="bold green" if view.running else "")
     if not view.running and job.state == "done" and last is not None and view.threshold is not None:
         state.append("  early stop" if last.p_target >= view.threshold else "  step budget used", style="dim")
     t.add_row("job", Text(f"#{job.id} (attempt {view.attempt})  ").append(state))
-    t.add_row("edit", fmt.short(f"{job.request.prompt}: {fmt.change(job.request)}", 58))
-    step = "-" if last is None else f"{last.step + 1} / {view.max_steps}"
+    t.add_row("edit", f"{job.request.prompt}: {fmt.change(job.request)}")
+    if last is not None:
+        step = f"{last.step + 1} / {view.max_steps}"
+    else:  # the worker loads the model and computes C and k* before the first step
+        step = Text("- (preparing: model, statistics, k*)" if view.running else "-", style="dim")
     t.add_row("step", step)
     t.add_row("loss", fmt.num(last.loss if last else None))
     t.add_row("P(target)", fmt.num(last.p_target if last else None))
@@ -31,7 +34,7 @@ def live_table(view: LiveView) -> Table | Text:
     t.add_row("elapsed", f"{fmt.duration(view.opt_elapsed)} optimizing, {fmt.duration(view.wall_elapsed)} in all")
     t.add_row("ETA", fmt.duration(view.eta) if view.running else "-")
     if job.error:
-        t.add_row("error", Text(fmt.short(job.error, 58), style="red"))
+        t.add_row("error", Text(job.error, style="red"))
     return t
 
 

@@ -1,0 +1,73 @@
+"""Every key of the TUI in one table: the footer bindings and the command palette are built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+SCREENS = Binding.Group("Screens", compact=True)
+EVERY_EDIT = Binding.Group("Every edit", compact=True)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One action: its key(s), the short footer label and its command palette entry."""
+
+    keys: str  # Textual key list, e.g. "question_mark,f1"
+    action: str  # action string run on the screen that owns the key (or on the app for APP_KEYS)
+    footer: str  # short: every screen's footer must fit in 100 columns
+    palette: str  # command palette text
+    about: str  # command palette help line
+    show: bool = True  # False: only in the help screen and the palette
+    group: Binding.Group | None = None  # shown as one footer entry ("1234 Screens")
+
+
+APP_KEYS: tuple[Key, ...] = (
+    Key("1", "switch_mode('queue')", "Queue", "Show queue", "Jobs waiting, running or failed", group=SCREENS),
+    Key("2", "switch_mode('live')", "Live", "Show live edit", "Loss and P(target) of the edit being optimized",
+        group=SCREENS),
+    Key("3", "switch_mode('metrics')", "Metrics", "Show metrics",
+        "Efficacy, generality, specificity, F1, retention, CLIP score", group=SCREENS),
+    Key("4", "switch_mode('history')", "History", "Show history",
+        "The edit log with rollback, replay, fork and export", group=SCREENS),
+    Key("w", "toggle_worker", "Worker", "Start / stop worker", "Run the queue inside the TUI"),
+    Key("question_mark,f1", "show_help", "Help", "Help", "Every key"),
+    Key("q", "quit", "Quit", "Quit", "Leave the TUI (a worker started here stops between steps)"),
+)
+
+SCREEN_KEYS: dict[str, tuple[Key, ...]] = {
+    "queue": (
+        Key("a", "add", "Add", "Add edit", "Queue one edit request (form)"),
+        Key("i", "import_file", "Import", "Import edits from file", "RoAD / TIMED CSV or JSONL"),
+        Key("u", "move(-1)", "Up", "Move job up", "Earlier in the queue"),
+        Key("d", "move(1)", "Down", "Move job down", "Later in the queue"),
+        Key("c", "cancel_job", "Cancel", "Cancel job", "Cancel the selected queued or running job"),
+        Key("r", "retry_job", "Retry", "Retry job", "Put a failed or cancelled job back in the queue"),
+    ),
+    "live": (
+        Key("c", "cancel_running", "Cancel edit", "Cancel running edit", "Stop the edit being optimized"),
+    ),
+    "metrics": (
+        Key("t", "evaluate('text', False)", "Text eval", "Text evaluation", "Text-space metrics of the latest edit"),
+        Key("i", "evaluate('image', False)", "Image eval", "Image evaluation",
+            "Image-space metrics of the latest edit"),
+        Key("T", "evaluate('text', True)", "Text eval (all)", "Text evaluation of every edit",
+            "Text-space metrics of each applied edit", group=EVERY_EDIT),
+        Key("I", "evaluate('image', True)", "Image eval (all)", "Image evaluation of every edit",
+            "Image-space metrics of each applied edit", group=EVERY_EDIT),
+    ),
+    "history": (
+        Key("b", "rollback", "Rollback", "Rollback to selected edit", "Later edits are marked rolled back"),
+        Key("p", "replay", "Replay", "Replay history", "Re-apply the stored deltas into a new history"),
+        Key("o", "reoptimize", "Re-optimize", "Re-optimize history",
+            "Queue every applied request again in a new history"),
+        Key("f", "fork", "Fork", "Fork at selected edit", "New history from the selected edit"),
+        Key("e", "export", "Export", "Export edited pipeline", "save_pretrained of base + applied edits"),
+    ),
+}
+
+
+def bindings(keys: tuple[Key, ...]) -> list[Binding]:
+    """Textual bindings of ``keys`` (for a class's BINDINGS)."""
+    return [Binding(k.keys, k.action, k.footer, show=k.show, group=k.group) for k in keys]
