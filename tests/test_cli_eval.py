@@ -203,3 +203,23 @@ def test_missing_judge_and_bad_options_are_one_line_errors(ws_root, tmp_path):
     assert r.exit_code == 2 and "multiple of 8" in r.output
     r = invoke("--workspace", ws_root, "eval", "999", "--text-only")
     assert r.exit_code == 1 and "edit 999" in r.stderr and "refact history" in r.stderr
+
+
+def test_text_encoder_workspace_evaluates_text_space_and_refuses_images(tmp_path_factory, judge_spec):
+    """A plain transformers text-encoder folder is a valid model: edits and text metrics work, images don't."""
+    from fixtures_models import tiny_text_encoder_dir
+    from refact_tui.services.runner import run_worker
+
+    root = tmp_path_factory.mktemp("te_eval") / "w"
+    ws = new_workspace(root, tiny_text_encoder_dir(tmp_path_factory, family="clip"))
+    with ws:
+        queue(ws, [replace(r, positives=r.positives[:1], negatives=r.negatives[:1]) for r in sample_requests(1)])
+        assert run_worker(ws, device="cpu").done == 1
+    refused = invoke("--workspace", root, "eval", "1", "--seeds", "1", "--judge", judge_spec)
+    assert refused.exit_code == 1
+    assert "text encoder only" in refused.stderr and "--text-only" in refused.stderr
+    assert "Traceback" not in refused.output
+    text = invoke("--workspace", root, "eval", "1", "--text-only", "--json")
+    assert text.exit_code == 0, text.output
+    report = json.loads(text.stdout)
+    assert 0.0 <= report["per_edit"]["1"]["text"]["p_target"] <= 1.0

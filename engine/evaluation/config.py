@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from engine.errors import EngineError
+
 # Seeds 0..24 as in the ReFACT paper's scoring scripts.
 PAPER_SEEDS = 25
 GENERALITY_THRESHOLDS = (0.75, 0.9)
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(EngineError, ValueError):
     """An evaluation setting is out of range."""
 
 

@@ -297,6 +297,7 @@ def run_image_eval(ws, edit_id: int | None = None, history: bool = False, config
     from store.metrics import finish_eval_run, start_eval_run
 
     hist, edits = _targets(ws, edit_id, history)
+    _require_pipeline(ws, hist)
     device = eval_device(config.device)
     if judge is None:
         # The judge first: a missing judge is reported before the (slow) pipeline load.
@@ -417,6 +418,16 @@ def _lines(finals: Sequence[FinalMetric], scope: int | None, head_id: int) -> li
     return lines
 
 
+def _require_pipeline(ws, hist) -> None:
+    """Image evaluation needs a diffusion pipeline; say so before loading the judge or the model."""
+    from store.base_models import get_base_model
+
+    base = get_base_model(ws.db, hist.base_model_id)
+    if base.kind != "sd-pipeline":
+        raise EvaluationError(f"the workspace model {base.source} is a text encoder only; image evaluation needs "
+                              "a Stable Diffusion pipeline (use --text-only)")
+
+
 def run_evaluation(ws, options: EvalOptions = EvalOptions(),
                    on_progress: ProgressCallback | None = None) -> EvalReport:
     """Text-space metrics, then image-space ones unless ``text_only``; the report's ``lines`` are the
@@ -425,6 +436,8 @@ def run_evaluation(ws, options: EvalOptions = EvalOptions(),
     from engine.evaluation.judge import load_judge
 
     hist, edits = _targets(ws, options.edit_id, options.history)
+    if not options.text_only:
+        _require_pipeline(ws, hist)
     # A missing judge fails before any work is done or stored.
     judge = None if options.text_only else load_judge(options.image.judge, eval_device(options.image.device))
     text = run_text_eval(ws, options.edit_id, options.history, on_progress, options.text, options.image.device)
