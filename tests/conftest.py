@@ -11,6 +11,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="refact-test-hf-"))
 os.environ.pop("REFACT_WORKSPACE", None)
+os.environ.pop("REFACT_JUDGE", None)
 
 import pytest  # noqa: E402
 

@@ -22,6 +22,9 @@ DEFAULT_JUDGE = "ViT-bigG-14:laion2b_s39b_b160k"
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
+JUDGE_ENV = "REFACT_JUDGE"
+
+
 class JudgeNotFoundError(EngineError):
     """The judge's weights are not available locally."""
 
@@ -123,10 +126,14 @@ class Judge:
 
 
 def load_judge(spec: str | None = None, device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> Judge:
-    """Load the judge offline; raises JudgeNotFoundError (one line) when its weights are missing."""
+    """Load the judge offline; raises JudgeNotFoundError (one line) when its weights are missing.
+
+    ``spec`` None means $REFACT_JUDGE when set (so the CLI and the TUI share one setting), else the
+    paper's ViT-bigG-14 from the local cache.
+    """
     import open_clip
 
-    js = parse_judge_spec(spec)
+    js = parse_judge_spec(spec or os.environ.get(JUDGE_ENV) or None)
     if js.config_path is not None:
         open_clip.add_model_config(js.config_path)
     if js.model not in open_clip.list_models():

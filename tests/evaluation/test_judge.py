@@ -52,3 +52,14 @@ def test_tiny_judge_scores(judge):
         assert torch.allclose(p, expect, atol=1e-5)
     finally:
         judge.model.encode_text = real
+
+
+def test_refact_judge_env_sets_the_default_for_cli_and_tui(monkeypatch, judge_spec, tmp_path):
+    monkeypatch.setenv("REFACT_JUDGE", f"ViT-B-32:{tmp_path / 'missing.pt'}")
+    with pytest.raises(JudgeNotFoundError, match="missing.pt"):
+        load_judge(None, "cpu")
+    monkeypatch.setenv("REFACT_JUDGE", judge_spec)
+    from_env, explicit = load_judge(None, "cpu"), load_judge(judge_spec, "cpu")
+    assert from_env.name == explicit.name
+    a, b = from_env.model.state_dict(), explicit.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
