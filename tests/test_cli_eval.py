@@ -149,7 +149,7 @@ def test_image_eval_of_the_head_edit_stores_metrics_run_config_and_grid(ws_root,
     cfg = image_run.config
     assert image_run.state == "done" and text_run.id == image_run.id - 1 and text_run.config["edit_ids"] == [head]
     assert cfg["seeds"] == [0, 1] and cfg["steps"] == 1 and cfg["resolution"] == [SIZE, SIZE]
-    assert cfg["judge"].startswith("tiny-judge:") and cfg["judge"].endswith("tiny-judge.pt")
+    assert cfg["judge"].startswith("tiny-judge:") and cfg["judge"].endswith("tiny-judge.safetensors")
     assert (cfg["history"], cfg["head_seq"], cfg["scope"], cfg["edit_ids"], cfg["world_size"]) == ("main", 3, "edit", [head], 1)
 
     finals = {m.name: m for m in rows if m.final}

@@ -150,3 +150,32 @@ def load_judge(spec: str | None = None, device: str | torch.device = "cpu", cach
     model, _, preprocess = open_clip.create_model_and_transforms(js.model, pretrained=str(weights), device=device)
     model.eval()
     return Judge(js.label, model, preprocess, open_clip.get_tokenizer(js.model), device)
+
+
+# A small open_clip architecture for offline demos and tests (random weights: scores are not
+# meaningful, but every code path of image evaluation runs).
+TINY_JUDGE_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1},
+}
+
+
+def build_random_judge(folder: Path, seed: int = 0) -> str:
+    """Write a tiny random open_clip judge (config JSON + safetensors); returns its --judge spec."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "tiny-judge.json"
+    cfg.write_text(json.dumps(TINY_JUDGE_CONFIG))
+    open_clip.add_model_config(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("tiny-judge")
+    ckpt = folder / "tiny-judge.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    return f"{cfg}:{ckpt}"

@@ -18,8 +18,11 @@ def demo(
     workspace: Path = typer.Option(None, "--workspace", "-w", help="New folder for the demo workspace "
                                    "(default: the global --workspace if given, else a temporary folder)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N sample edits."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Score the history in text and image space "
+                                  "(tiny random judge, 2 seeds, 4 steps) after the edits."),
 ) -> None:
-    """Build a tiny pipeline, queue the sample edits, run them with live progress, show the history."""
+    """Build a tiny pipeline, queue the sample edits, run them with live progress, evaluate, show the history."""
+    from refact_tui.cli.eval import print_report, progress_printer
     from refact_tui.cli.history import print_edits
     from refact_tui.cli.run import JobProgress, make_progress, print_summary
     from refact_tui.services.demo import run_demo
@@ -27,9 +30,13 @@ def demo(
 
     root = workspace or (ctx.find_root().obj or {}).get("workspace")
     console.print("building a tiny random Stable Diffusion pipeline and a workspace (no downloads) ...")
-    with stop_on_signals() as should_stop, make_progress() as progress:
-        result = run_demo(root, limit=limit, on_event=JobProgress(progress), should_stop=should_stop)
+    eval_progress, on_eval_progress = progress_printer()
+    with stop_on_signals() as should_stop, make_progress() as progress, eval_progress:
+        result = run_demo(root, limit=limit, on_event=JobProgress(progress), should_stop=should_stop,
+                          evaluate=evaluate, on_eval_progress=on_eval_progress)
     print_summary(result.summary)
     print_edits(result.edits, f"demo history ({result.seconds:.1f} s)")
+    if result.evaluation is not None:
+        print_report(result.evaluation)
     console.print(f"workspace: [bold]{result.root}[/]  (try `refact --workspace {result.root} show "
                   f"{result.edits[0].id if result.edits else 1}` or `refact --workspace {result.root} tui`)")

@@ -44,7 +44,7 @@ def evaluate(
                           image=_image_config(seeds, steps, size, judge, baseline, oracle, grids, batch_size, device))
     # Under accelerate only the main process draws progress and prints the results.
     show = is_main_process()
-    progress, on_progress = _progress_printer(disable=json_out or not show)
+    progress, on_progress = progress_printer(disable=json_out or not show)
     with open_workspace(ctx) as ws, progress:
         report = run_evaluation(ws, options, on_progress=on_progress)
     if not show:
@@ -52,6 +52,11 @@ def evaluate(
     if json_out:
         print_json(report)
         return
+    print_report(report)
+
+
+def print_report(report) -> None:
+    """The results table of an EvalReport, then its grid paths and notes."""
     where = "whole history" if report.scope_edit_id is None else f"edit {report.scope_edit_id}"
     print_table(f"{where} at head {report.head_seq} of {report.history} ({len(report.edit_ids)} edit(s) evaluated)",
                 ["metric", "text", "image", "std", "n"],
@@ -74,7 +79,7 @@ def _image_config(seeds, steps, size, judge, baseline, oracle, grids, batch_size
         raise typer.BadParameter(str(exc)) from None
 
 
-def _progress_printer(disable: bool):
+def progress_printer(disable: bool = False):
     """A rich Progress with one bar per progress task (images, text edits, each metric's items)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -17,6 +17,10 @@ SAMPLE_EDITS = DATASETS / "sample_edits.jsonl"
 # than the paper's make the loss curve visibly fall within a short demo.
 DEMO_HPARAMS = ReFACTHParams(layer=2, lr=0.5, max_steps=40, prob_threshold=0.95, weight_decay=0.01)
 DEMO_STATS_SAMPLES = 200
+# Image evaluation in the demo: a tiny random judge, 2 seeds, 4 denoising steps at the tiny
+# pipeline's 64x64; the numbers mean nothing, but every panel and the grids fill in.
+DEMO_EVAL_SEEDS = 2
+DEMO_EVAL_STEPS = 4
 
 
 @dataclass
@@ -29,14 +33,18 @@ class DemoResult:
     summary: object                 # WorkerSummary
     edits: list = field(default_factory=list)   # EditRow of the history
     seconds: float = 0.0
+    evaluation: object | None = None             # EvalReport of the whole history, when evaluated
 
 
 def run_demo(root: Path | None = None, *, edits_file: Path | None = None, limit: int | None = None,
              hparams: ReFACTHParams = DEMO_HPARAMS, stats_samples: int = DEMO_STATS_SAMPLES,
              on_event=None, on_progress: ProgressCallback | None = None,
-             should_stop: StopCheck | None = None) -> DemoResult:
+             should_stop: StopCheck | None = None, evaluate: bool = True,
+             on_eval_progress: ProgressCallback | None = None) -> DemoResult:
     """Build the tiny pipeline, init a workspace at `root` (default: a new temp folder), queue the
-    sample edits, compute C on the shipped corpus, run the worker. Returns the resulting history."""
+    sample edits, compute C on the shipped corpus, run the worker, and (``evaluate``) score the whole
+    history in text and image space with a tiny random judge that becomes the workspace's judge.
+    Returns the resulting history."""
     from engine.builder import build_pipeline
     from refact_tui.services.history import list_history
     from refact_tui.services.queue import import_requests
@@ -60,10 +68,23 @@ def run_demo(root: Path | None = None, *, edits_file: Path | None = None, limit:
         compute_stats(ws, layer=hparams.layer, samples=stats_samples, on_progress=on_progress, device="cpu")
         summary = run_worker(ws, device="cpu", on_event=on_event, should_stop=should_stop)
         edits = list_history(ws)
+        evaluation = _evaluate(ws, root, on_eval_progress) if evaluate and summary.done else None
     finally:
         ws.close()
     del report
-    return DemoResult(root, model_path, queued, summary, edits, time.perf_counter() - t0)
+    return DemoResult(root, model_path, queued, summary, edits, time.perf_counter() - t0, evaluation)
+
+
+def _evaluate(ws, root: Path, on_progress: ProgressCallback | None):
+    from engine.evaluation.config import ImageEvalConfig
+    from engine.evaluation.judge import build_random_judge
+    from refact_tui.services.evaluation import JUDGE_META_KEY, EvalOptions, run_evaluation
+    from store.db import set_meta
+
+    set_meta(ws.db, JUDGE_META_KEY, build_random_judge(root / "tiny-judge"))
+    image = ImageEvalConfig(seeds=DEMO_EVAL_SEEDS, grid_seeds=DEMO_EVAL_SEEDS, device="cpu")
+    options = EvalOptions(history=True, image=image.with_generation(steps=DEMO_EVAL_STEPS, batch_size=16))
+    return run_evaluation(ws, options, on_progress=on_progress)
 
 
 def _queued(ws) -> list:

@@ -18,7 +18,7 @@ process renders its share of the images; only the main process writes the store 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -298,6 +298,7 @@ def run_image_eval(ws, edit_id: int | None = None, history: bool = False, config
 
     hist, edits = _targets(ws, edit_id, history)
     _require_pipeline(ws, hist)
+    config = with_workspace_judge(ws, config)
     device = eval_device(config.device)
     if judge is None:
         # The judge first: a missing judge is reported before the (slow) pipeline load.
@@ -418,6 +419,23 @@ def _lines(finals: Sequence[FinalMetric], scope: int | None, head_id: int) -> li
     return lines
 
 
+# Workspace setting: the judge used when neither --judge nor $REFACT_JUDGE names one.
+JUDGE_META_KEY = "eval_judge"
+
+
+def with_workspace_judge(ws, config: ImageEvalConfig) -> ImageEvalConfig:
+    """``config`` with the workspace's judge filled in when it names none (explicit and env win)."""
+    import os
+
+    from engine.evaluation.judge import JUDGE_ENV
+    from store.db import get_meta
+
+    if config.judge or os.environ.get(JUDGE_ENV):
+        return config
+    spec = get_meta(ws.db, JUDGE_META_KEY)
+    return replace(config, judge=spec) if spec else config
+
+
 def _require_pipeline(ws, hist) -> None:
     """Image evaluation needs a diffusion pipeline; say so before loading the judge or the model."""
     from store.base_models import get_base_model
@@ -438,6 +456,7 @@ def run_evaluation(ws, options: EvalOptions = EvalOptions(),
     hist, edits = _targets(ws, options.edit_id, options.history)
     if not options.text_only:
         _require_pipeline(ws, hist)
+        options = replace(options, image=with_workspace_judge(ws, options.image))
     # A missing judge fails before any work is done or stored.
     judge = None if options.text_only else load_judge(options.image.judge, eval_device(options.image.device))
     text = run_text_eval(ws, options.edit_id, options.history, on_progress, options.text, options.image.device)

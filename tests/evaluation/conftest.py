@@ -3,33 +3,16 @@ open_clip judge registered from a config dict. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-
-TINY_JUDGE_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1},
-}
 
 
 def write_tiny_judge(folder: Path, seed: int = 0) -> str:
-    """Write an open_clip config + random checkpoint; returns the --judge spec CONFIG.json:CKPT."""
-    import open_clip
+    """A tiny random open_clip judge on disk; returns the --judge spec CONFIG.json:CHECKPOINT."""
+    from engine.evaluation.judge import build_random_judge
 
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = folder / "tiny-judge.json"
-    cfg.write_text(json.dumps(TINY_JUDGE_CONFIG))
-    open_clip.add_model_config(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model("tiny-judge")
-    ckpt = folder / "tiny-judge.pt"
-    torch.save(model.state_dict(), ckpt)
-    return f"{cfg}:{ckpt}"
+    return build_random_judge(folder, seed)
 
 
 @pytest.fixture(scope="session")
