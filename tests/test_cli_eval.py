@@ -123,7 +123,7 @@ def test_image_eval_of_the_head_edit_stores_metrics_run_config_and_grid(ws_root,
     from store.metrics import list_eval_runs, metrics_for_run
 
     events = []
-    real_printer = eval_cli._progress_printer
+    real_printer = eval_cli.progress_printer
 
     def recording_printer(disable):
         progress, on_progress = real_printer(disable)
@@ -135,7 +135,7 @@ def test_image_eval_of_the_head_edit_stores_metrics_run_config_and_grid(ws_root,
         recording_printer.progress = progress
         return progress, record
 
-    monkeypatch.setattr(eval_cli, "_progress_printer", recording_printer)
+    monkeypatch.setattr(eval_cli, "progress_printer", recording_printer)
     head = _edit_ids(ws_root)[-1]
     r = invoke("--workspace", ws_root, "eval", "--seeds", SEEDS, "--steps", 1, "--size", SIZE, "--judge", judge_spec)
     assert r.exit_code == 0, r.output
