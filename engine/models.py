@@ -273,6 +273,28 @@ def _load_pipeline(folder: Path) -> Any:
     return pipe
 
 
+def load_tokenizer(source: str | Path) -> Any:
+    """Only the tokenizer of a pipeline or text-encoder folder / cached hub id (offline, fast)."""
+    import transformers
+
+    quiet_hf_logging()
+    folder = resolve_source(source)
+    if detect_kind(folder) == "sd-pipeline":
+        folder = folder / "tokenizer"
+    else:
+        folder = _transformer_folder(folder) or folder
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise ModelFormatError(f"could not load the tokenizer in {folder} ({_one_line(exc)})") from None
+
+
+def token_limit(tokenizer: Any, default: int = 77) -> int:
+    """The longest input the tokenizer's model takes (CLIP 77, BERT 512); ``default`` when unset."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit <= 100_000 else default
+
+
 def _load_pipeline_encoder(folder: Path) -> tuple[torch.nn.Module, Any]:
     import transformers
 

@@ -53,6 +53,19 @@ def test_malformed_import_file_is_refused_with_the_row(ws_root, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout) == []
 
 
+def test_import_checks_token_lengths_with_the_base_tokenizer(ws_root, tmp_path):
+    long = "a " + " ".join(["very"] * 90) + " long prompt"
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"prompt": "A cat", "source": "cat", "target": "dog"}) + "\n"
+                 + json.dumps({"prompt": long, "source": "x", "target": "y"}) + "\n")
+    r = invoke("--workspace", ws_root, "queue", "import", f)
+    assert r.exit_code == 1
+    assert "row 2, column 'prompt': is 95 tokens long, over the limit of 77" in " ".join(r.stderr.split())
+    r = invoke("--workspace", ws_root, "queue", "import", f, "--skip-invalid", "--json")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["added"]) == 1
+    assert json.loads(invoke("--workspace", ws_root, "queue", "clear", "--json").stdout) == {"removed": 1}
+
+
 def test_queue_add_ls_move_rm_json(ws_root):
     base = ["--workspace", ws_root, "queue"]
     ids = []

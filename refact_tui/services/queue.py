@@ -93,6 +93,18 @@ def add_edit(ws: Workspace, request: EditRequest,
     return job
 
 
+def _base_tokenizer(ws: Workspace) -> Any | None:
+    """The current history's base tokenizer, or None when its folder is gone (jobs then check lengths)."""
+    from engine.errors import EngineError
+    from engine.models import load_tokenizer
+
+    base = get_base_model(ws.db, ws.history().base_model_id)
+    try:
+        return load_tokenizer(base.path)
+    except EngineError:
+        return None
+
+
 def _pending_keys(ws: Workspace, history_id: int) -> set[tuple[str, str, str, str]]:
     keys = {j.request.key() for j in job_store.list_jobs(ws.db, history_id, ("queued", "running"))}
     keys.update(e.request.key() for e in applied_edits(ws.db, history_id))
@@ -112,15 +124,20 @@ def import_requests(
 
     A file with errors queues nothing unless ``skip_invalid``. Repeats within the file are reported
     and skipped; so are requests already queued, running or applied in the current history unless
-    ``allow_duplicates``. With a ``tokenizer`` the importer also checks the 77-token limit.
-    Raises ImportFileError for an unreadable / unknown file, HParamsError for bad hparams.
+    ``allow_duplicates``. Every text is checked against the encoder's token limit with the base
+    model's tokenizer (or ``tokenizer``), so an over-long text is reported with its row and column
+    instead of failing its job later. Raises ImportFileError for an unreadable / unknown file,
+    HParamsError for bad hparams.
     """
     from engine.importers import load_requests  # lazy: only the import command needs it
+    from engine.models import token_limit
 
     path = Path(path)
     hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
-    result = load_requests(path, format=format, skip_invalid=skip_invalid, tokenizer=tokenizer)
+    tokenizer = tokenizer if tokenizer is not None else _base_tokenizer(ws)
+    kwargs = {"max_tokens": token_limit(tokenizer)} if tokenizer is not None else {}
+    result = load_requests(path, format=format, skip_invalid=skip_invalid, tokenizer=tokenizer, **kwargs)
     report = ImportReport(path=path, errors=list(result.errors))
     if report.errors and not skip_invalid:
         return report
