@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.importers import ImportFileError, load_requests
-from engine.request import EditRequest, Probe
+from engine.request import EditRequest, Probe, clean_text
 from fixtures_models import SHARED_DATA, built_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,13 @@ def edit(prompt="A banana", source="A banana", target="A blue banana", **more) -
 # ----- the benchmark files (read from ../shared, never copied) ----------------------------------
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The file's cells, read independently of the importer (expected values come from here, so no
+    benchmark text is copied into this repository)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{k: clean_text(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 @pytest.mark.skipif(not ROAD.is_file(), reason="RoAD validation CSV absent")
 def test_road_validation_file():
     result = load_requests(ROAD)
@@ -62,16 +69,18 @@ def test_road_validation_file():
     assert [r.row for r in result.requests] == list(range(1, 11))
     reqs = result.edit_requests()
     assert sorted({r.extra["type"] for r in reqs}) == ["Appearance", "Role"]
-    un = next(r for r in reqs if r.prompt == "Secretary-General of the United Nations")
-    assert un.source == "Ban Ki-Moon" and un.target == "António Guterres" and un.subject is None
-    assert un.oracle == "António Guterres as Secretary-General of the United Nations"
-    assert un.positives[0] == Probe(
-        "Secretary-General of the UN playing guitar", "Ban Ki-Moon playing guitar", "António Guterres playing guitar"
-    )
-    assert len(un.positives) == len(un.negatives) == 5
-    assert all(n.source == n.prompt for r in reqs for n in r.negatives)
-    for r in reqs:
+    for cells, r in zip(_csv_rows(ROAD), reqs):
+        assert (r.prompt, r.source, r.target, r.oracle) == (cells["Prompt"], cells["Old"], cells["New"], cells["Oracle"])
+        assert r.subject is None
+        assert r.positives == tuple(
+            Probe(cells[f"Positive{i}"], cells[f"Positive_old{i}"], cells[f"Positive_new{i}"]) for i in range(1, 6)
+        )
+        assert r.negatives == tuple(
+            Probe(cells[f"Negative{i}"], cells[f"Negative{i}"], cells[f"Negative_new{i}"]) for i in range(1, 6)
+        )
         r.validate()
+    # non-ASCII names survive intact (the file has some)
+    assert any(not t.isascii() for r in reqs for t in (r.prompt, r.source, r.target))
 
 
 @pytest.mark.skipif(not TIMED.is_file(), reason="TIMED validation CSV absent")
@@ -79,10 +88,11 @@ def test_timed_validation_file():
     result = load_requests(TIMED)
     assert result.format == "timed" and result.ok
     assert len(result.requests) == 8
-    first = result.requests[0].request
-    assert (first.prompt, first.source, first.target) == ("A bear", "A bear", "A sand bear")
-    assert first.positives[0] == Probe("A bear, pixel art", "A bear, pixel art", "A sand bear, pixel art")
-    assert first.negatives[4] == Probe("A tree", "A tree", "A sand tree")
+    for cells, row in zip(_csv_rows(TIMED), result.requests):
+        r = row.request
+        assert (r.prompt, r.source, r.target) == (cells["old"], cells["old"], cells["new"])
+        assert r.positives == tuple(Probe(cells[f"positive{i}"], cells[f"positive{i}"], cells[f"gt{i}"]) for i in range(1, 6))
+        assert r.negatives == tuple(Probe(cells[f"negative{i}"], cells[f"negative{i}"], cells[f"gn{i}"]) for i in range(1, 6))
 
 
 @pytest.mark.skipif(not ROAD.is_file(), reason="RoAD validation CSV absent")
