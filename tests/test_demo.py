@@ -14,9 +14,11 @@ runner = CliRunner()
 
 def test_demo_builds_edits_evaluates_and_leaves_a_usable_workspace(tmp_path):
     root = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--workspace", str(root), "--limit", "2"])
+    result = runner.invoke(app, ["demo", "--workspace", str(root), "--limit", "2", "--json"])
     assert result.exit_code == 0, result.output
-    assert "whole history at head 2" in result.stdout
+    report = json.loads(result.stdout)  # nothing but the JSON document on stdout
+    assert report["summary"]["done"] == 2 and report["evaluation"]["head_seq"] == 2
+    assert {line["name"] for line in report["evaluation"]["lines"]} >= {"efficacy", "generality", "specificity", "f1"}
 
     history = json.loads(runner.invoke(app, ["--workspace", str(root), "history", "--json"]).stdout)
     assert [(e["seq"], e["status"]) for e in history] == [(1, "applied"), (2, "applied")]

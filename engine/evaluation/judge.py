@@ -8,6 +8,7 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,9 +174,15 @@ def build_random_judge(folder: Path, seed: int = 0) -> str:
     cfg = folder / "tiny-judge.json"
     cfg.write_text(json.dumps(TINY_JUDGE_CONFIG))
     open_clip.add_model_config(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model("tiny-judge")
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: intended
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model("tiny-judge")
+    finally:
+        root_logger.setLevel(level)
     ckpt = folder / "tiny-judge.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     return f"{cfg}:{ckpt}"

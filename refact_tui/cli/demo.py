@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from refact_tui.cli.common import console
+from refact_tui.cli.common import JSON_OPTION, console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +20,7 @@ def demo(
     limit: int = typer.Option(None, "--limit", help="Only the first N sample edits."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Score the history in text and image space "
                                   "(tiny random judge, 2 seeds, 4 steps) after the edits."),
+    json_out: bool = JSON_OPTION,
 ) -> None:
     """Build a tiny pipeline, queue the sample edits, run them with live progress, evaluate, show the history."""
     from refact_tui.cli.eval import print_report, progress_printer
@@ -29,11 +30,17 @@ def demo(
     from refact_tui.services.runner import stop_on_signals
 
     root = workspace or (ctx.find_root().obj or {}).get("workspace")
-    console.print("building a tiny random Stable Diffusion pipeline and a workspace (no downloads) ...")
-    eval_progress, on_eval_progress = progress_printer()
-    with stop_on_signals() as should_stop, make_progress() as progress, eval_progress:
-        result = run_demo(root, limit=limit, on_event=JobProgress(progress), should_stop=should_stop,
+    if not json_out:
+        console.print("building a tiny random Stable Diffusion pipeline and a workspace (no downloads) ...")
+    eval_progress, on_eval_progress = progress_printer(disable=json_out)
+    with stop_on_signals() as should_stop, make_progress(disable=json_out) as progress, eval_progress:
+        on_event = None if json_out else JobProgress(progress)
+        result = run_demo(root, limit=limit, on_event=on_event, should_stop=should_stop,
                           evaluate=evaluate, on_eval_progress=on_eval_progress)
+    if json_out:
+        print_json({"workspace": result.root, "model": result.model_path, "seconds": result.seconds,
+                    "summary": result.summary, "edits": result.edits, "evaluation": result.evaluation})
+        return
     print_summary(result.summary)
     print_edits(result.edits, f"demo history ({result.seconds:.1f} s)")
     if result.evaluation is not None:
