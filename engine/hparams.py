@@ -52,6 +52,10 @@ class ReFACTHParams:
     ridge: float = 0.0
     # |k_e . u| below this refuses the insertion: r would blow up.
     min_division: float = 1e-8
+    # Sequential-editing extension (0 = the paper's ReFACT): each earlier edit's key k* of the same
+    # layer is added to C with this weight, C' = C + preserve * sum_i k_i k_i^T, so u = C'^-1 k*
+    # barely moves the keys of earlier edits and later edits disturb them less.
+    preserve: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates))
@@ -77,6 +81,8 @@ class ReFACTHParams:
             raise HParamsError(f"temperature must be > 0, got {self.temperature}")
         if self.ridge < 0:
             raise HParamsError(f"ridge must be >= 0, got {self.ridge}")
+        if self.preserve < 0:
+            raise HParamsError(f"preserve must be >= 0, got {self.preserve}")
         for t in self.templates:
             if t.count("{}") != 1:
                 raise HParamsError(f"template {t!r} must contain exactly one '{{}}'")

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -83,11 +83,14 @@ def compute_edit(
     progress: ProgressCallback | None = None,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
+    preserve_requests: Sequence[EditRequest] = (),
 ) -> EditResult:
     """Compute the rank-one update for ``request``; never modifies weights.
 
     ``second_moment`` (C at the layer's fc2 input) wins over ``stats``; with neither, C comes
     from a process-wide memory cache over ``corpus`` (default: the caption corpus).
+    ``preserve_requests``: earlier edits of the same layer whose keys join C with weight
+    ``hparams.preserve`` (ignored when it is 0, the paper's setting).
     Raises RequestError, TokenizationError, EditCancelled or InsertionRefusedError.
     """
     t_start = time.perf_counter()
@@ -117,6 +120,9 @@ def compute_edit(
     )
     k_templates = keys_at(adapter, tokenizer, key_prompts, layer)
     k_star = k_templates.mean(dim=0)
+    if hparams.preserve > 0 and preserve_requests:
+        earlier = earlier_keys(model, preserve_requests, hparams)
+        second_moment = second_moment.to(torch.float64) + hparams.preserve * earlier.T @ earlier
     u = left_vector(second_moment, k_star, hparams.ridge)
     bare = rewriting[0]
     with torch.no_grad():
@@ -180,6 +186,21 @@ def compute_edit(
         prompts=[p.text for p in rewriting],
         lookup_indices=[p.index for p in rewriting],
     )
+
+
+def earlier_keys(model: Any, requests: Sequence[EditRequest], hparams: ReFACTHParams) -> torch.Tensor:
+    """Keys of earlier requests at ``hparams.layer``: for each, its bare-prompt key k_e (where its
+    v* was inserted) and its template mean k*; rows of a float64 CPU matrix."""
+    adapter, tokenizer = model.adapter, model.tokenizer
+    keys = []
+    for req in requests:
+        located = locate_all(tokenizer, ["{}", *hparams.templates], req.prompt, req.subject, adapter.max_length)
+        with torch.no_grad():
+            rows = keys_at(adapter, tokenizer, located, hparams.layer)
+        keys.append(rows[0])
+        if len(rows) > 1:
+            keys.append(rows[1:].mean(dim=0))
+    return torch.stack(keys).to(device="cpu", dtype=torch.float64)
 
 
 def apply_edit(model: Any, request: EditRequest, hparams: ReFACTHParams, **kwargs: Any) -> EditResult:

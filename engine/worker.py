@@ -349,7 +349,8 @@ class Worker:
         try:
             result = compute_edit(model, request, hparams, stats=self._stats_store(),
                                   corpus=self.config.stats_corpus, n_samples=self.config.stats_samples,
-                                  on_step=on_step, should_stop=self._stop_check(job.id))
+                                  on_step=on_step, should_stop=self._stop_check(job.id),
+                                  preserve_requests=self._earlier_requests(hparams))
         finally:
             writer.close()
         delta = result.delta
@@ -382,6 +383,15 @@ class Worker:
 
     def _delta_path(self, job, attempt: int) -> Path:
         return self.config.deltas_dir / f"h{job.history_id:04d}-job{job.id:05d}-a{attempt}-{uuid.uuid4().hex[:6]}.safetensors"
+
+    def _earlier_requests(self, hparams) -> list:
+        """Requests of the edits applied at the model's head on the same layer (for --preserve)."""
+        if hparams.preserve <= 0:
+            return []
+        from store.edits import applied_edits
+
+        history_id, head = self._model_key
+        return [e.request for e in applied_edits(self._db, history_id, head) if e.layer == hparams.layer]
 
     def _commit(self, model, job, attempt: int, result):
         """Save the delta, then record everything in one transaction, keeping memory == database."""

@@ -172,3 +172,26 @@ def test_second_worker_is_refused_and_a_dead_holder_is_recovered(tmp_path, model
     assert summary.recovered_jobs == [job.id] and summary.done == 1
     assert get_job(ws.db, job.id).attempts == 2
     ws.close()
+
+
+def test_preserve_passes_earlier_same_layer_requests_to_the_edit(tmp_path, model_dir, monkeypatch):
+    """With --preserve the worker hands the requests of the edits already applied on that layer to
+    compute_edit (whose C then includes their keys); without it, none."""
+    import engine.refact
+    from refact_tui.services.runner import run_worker
+
+    seen: list[list[str]] = []
+    real = engine.refact.compute_edit
+
+    def spy(model, request, hparams, **kw):
+        seen.append([r.prompt for r in kw.get("preserve_requests", ())])
+        return real(model, request, hparams, **kw)
+
+    monkeypatch.setattr(engine.refact, "compute_edit", spy)
+    ws = new_workspace(tmp_path / "w", model_dir)
+    reqs = sample_requests(3)
+    with ws:
+        queue(ws, reqs[:2], FAST.with_overrides(preserve=5.0))
+        queue(ws, reqs[2:], FAST)
+        assert run_worker(ws, device="cpu", text_metrics=False).done == 3
+    assert seen == [[], [reqs[0].prompt], []]

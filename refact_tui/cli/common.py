@@ -166,12 +166,13 @@ def hparam_overrides(
     similarity: str | None = None,
     temperature: float | None = None,
     ridge: float | None = None,
+    preserve: float | None = None,
 ) -> dict[str, Any]:
     """The hparam options the user actually gave (None = not given)."""
     given = dict(
         layer=layer, lr=lr, max_steps=max_steps, prob_threshold=prob_threshold,
         weight_decay=weight_decay, clamp_factor=clamp_factor, similarity=similarity,
-        temperature=temperature, ridge=ridge,
+        temperature=temperature, ridge=ridge, preserve=preserve,
     )
     return {k: v for k, v in given.items() if v is not None}
 
@@ -187,12 +188,15 @@ ClampOpt = typer.Option(None, "--clamp-factor", help="Clamp ||delta|| to this ti
 SimOpt = typer.Option(None, "--similarity", help="l2 or cosine.", rich_help_panel=HP)
 TempOpt = typer.Option(None, "--temperature", help="Softmax temperature.", rich_help_panel=HP)
 RidgeOpt = typer.Option(None, "--ridge", help="Ridge added to C before the solve.", rich_help_panel=HP)
+PreserveOpt = typer.Option(None, "--preserve", help="Weight of earlier edits' keys in C (0 = paper's ReFACT; "
+                           "e.g. 1 protects earlier edits of the same layer).", rich_help_panel=HP)
 
 # name -> (type, option) of every hyperparameter option, in help order.
 HPARAM_OPTIONS: dict[str, tuple[type, Any]] = {
     "layer": (int, LayerOpt), "lr": (float, LrOpt), "max_steps": (int, StepsOpt),
     "prob_threshold": (float, ThresholdOpt), "weight_decay": (float, WdOpt), "clamp_factor": (float, ClampOpt),
     "similarity": (str, SimOpt), "temperature": (float, TempOpt), "ridge": (float, RidgeOpt),
+    "preserve": (float, PreserveOpt),
 }
 
 

@@ -204,3 +204,38 @@ def test_sequential_edits_aim_at_the_base_encoders_targets(tiny_clip, edit):
     # the swap to base weights and back is exact
     for l, k in enumerate(tiny_clip.base_fc2):
         assert torch.equal(adapter.fc2(l).weight, edited_weights[k])
+
+
+def test_preserve_keeps_an_earlier_edit_in_place_during_a_later_one(tiny_clip, edit):
+    """--preserve (an extension; 0 = the paper) adds earlier edits' keys to C, so a later edit of the
+    same layer moves the earlier edit's value at its key k_e far less."""
+    from engine.refact import earlier_keys
+
+    first = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")
+    second = EditRequest(prompt="the prince of the netherlands", source="a tulip", target="a green boat")
+    model = tiny_clip
+    base = {l: model.adapter.fc2(l).weight.detach().clone() for l in range(model.adapter.num_layers)}
+    drift = {}
+    for preserve in (0.0, 10.0):
+        with torch.no_grad():
+            for l, w in base.items():
+                model.adapter.fc2(l).weight.copy_(w)
+        hp = MOVING.with_overrides(preserve=preserve)
+        a = edit(model, hparams=hp, request=first, apply=True)
+        fc2 = model.adapter.fc2(hp.layer)
+        k_a, v_a = a.tensors["k_e"], a.tensors["v_star"]
+        assert torch.allclose(fc2(k_a), v_a, atol=1e-4)
+        edit(model, hparams=hp, request=second, apply=True, preserve_requests=[first])
+        with torch.no_grad():
+            drift[preserve] = float((fc2(k_a) - v_a).norm() / v_a.norm())
+        # the earlier key rows are the bare key k_e, then the template mean k*
+        keys = earlier_keys(model, [first], hp)
+        assert torch.allclose(keys[0].float(), k_a.cpu(), atol=1e-5)
+    print("relative drift of the first edit's value:", drift)
+    assert drift[10.0] < 0.2 * drift[0.0], drift
+
+
+def test_preserve_zero_is_the_papers_edit(tiny_clip, edit):
+    plain = edit(tiny_clip)
+    same = edit(tiny_clip, hparams=MOVING.with_overrides(preserve=0.0), preserve_requests=[REQUEST])
+    assert torch.equal(plain.delta.u, same.delta.u) and torch.equal(plain.delta.r, same.delta.r)
