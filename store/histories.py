@@ -48,7 +48,7 @@ def get_history(db: sqlite_utils.Database, id_or_name: int | str) -> HistoryRow:
         sql, key = "SELECT * FROM histories WHERE id = ?", int(id_or_name)
     else:
         sql, key = "SELECT * FROM histories WHERE name = ?", str(id_or_name).strip()
-    missing = f"no history {id_or_name!r}; `refact history list` shows the histories"
+    missing = f"no history {id_or_name!r}; `refact histories` lists them"
     return HistoryRow.from_row(fetch_required(db, sql, [key], missing))
 
 

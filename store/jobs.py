@@ -40,7 +40,7 @@ def enqueue(
 
 def get_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
     """A job by id (NotFoundError if none)."""
-    missing = f"no job {job_id}; `refact queue list` shows the queue"
+    missing = f"no job {job_id}; `refact queue ls` shows the queue"
     row = fetch_required(db, "SELECT * FROM jobs WHERE id = ?", [job_id], missing)
     return JobRow.from_row(row)
 
