@@ -23,30 +23,6 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes that are shown as one `error: ...` line (modules may still be missing)."""
-    from engine.errors import EngineError
-    from engine.hparams import HParamsError
-    from engine.request import RequestError
-
-    types: list[type[BaseException]] = [EngineError, HParamsError, RequestError]
-    for module, name in (
-        ("store.db", "StoreError"),
-        ("store.leases", "LeaseHeldError"),
-        ("refact_tui.services.workspace", "WorkspaceError"),
-        ("engine.importers", "ImportFileError"),
-        ("engine.importers.errors", "ImportFileError"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[name])
-            cls = getattr(mod, name, None)
-        except Exception:  # module not written yet, or broken: only lose the pretty message
-            cls = None
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            types.append(cls)
-    return tuple(types)
-
-
 def print_error(message: str) -> None:
     """Print one red `error: ...` line on stderr."""
     first = " ".join(str(message).split()) or "unknown error"
@@ -74,8 +50,11 @@ class ErrorHandlingGroup(typer.core.TyperGroup):
 
 def describe_error(exc: BaseException) -> str | None:
     """The one-line message for an error the user can act on, or None for a bug (re-raised)."""
-    if isinstance(exc, _user_error_types()):
-        return str(exc)
+    from refact_tui.services.errors import user_message
+
+    message = user_message(exc)
+    if message is not None:
+        return message
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename or exc}; check the workspace is writable"
     if isinstance(exc, sqlite3.OperationalError):
