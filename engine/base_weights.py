@@ -7,19 +7,14 @@ their base values turns the working model into the base model without a second m
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
 
 def fc2_module(model, layer: int) -> torch.nn.Linear:
-    """The editable fc2 Linear of ``layer`` (through the adapter when the model has one)."""
-    adapter = getattr(model, "adapter", None)
-    if adapter is not None:
-        return adapter.fc2(layer)
-    te = getattr(model, "text_encoder", model)
-    enc = te.encoder if hasattr(te, "encoder") else te.text_model.encoder
-    return enc.layers[layer].mlp.fc2
+    """The editable fc2 Linear of ``layer``."""
+    return model.adapter.fc2(layer)
 
 
 def _weight_param(model, key: int | str) -> torch.nn.Parameter:
@@ -34,11 +29,6 @@ def _weight_param(model, key: int | str) -> torch.nn.Parameter:
 def base_fc2_of(model) -> dict:
     """The fc2 weights the model had when loaded (LoadedModel.base_fc2), or {} if unknown."""
     return dict(getattr(model, "base_fc2", None) or {})
-
-
-def snapshot_fc2(model, layers: Iterable[int]) -> dict[int, torch.Tensor]:
-    """CPU copies of the fc2 weights of ``layers``."""
-    return {int(l): fc2_module(model, l).weight.detach().to("cpu", copy=True) for l in sorted(set(layers))}
 
 
 @contextmanager

@@ -38,7 +38,7 @@ class LoadedModel:
     text_encoder: torch.nn.Module  # for a pipeline: pipe.text_encoder itself
     tokenizer: Any  # PreTrainedTokenizerBase
     pipeline: Any | None  # DiffusionPipeline or None
-    adapter: Any | None  # EncoderAdapter; None only while engine.adapters does not exist yet
+    adapter: Any  # EncoderAdapter
     device: torch.device
     pooling: tuple[str, bool] | None = None  # sentence-transformers (mode, normalize), if the folder has one
     base_fc2: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # fc2 weights at load time
@@ -46,9 +46,7 @@ class LoadedModel:
     @property
     def family(self) -> str:
         """Encoder family: "clip" or "bert"."""
-        if self.adapter is not None:
-            return self.adapter.family
-        return "bert" if getattr(self.text_encoder.config, "model_type", "") == "bert" else "clip"
+        return self.adapter.family
 
     def encoder_hash(self) -> str:
         """sha256 of the text encoder's current state dict."""
@@ -56,7 +54,7 @@ class LoadedModel:
 
     def fc2_modules(self) -> dict[str, torch.nn.Linear]:
         """Every layer's editable fc2 matrix, keyed by its module name inside the text encoder."""
-        wanted = _fc2_of_each_layer(self.text_encoder, self.adapter)
+        wanted = [self.adapter.fc2(i) for i in range(self.adapter.num_layers)]
         names = {id(m): n for n, m in self.text_encoder.named_modules()}
         return {names[id(m)]: m for m in wanted}
 
@@ -84,15 +82,6 @@ class LoadedModel:
     def restore_base(self) -> None:
         """Put every fc2 weight back to what was loaded from disk (undoes all edits)."""
         self.restore_fc2(self.base_fc2)
-
-
-def _fc2_of_each_layer(model: torch.nn.Module, adapter: Any | None) -> list[torch.nn.Linear]:
-    if adapter is not None:
-        return [adapter.fc2(i) for i in range(adapter.num_layers)]
-    # Fallback without an adapter: CLIP names it mlp.fc2, BERT output.dense inside encoder.layer.N.
-    found = [m for n, m in model.named_modules() if n.endswith("mlp.fc2")]
-    found += [m for n, m in model.named_modules() if re.search(r"encoder\.layer\.\d+\.output\.dense$", n)]
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,13 +368,9 @@ def read_pooling(folder: Path) -> tuple[str, bool] | None:
     return ("cls" if cls_only else "mean"), normalize
 
 
-def _adapter_for(encoder: torch.nn.Module, pooling: tuple[str, bool] | None) -> Any | None:
-    try:
-        from engine.adapters import adapter_for
-    except ModuleNotFoundError as exc:
-        if exc.name in ("engine.adapters",):
-            return None
-        raise
+def _adapter_for(encoder: torch.nn.Module, pooling: tuple[str, bool] | None) -> Any:
+    from engine.adapters import adapter_for
+
     if pooling is not None:
         return adapter_for(encoder, pooling=pooling[0], normalize=pooling[1])
     return adapter_for(encoder)

@@ -334,12 +334,7 @@ class Worker:
         from engine.refact import compute_edit
         from store.steps import StepWriter
 
-        request, hparams = job.request, job.hparams
-        request.validate()
-        n_layers = model.adapter.num_layers
-        if not 0 <= hparams.layer < n_layers:
-            raise HParamsError(f"layer {hparams.layer} does not exist: this encoder has layers 0..{n_layers - 1}; "
-                               "requeue with a valid --layer")
+        request, hparams = job.request, job.hparams  # compute_edit validates both before any work
         writer = StepWriter(self.config.db_path, job.id, attempt)
 
         def on_step(ev: StepEvent) -> None:

@@ -23,20 +23,10 @@ EncodeFn = Callable[[Sequence[str]], torch.Tensor]
 
 def encode_texts(model, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """Pooled features [N, d] (float32, cpu) of ``texts`` under the model's current weights."""
-    te = model.text_encoder
-    adapter = getattr(model, "adapter", None)
-    device = next(te.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            chunk = list(texts[i : i + batch_size])
-            if adapter is not None:
-                feats = adapter.pooled(adapter.tokenize(model.tokenizer, chunk))
-            else:
-                batch = model.tokenizer(chunk, padding=True, return_tensors="pt").to(device)
-                feats = te(**batch).pooler_output
-            out.append(feats.detach().float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    texts = list(texts)
+    chunks = [model.adapter.encode(model.tokenizer, texts[i : i + batch_size]).float().cpu()
+              for i in range(0, len(texts), batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
 class FeatureCache:

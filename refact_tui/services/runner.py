@@ -45,16 +45,15 @@ def stats_settings(ws) -> tuple[Path | None, int | None]:
     return (Path(corpus) if corpus else None), (int(samples) if samples else None)
 
 
-def _text_metrics_hook(ws) -> Callable | None:
-    """services.evaluation.record_text_metrics(ws, model, edit_row) when the evaluation code has it."""
-    try:
-        from refact_tui.services import evaluation
-    except Exception:
-        return None
-    fn = getattr(evaluation, "record_text_metrics", None)
-    if fn is None:
-        return None
-    return lambda model, edit: fn(ws, model, edit)
+def _text_metrics_hook(ws) -> Callable:
+    """After each edit: services.evaluation.record_text_metrics(ws, model, edit_row)."""
+
+    def hook(model, edit) -> None:
+        from refact_tui.services.evaluation import record_text_metrics  # torch-heavy: only once an edit ran
+
+        record_text_metrics(ws, model, edit)
+
+    return hook
 
 
 def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: EventCallback | None = None,

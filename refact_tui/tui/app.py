@@ -14,6 +14,7 @@ from textual import on
 from textual.app import App
 from textual.worker import Worker, WorkerState
 
+from refact_tui.services.workspace import DB_NAME
 from refact_tui.tui.commands import RefactCommands
 from refact_tui.tui.errors import one_line
 from refact_tui.tui.keys import APP_KEYS, bindings
@@ -29,7 +30,6 @@ from refact_tui.tui.screens.metrics import MetricsScreen
 from refact_tui.tui.screens.queue import QueueScreen
 from refact_tui.tui.summaries import summarize
 
-DB_NAME = "refact.db"  # services.workspace.DB_NAME; repeated so the app opens without the services
 
 
 class ServiceUnavailable(Exception):
