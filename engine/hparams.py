@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Mapping
 
 # The paper's nine context templates, in the reference's order. The bare prompt "{}" is always
 # evaluated first during the v* optimization and is not part of this list.
@@ -103,6 +103,12 @@ class ReFACTHParams:
     def with_overrides(self, **overrides: Any) -> "ReFACTHParams":
         """A copy with the non-None overrides applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def resolve(self, given: "ReFACTHParams | Mapping[str, Any] | None") -> "ReFACTHParams":
+        """``given`` when it is a full set; otherwise this set with its overrides (None: unchanged)."""
+        if isinstance(given, ReFACTHParams):
+            return given
+        return self.with_overrides(**dict(given or {}))
 
     def fingerprint(self) -> str:
         """Short stable hash of all values (for grouping and cache keys)."""

@@ -105,3 +105,7 @@ def test_replay_onto_a_different_encoder_needs_force(ws, tmp_path_factory):
     edits = list_history(ws)
     assert h.head_seq == 3 and len(edits) == 3
     assert edits[-1].weights_hash == rebuild_hash(other, [ws.resolve(e.delta_path) for e in edits])
+    # the new base is described like `refact init` does, so queue checks and defaults work on it
+    from store.base_models import get_base_model
+
+    assert get_base_model(ws.db, h.base_model_id).config["num_layers"] == 4

@@ -222,22 +222,13 @@ def fork(ws, at_seq: int, name: str, history: int | str | None = None):
 
 
 def _register_model(ws, model: str | Path):
-    """Load a model (encoder only) and register it as a base model of the workspace."""
+    """Load a model (encoder only) and register it as a base model of the workspace, with the same
+    description `refact init` records (layer count included, so queue checks work on it)."""
     from engine.models import load_model
-    from store.base_models import register_base_model
+    from refact_tui.services.workspace import describe_loaded, register_model
 
     loaded = load_model(model, device="cpu", with_pipeline=False)
-    row = register_base_model(ws.db, str(model), str(loaded.path), loaded.kind, loaded.family,
-                              loaded.encoder_hash(), {})
-    return row, loaded
-
-
-def _job_hparams(stored: ReFACTHParams, hparams: ReFACTHParams | Mapping[str, Any] | None) -> ReFACTHParams:
-    if hparams is None:
-        return stored
-    if isinstance(hparams, ReFACTHParams):
-        return hparams
-    return stored.with_overrides(**dict(hparams))
+    return register_model(ws.db, describe_loaded(loaded, model)), loaded
 
 
 def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimize: bool = False,
@@ -271,7 +262,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-reopt"), parent_id=src.id,
                                  forked_at_seq=0)
             for e in edits:
-                enqueue(ws.db, new.id, e.request, _job_hparams(e.hparams, hparams))
+                enqueue(ws.db, new.id, e.request, e.hparams.resolve(hparams))
             set_current_history(ws.db, new.id)
         return get_history(ws.db, new.id)
 

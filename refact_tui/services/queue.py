@@ -63,8 +63,8 @@ def default_hparams(ws: Workspace) -> ReFACTHParams:
 def resolve_hparams(ws: Workspace, hparams: ReFACTHParams | Mapping[str, Any] | None) -> ReFACTHParams:
     """Full hyperparameters from None (workspace default), overrides onto the default, or a full set."""
     if isinstance(hparams, ReFACTHParams):
-        return hparams
-    return default_hparams(ws).with_overrides(**dict(hparams or {}))
+        return hparams  # the default needs a database read; skip it
+    return default_hparams(ws).resolve(hparams)
 
 
 def check_hparams(ws: Workspace, hparams: ReFACTHParams) -> None:

@@ -110,7 +110,11 @@ def describe_model(model_source: str | Path) -> BaseModelInfo:
     """Load the model offline (text encoder only) and collect what the store records about it."""
     from engine.models import load_model  # lazy: torch/transformers only when a model is needed
 
-    model = load_model(model_source, device="cpu", with_pipeline=False)
+    return describe_loaded(load_model(model_source, device="cpu", with_pipeline=False), model_source)
+
+
+def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
+    """What the store records about an already loaded model (``model_source`` as the user gave it)."""
     config: dict[str, Any] = {
         "num_layers": int(model.adapter.num_layers),
         "max_length": int(model.adapter.max_length),
@@ -126,6 +130,12 @@ def describe_model(model_source: str | Path) -> BaseModelInfo:
         encoder_hash=model.encoder_hash(),
         config=config,
     )
+
+
+def register_model(db: sqlite_utils.Database, base: BaseModelInfo) -> BaseModelRow:
+    """Record a base model in the workspace store (inside the caller's transaction)."""
+    return register_base_model(db, base.source, base.path, base.kind, base.encoder_family, base.encoder_hash,
+                               base.config)
 
 
 def _make_dirs(root: Path) -> None:
@@ -166,9 +176,7 @@ def create_workspace(root: Path | str, base: BaseModelInfo, history: str = "main
         raise WorkspaceError(str(exc)) from None
     try:
         with transaction(db):
-            row: BaseModelRow = register_base_model(
-                db, base.source, base.path, base.kind, base.encoder_family, base.encoder_hash, base.config
-            )
+            row = register_model(db, base)
             hist = create_history(db, row.id, history)
             set_current_history(db, hist.id)
     except StoreError as exc:
