@@ -59,3 +59,17 @@ def test_importing_core_packages_loads_no_ui_framework():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"UI modules loaded by the core: {out.stdout.strip()}"
+
+
+def _engine_files() -> list[Path]:
+    return sorted((ROOT / "engine").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _engine_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_engine_never_imports_store_or_services(path: Path):
+    """The algorithm layer sits below persistence and orchestration (lazy imports included)."""
+    bad = sorted(
+        m for m in _imported_modules(path)
+        if m == "store" or m.startswith("store.") or m.startswith("refact_tui")
+    )
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

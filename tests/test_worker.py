@@ -24,7 +24,7 @@ def done_ws(tmp_path_factory, model_dir):
 
 def test_worker_applies_jobs_in_order_with_steps_and_hashes(done_ws, model_dir):
     from engine.events import StepEvent
-    from engine.worker import JobFinished, JobStarted
+    from refact_tui.services.worker import JobFinished, JobStarted
     from store.edits import list_edits
     from store.jobs import get_job
     from store.steps import steps_for_edit

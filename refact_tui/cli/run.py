@@ -22,7 +22,7 @@ class JobProgress:
 
     def __call__(self, ev) -> None:
         from engine.events import StepEvent
-        from engine.worker import JobFailed, JobFinished, JobStarted, WorkerNotice
+        from refact_tui.services.worker import JobFailed, JobFinished, JobStarted, WorkerNotice
 
         p = self.progress
         if isinstance(ev, JobStarted):

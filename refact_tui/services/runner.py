@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from engine.events import StepEvent, StopCheck
-from engine.worker import (
+from refact_tui.services.worker import (
     EventCallback,
     JobFailed,
     JobFinished,

@@ -72,3 +72,40 @@ def test_apply_deltas_is_all_or_nothing(tiny_clip):
     missing = EditDelta(layer=1, module="encoder.layers.9.mlp.fc2", u=torch.ones(64), r=torch.ones(32))
     with pytest.raises(DeltaIntegrityError, match="does not have"):
         missing.apply(tiny_clip)
+
+
+def test_v01_delta_files_still_load(tmp_path, tiny_clip):
+    """A refact-delta/1 file (u, r and layer/module metadata) loads as one rank-one update."""
+    from engine.files import save_safetensors_atomic
+
+    d = make_delta(tiny_clip.adapter, layer=2)
+    path = tmp_path / "v1.safetensors"
+    save_safetensors_atomic(
+        path, {"u": d.u, "r": d.r}, {"format": "refact-delta/1", "layer": "2", "module": d.module, "edit_id": "7"}
+    )
+    back = EditDelta.load(path)
+    assert (back.layer, back.module, back.component) == (2, d.module, "text_encoder")
+    assert torch.equal(back.u, d.u) and torch.equal(back.r, d.r) and back.meta == {"edit_id": "7"}
+
+
+def test_low_rank_multi_update_round_trip(tmp_path, tiny_clip):
+    """A v2 delta with two updates of rank 3 saves, loads and applies W += L R^T to each matrix."""
+    from engine.delta import MatrixUpdate
+
+    adapter = tiny_clip.adapter
+    gen = torch.Generator().manual_seed(3)
+    ups = [
+        MatrixUpdate("text_encoder", adapter.fc2_name(i), torch.randn(adapter.hidden_size, 3, generator=gen),
+                     torch.randn(adapter.key_size, 3, generator=gen), i)
+        for i in (0, 2)
+    ]
+    d = EditDelta(ups, {"kind": "batch"})
+    sha = d.save(tmp_path / "b.safetensors")
+    back = EditDelta.load(tmp_path / "b.safetensors", expected_sha256=sha)
+    assert [x.rank for x in back.updates] == [3, 3] and back.meta == {"kind": "batch"}
+    w0 = [adapter.fc2(i).weight.detach().clone() for i in (0, 2)]
+    back.apply(tiny_clip)
+    for (i, x), w in zip(zip((0, 2), ups), w0):
+        torch.testing.assert_close(adapter.fc2(i).weight - w, x.left @ x.right.T, rtol=0, atol=1e-5)
+    with pytest.raises(DeltaIntegrityError, match="not a single rank-one"):
+        _ = back.u

@@ -25,6 +25,17 @@ from engine.errors import EditCancelled, EngineError, InsertionRefusedError
 from engine.events import StepEvent, StopCheck
 from engine.hparams import HParamsError
 from engine.request import RequestError
+from engine.covariance import SecondMomentStore
+from engine.insertion import insert
+from engine.refact import compute_edit
+from store.artifacts import add_artifact
+from store.db import open_db, transaction
+from store.edits import applied_edits, record_edit
+from store.events import log_event
+from store.histories import get_history
+from store.jobs import claim_next, finish_job, heartbeat_job, is_cancel_requested, requeue_job, requeue_orphans
+from store.leases import acquire_lease, release_lease, renew_lease
+from store.steps import StepWriter, attach_steps
 
 LEASE_NAME = "worker"
 
@@ -155,10 +166,6 @@ class Worker:
 
     def run(self) -> WorkerSummary:
         """Take the lease, recover orphans, process jobs until the queue is empty / max / stop."""
-        from store.db import open_db
-        from store.events import log_event
-        from store.jobs import claim_next, requeue_orphans
-        from store.leases import acquire_lease, release_lease
 
         cfg = self.config
         summary = WorkerSummary()
@@ -204,9 +211,6 @@ class Worker:
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         """Renew the lease and the running job's heartbeat from a separate connection."""
-        from store.db import open_db
-        from store.jobs import heartbeat_job
-        from store.leases import renew_lease
 
         db = None
         try:
@@ -226,8 +230,6 @@ class Worker:
     # ------------------------------------------------------------------ one job
 
     def _run_job(self, job, summary: WorkerSummary) -> None:
-        from store.events import log_event
-        from store.jobs import finish_job, requeue_job
 
         db = self._db
         cfg = self.config
@@ -295,8 +297,6 @@ class Worker:
             self._current_job = None
 
     def _fail(self, job, reason: str, summary: WorkerSummary, exc: BaseException | None = None) -> None:
-        from store.events import log_event
-        from store.jobs import finish_job
 
         reason = " ".join(reason.split())
         finish_job(self._db, job.id, "failed", error=reason)
@@ -311,7 +311,6 @@ class Worker:
 
     def _model_for(self, history_id: int):
         """The in-memory model at the history's current head (rebuilt when the head moved)."""
-        from store.histories import get_history
 
         head = get_history(self._db, history_id).head_seq
         if self._model is None or self._model_key != (history_id, head):
@@ -323,7 +322,6 @@ class Worker:
         return self._model
 
     def _stats_store(self):
-        from engine.covariance import SecondMomentStore
 
         if self._stats is None:  # one store per run: C stays in memory across jobs
             self._stats = SecondMomentStore(self.config.stats_dir)
@@ -331,8 +329,6 @@ class Worker:
 
     def _compute(self, model, job, attempt: int):
         """Run the apply-less edit with batched step rows (never modifies weights)."""
-        from engine.refact import compute_edit
-        from store.steps import StepWriter
 
         request, hparams = job.request, job.hparams  # compute_edit validates both before any work
         writer = StepWriter(self.config.db_path, job.id, attempt)
@@ -358,7 +354,6 @@ class Worker:
 
     def _stop_check(self, job_id: int) -> StopCheck:
         """Stop between steps on a worker stop, or when the job is cancelled (polled twice a second)."""
-        from store.jobs import is_cancel_requested
 
         last = [0.0]
 
@@ -383,20 +378,12 @@ class Worker:
         """Requests of the edits applied at the model's head on the same layer (for --preserve)."""
         if hparams.preserve <= 0:
             return []
-        from store.edits import applied_edits
 
         history_id, head = self._model_key
         return [e.request for e in applied_edits(self._db, history_id, head) if e.layer == hparams.layer]
 
     def _commit(self, model, job, attempt: int, result):
         """Save the delta, then record everything in one transaction, keeping memory == database."""
-        from store.artifacts import add_artifact
-        from store.db import transaction
-        from store.edits import record_edit
-        from store.events import log_event
-        from store.histories import get_history
-        from store.jobs import finish_job
-        from store.steps import attach_steps
 
         cfg = self.config
         delta = result.delta
@@ -407,7 +394,6 @@ class Worker:
         sha = delta.save(path)
         rel = path.relative_to(cfg.root).as_posix() if path.is_relative_to(cfg.root) else str(path)
 
-        from engine.insertion import insert
 
         weight = model.adapter.fc2(delta.layer).weight
         backup = weight.detach().clone()
