@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,14 +84,7 @@ def write_section(r: dict, path: Path) -> str:
         f"| plain diffusers `pipe(prompts, generator=[...])` | {r['plain']:.3f} |\n"
         f"| ratio (target >= 0.90) | {r['ratio']:.3f} |\n"
     )
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if MARK in text:
-        head, _, rest = text.partition(MARK)
-        nxt = rest.find("\n## ")
-        text = head + section + (rest[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    replace_section(path, section, MARK)
     return section
 
 

@@ -50,3 +50,27 @@ def fc2_weights(model, weights: dict | None) -> Iterator[None]:
         with torch.no_grad():
             for layer, w in saved.items():
                 _weight_param(model, layer).copy_(w)
+
+
+def base_weights_of(model) -> dict[str, dict]:
+    """Every slot's loaded (unedited) editable weights: slot name -> "<module>.weight" -> W.
+
+    A model without slots (a bare encoder holder) gives its single ``base_fc2`` under ``text_encoder``."""
+    slots = getattr(model, "slots", None)
+    if slots:
+        return {s.name: dict(s.base_fc2 or {}) for s in slots}
+    base = base_fc2_of(model)
+    return {"text_encoder": base} if base else {}
+
+
+@contextmanager
+def slot_weights(model, per_slot: dict[str, dict] | None) -> Iterator[None]:
+    """``fc2_weights`` for several encoder slots at once (slot name -> weights); every slot's previous
+    weights come back exactly. A model without slots takes the ``text_encoder`` entry."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for name, weights in (per_slot or {}).items():
+            target = model.slot(name) if getattr(model, "slots", None) else model
+            stack.enter_context(fc2_weights(target, weights))
+        yield

@@ -3,7 +3,12 @@
 Collection packs many corpus lines into each forward (up to ``batch_tokens`` padded tokens),
 stops the forward at layer l's fc1 activation, keeps every attended position (BOS/EOS included,
 padding excluded) and accumulates in float64. Results are cached in memory and on disk as
-``<cache_dir>/<key>.safetensors`` keyed by (upstream weights hash, layer, corpus sha256, n_samples).
+``<cache_dir>/<key>.safetensors`` keyed by (upstream weights hash, layer, corpus sha256, n_samples,
+encoder slot, tokenization mode). Only the layers an edit asks for are ever collected.
+
+Inputs are fed in the slot's own format: T5 in SD3/FLUX sees every prompt padded to 256/512 tokens
+without a mask, so its keys are collected that way; only the prompt's own tokens become rows (the
+padding rows would outnumber them 20:1 and mostly repeat one pattern).
 """
 
 from __future__ import annotations
@@ -25,6 +30,20 @@ from engine.files import file_sha256, save_safetensors_atomic
 
 FORMAT = "refact-mom2/1"
 DEFAULT_BATCH_TOKENS = 64 * 77
+# Second moments kept in memory per store (T5-XXL's C is 800 MiB in fp64: about two of them).
+DEFAULT_MEMORY_BYTES = 2 * 2**30
+# Key widths from which a CPU collection takes minutes (bigG 5120, T5-XXL 10240).
+GPU_ADVISED_KEY_SIZE = 4096
+
+
+def gpu_advice(adapter: EncoderAdapter) -> str | None:
+    """One line advising a GPU when collecting this encoder's second moment on CPU will be slow."""
+    d = int(adapter.key_size)
+    if d < GPU_ADVISED_KEY_SIZE or adapter.device.type != "cpu":
+        return None
+    mib = d * d * 8 / 2**20
+    return (f"second moment of a {d}-wide key ({mib:.0f} MiB fp64 per layer) on CPU takes minutes; "
+            "a GPU (--device cuda) is advised")
 # Same subset rule as the reference (Python's random.Random(1) shuffle of line indices).
 SUBSET_SEED = 1
 
@@ -62,6 +81,7 @@ def collect_second_moment(
     if not lines:
         raise EngineError("the statistics corpus has no text lines; point it at a text file with one caption per line")
     enc = tokenizer(list(lines), truncation=True, max_length=adapter.max_length, add_special_tokens=True)
+    fixed = adapter.fixed_length  # pad every batch to the pipeline's length (T5 in SD3/FLUX)
     seqs = [list(ids) for ids in enc["input_ids"]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Longest first, so each batch's padding is small and the first batch shows the peak memory.
@@ -72,7 +92,7 @@ def collect_second_moment(
     done = 0
     start = 0
     while start < len(order):
-        width = len(seqs[order[start]])
+        width = fixed or len(seqs[order[start]])
         rows = max(1, batch_tokens // width)
         chunk = order[start : start + rows]
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -110,10 +130,16 @@ class StatsEntry:
     module: str
     size_bytes: int
     created: float
+    slot: str = "text_encoder"
+    mode: str = "longest"
 
 
-def stats_key(upstream_hash: str, layer: int, corpus_sha256: str, n_samples: int | None) -> str:
+def stats_key(upstream_hash: str, layer: int, corpus_sha256: str, n_samples: int | None, *,
+              slot: str = "text_encoder", mode: str = "longest") -> str:
+    """Cache key; the first slot in its plain format keeps the v0.1 key (old caches stay valid)."""
     blob = f"{FORMAT}|{upstream_hash}|{layer}|{corpus_sha256}|{n_samples if n_samples is not None else 'all'}"
+    if (slot, mode) != ("text_encoder", "longest"):
+        blob += f"|{slot}|{mode}"
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -124,9 +150,13 @@ def _adapter_tokenizer(model: Any) -> tuple[EncoderAdapter, Any]:
 class SecondMomentStore:
     """Memory + disk cache of C per (upstream weights, layer, corpus, n_samples)."""
 
-    def __init__(self, cache_dir: Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+    def __init__(self, cache_dir: Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 max_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_tokens = batch_tokens
+        # least recently used C are dropped from memory past this (the newest is always kept);
+        # the disk cache still holds them
+        self.max_memory_bytes = max_memory_bytes
         self._memory: dict[str, torch.Tensor] = {}
         self._corpus_hash: dict[tuple[str, float, int], str] = {}
 
@@ -155,20 +185,25 @@ class SecondMomentStore:
             raise EngineError(f"statistics corpus {corpus} not found; pass an existing text file with --corpus")
         upstream = adapter.upstream_hash(layer)
         corpus_sha = self._corpus_sha(corpus)
-        key = stats_key(upstream, layer, corpus_sha, n_samples)
+        slot, mode = str(getattr(model, "component", "text_encoder")), adapter.tokenization_mode
+        key = stats_key(upstream, layer, corpus_sha, n_samples, slot=slot, mode=mode)
         if key in self._memory:
+            self._memory[key] = self._memory.pop(key)  # most recently used last
             return self._memory[key]
         path = self.path_for(key)
         if path is not None and path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 mom2 = f.get_tensor("mom2").to(torch.float64)
-            self._memory[key] = mom2
+            self._remember(key, mom2)
             return mom2
         lines = read_corpus(corpus, n_samples)
+        advice = gpu_advice(adapter)
+        if advice is not None and progress is not None:
+            progress(Progress(task="second-moment", done=0, total=len(lines), detail=advice))
         mom2, n_tokens = collect_second_moment(
             adapter, tokenizer, lines, layer, batch_tokens=self.batch_tokens, progress=progress
         )
-        self._memory[key] = mom2
+        self._remember(key, mom2)
         if path is not None:
             meta = {
                 "format": FORMAT,
@@ -181,6 +216,8 @@ class SecondMomentStore:
                 "n_tokens": str(n_tokens),
                 "family": adapter.family,
                 "module": adapter.fc2_name(layer),
+                "slot": slot,
+                "mode": mode,
                 "created": f"{time.time():.3f}",
             }
             save_safetensors_atomic(path, {"mom2": mom2.contiguous()}, meta)
@@ -213,9 +250,20 @@ class SecondMomentStore:
                     module=meta.get("module", ""),
                     size_bytes=path.stat().st_size,
                     created=float(meta.get("created", 0.0)),
+                    slot=meta.get("slot", "text_encoder"),
+                    mode=meta.get("mode", "longest"),
                 )
             )
         return sorted(out, key=lambda e: -e.created)
+
+    def _remember(self, key: str, mom2: torch.Tensor) -> None:
+        self._memory[key] = mom2
+        while len(self._memory) > 1 and self.memory_bytes() > self.max_memory_bytes:
+            self._memory.pop(next(iter(self._memory)))
+
+    def memory_bytes(self) -> int:
+        """Bytes of the second moments held in memory."""
+        return sum(t.numel() * t.element_size() for t in self._memory.values())
 
     def clear_memory(self) -> None:
         self._memory.clear()

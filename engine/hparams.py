@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -35,6 +36,56 @@ class HParamsError(ValueError):
 
 
 @dataclass(frozen=True)
+class HParamRange:
+    """The allowed values of one numeric hyperparameter: finite, within [low, high] (``low`` excluded
+    when ``low_open``). The bounds are wide (nothing sensible is refused) but keep every job finite."""
+
+    name: str
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        if self.integer:
+            return f"an integer in {int(self.low)}..{int(self.high)}"
+        left = "(" if self.low_open else "["
+        return f"a finite number in {left}{self.low:g}, {self.high:g}]"
+
+    def check(self, value: Any) -> None:
+        """HParamsError unless ``value`` is allowed (bools, strings and non-finite numbers never are)."""
+        ok = not isinstance(value, bool)
+        if ok and self.integer:
+            ok = isinstance(value, int) and self.low <= value <= self.high
+        elif ok:
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+                (value > self.low if self.low_open else value >= self.low) and value <= self.high)
+        if not ok:
+            raise HParamsError(f"{self.option} ({self.name}) must be {self.describe()}, got {value!r}")
+
+
+# Every numeric hyperparameter and its range, checked in this order. A field another helper adds
+# gets its range here; names not on the dataclass are skipped.
+HPARAM_RANGES: tuple[HParamRange, ...] = (
+    HParamRange("layer", 0, 1000, integer=True),
+    HParamRange("lr", 0.0, 10.0, low_open=True),
+    HParamRange("max_steps", 1, 100_000, integer=True),
+    HParamRange("prob_threshold", 0.0, 1.0, low_open=True),
+    HParamRange("weight_decay", 0.0, 1e6),
+    HParamRange("clamp_factor", 0.0, 1e6, low_open=True),
+    HParamRange("temperature", 1e-6, 1e6),
+    HParamRange("ridge", 0.0, 1e6),
+    HParamRange("min_division", 0.0, 1e12, low_open=True),
+    HParamRange("preserve", 0.0, 1e6),
+)
+MAX_TEMPLATES = 64
+
+
+@dataclass(frozen=True)
 class ReFACTHParams:
     """Everything that controls one edit; stored with every edit so it can be reproduced."""
 
@@ -56,44 +107,59 @@ class ReFACTHParams:
     # layer is added to C with this weight, C' = C + preserve * sum_i k_i k_i^T, so u = C'^-1 k*
     # barely moves the keys of earlier edits and later edits disturb them less.
     preserve: float = 0.0
+    # Encoder slots to edit (pipeline attribute names); empty = every slot of the model.
+    slots: tuple[str, ...] = ()
+    # Per-slot layers, (slot, layer) pairs; a slot not listed uses ``layer`` when it is the model's
+    # first slot, else its own default depth (engine.slots.default_layer_for).
+    slot_layers: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.templates, (str, bytes)) or not hasattr(self.templates, "__iter__"):
+            raise HParamsError(f"templates must be a list of texts, got {type(self.templates).__name__}")
         object.__setattr__(self, "templates", tuple(self.templates))
+        object.__setattr__(self, "slots", tuple(self.slots))
+        pairs = self.slot_layers.items() if isinstance(self.slot_layers, Mapping) else self.slot_layers
+        object.__setattr__(self, "slot_layers", tuple((str(k), v) for k, v in pairs))
         self.validate()
 
+    def layer_for(self, slot: str) -> int | None:
+        """The layer given for ``slot`` in ``slot_layers``, or None."""
+        return dict(self.slot_layers).get(slot)
+
     def validate(self) -> None:
-        """Raise HParamsError naming the first bad value."""
-        if self.layer < 0:
-            raise HParamsError(f"layer must be >= 0, got {self.layer}")
-        if not self.lr > 0:
-            raise HParamsError(f"lr must be > 0, got {self.lr}")
-        if self.max_steps < 1:
-            raise HParamsError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not 0.0 < self.prob_threshold <= 1.0:
-            raise HParamsError(f"prob_threshold must be in (0, 1], got {self.prob_threshold}")
-        if self.weight_decay < 0:
-            raise HParamsError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.clamp_factor > 0:
-            raise HParamsError(f"clamp_factor must be > 0, got {self.clamp_factor}")
-        if self.similarity not in SIMILARITIES:
-            raise HParamsError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if not self.temperature > 0:
-            raise HParamsError(f"temperature must be > 0, got {self.temperature}")
-        if self.ridge < 0:
-            raise HParamsError(f"ridge must be >= 0, got {self.ridge}")
-        if self.preserve < 0:
-            raise HParamsError(f"preserve must be >= 0, got {self.preserve}")
+        """Raise HParamsError naming the first bad value, its CLI option and its allowed range."""
+        for spec in HPARAM_RANGES:
+            if hasattr(self, spec.name):
+                spec.check(getattr(self, spec.name))
+        if not isinstance(self.similarity, str) or self.similarity not in SIMILARITIES:
+            raise HParamsError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
+        if len(self.templates) > MAX_TEMPLATES:
+            raise HParamsError(f"at most {MAX_TEMPLATES} templates are allowed, got {len(self.templates)}")
         for t in self.templates:
-            if t.count("{}") != 1:
-                raise HParamsError(f"template {t!r} must contain exactly one '{{}}'")
+            if not isinstance(t, str) or t.count("{}") != 1:
+                raise HParamsError(f"template {t!r} must be text containing exactly one '{{}}'")
+        for slot, layer in self.slot_layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise HParamsError(f"--layer {slot}=N needs a layer number >= 0, got {layer!r}")
+        if len(dict(self.slot_layers)) != len(self.slot_layers):
+            raise HParamsError("a slot is given two layers; pass --layer SLOT=N once per slot")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["templates"] = list(self.templates)
+        # per-slot fields only when set, so single-encoder hyperparameters keep their fingerprint
+        for name in ("slots", "slot_layers"):
+            d.pop(name)
+        if self.slots:
+            d["slots"] = list(self.slots)
+        if self.slot_layers:
+            d["slot_layers"] = {k: v for k, v in self.slot_layers}
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReFACTHParams":
+        if not isinstance(data, Mapping):
+            raise HParamsError(f"hyperparameters must be an object of values, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -26,6 +26,8 @@ def keys_at(adapter: EncoderAdapter, tokenizer: Any, located: Sequence[LocatedTe
 # and sequential edits at one layer reuse the same C. Holding C itself keeps its id unique.
 _CHOLESKY_CACHE: "OrderedDict[tuple[int, int, float], tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 _CHOLESKY_CACHE_SIZE = 4
+# and at most this many bytes of factors (T5-XXL's is 800 MiB; the newest is always kept)
+_CHOLESKY_CACHE_BYTES = 2 * 2**30
 
 
 def _cholesky(second_moment: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -43,7 +45,10 @@ def _cholesky(second_moment: torch.Tensor, ridge: float) -> torch.Tensor:
             "second moment is not positive definite; set a small ridge (e.g. 1e-4) or use a larger statistics corpus"
         )
     _CHOLESKY_CACHE[key] = (second_moment, chol)
-    while len(_CHOLESKY_CACHE) > _CHOLESKY_CACHE_SIZE:
+    def held() -> int:
+        return sum(f.numel() * f.element_size() for _, f in _CHOLESKY_CACHE.values())
+
+    while len(_CHOLESKY_CACHE) > _CHOLESKY_CACHE_SIZE or (len(_CHOLESKY_CACHE) > 1 and held() > _CHOLESKY_CACHE_BYTES):
         _CHOLESKY_CACHE.popitem(last=False)
     return chol
 

@@ -7,7 +7,6 @@ Nothing is ever downloaded: weights are read as safetensors only and no remote c
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,68 +19,130 @@ ensure_offline()  # before torch / transformers / diffusers are imported below o
 import torch  # noqa: E402
 
 from engine.errors import DeltaIntegrityError, EngineError, ModelFormatError, ModelNotFoundError  # noqa: E402
-from engine.hashing import module_hash  # noqa: E402
+from engine.model_files import (  # noqa: E402,F401  (read_pooling is public here)
+    _has_weights, _load_text_encoder, _one_line, _read_json, _require_safetensors, _transformer_folder, read_pooling,
+)
+from engine.readout import Readout, default_readout  # noqa: E402
+from engine.slots import (  # noqa: E402
+    FAMILY_SLOTS, T5_LENGTH, EncoderSlot, combined_hash, keep_editable_fp32, tokenizer_attr,
+)
+
+
+class SlotError(EngineError):
+    """An encoder slot named by the user does not exist on the model."""
 
 KINDS = ("sd-pipeline", "text-encoder")
 # Text-encoder classes a pipeline's model_index.json may name; anything else is refused, not imported.
-_PIPELINE_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+_PIPELINE_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
+# model_index.json _class_name -> family (StableDiffusionPipeline is sd1 or sd2, told by its encoder)
+PIPELINE_CLASSES = {
+    "StableDiffusionPipeline": "sd1",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to edit: its text encoder, tokenizer and (for a pipeline) the pipeline around it."""
+    """A model ready to edit: its encoder slots and (for a pipeline) the pipeline around them.
+
+    ``text_encoder``, ``tokenizer``, ``adapter``, ``base_fc2`` and ``encoder_hash()`` are the view of
+    the first slot (the only one for SD1/SD2 and plain encoders), so single-encoder code keeps working.
+    """
 
     source: str  # as given by the user (path or hub id)
     path: Path  # resolved local folder
     kind: str  # "sd-pipeline" | "text-encoder"
-    text_encoder: torch.nn.Module  # for a pipeline: pipe.text_encoder itself
-    tokenizer: Any  # PreTrainedTokenizerBase
+    slots: list[EncoderSlot]
     pipeline: Any | None  # DiffusionPipeline or None
-    adapter: Any  # EncoderAdapter
     device: torch.device
     pooling: tuple[str, bool] | None = None  # sentence-transformers (mode, normalize), if the folder has one
-    base_fc2: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # fc2 weights at load time
+    pipeline_family: str | None = None  # sd1 | sd2 | sdxl | sd3 | flux for a pipeline
+
+    # -- first-slot view -------------------------------------------------------------------------
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.slots[0].text_encoder
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.slots[0].tokenizer
+
+    @property
+    def adapter(self) -> Any:
+        return self.slots[0].adapter
+
+    @property
+    def base_fc2(self) -> dict[str, torch.Tensor]:
+        return self.slots[0].base_fc2
+
+    @base_fc2.setter
+    def base_fc2(self, value: dict[str, torch.Tensor]) -> None:
+        self.slots[0].base_fc2 = value
 
     @property
     def family(self) -> str:
-        """Encoder family: "clip" or "bert"."""
+        """Pipeline family (sd1, sd2, sdxl, sd3, flux); for a plain encoder folder its encoder family."""
+        return self.pipeline_family or self.adapter.family
+
+    @property
+    def encoder_family(self) -> str:
+        """Encoder family of the first slot: "clip", "t5" or "bert"."""
         return self.adapter.family
 
     def encoder_hash(self) -> str:
-        """sha256 of the text encoder's current state dict."""
-        return module_hash(self.text_encoder)
+        """sha256 of the first slot's text encoder state dict."""
+        return self.slots[0].encoder_hash()
 
+    # -- slots -------------------------------------------------------------------------------------
+    @property
+    def slot_names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    def slot(self, name: str) -> EncoderSlot:
+        """The slot called ``name``; SlotError naming the slots there are otherwise."""
+        for s in self.slots:
+            if s.name == name:
+                return s
+        raise SlotError(f"this model has no encoder slot {name!r}; its slots are {', '.join(self.slot_names)}")
+
+    def weights_hashes(self) -> dict[str, str]:
+        """Encoder hash of every slot, in slot order."""
+        return {s.name: s.encoder_hash() for s in self.slots}
+
+    def weights_hash(self) -> str:
+        """One hash over every slot (equals ``encoder_hash()`` when there is one slot)."""
+        return combined_hash(self.weights_hashes())
+
+    def component_module(self, name: str) -> torch.nn.Module:
+        """The pipeline component ``name`` (a slot's encoder, ``unet``, ``transformer``, ...)."""
+        for s in self.slots:
+            if s.name == name:
+                return s.text_encoder
+        found = getattr(self.pipeline, name, None) if self.pipeline is not None else None
+        if isinstance(found, torch.nn.Module):
+            return found
+        raise DeltaIntegrityError(f"this model has no component {name!r}; it has {', '.join(self.slot_names)}")
+
+    # -- first-slot weights (single-encoder API) ---------------------------------------------------
     def fc2_modules(self) -> dict[str, torch.nn.Linear]:
-        """Every layer's editable fc2 matrix, keyed by its module name inside the text encoder."""
-        wanted = [self.adapter.fc2(i) for i in range(self.adapter.num_layers)]
-        names = {id(m): n for n, m in self.text_encoder.named_modules()}
-        return {names[id(m)]: m for m in wanted}
+        """Every layer's editable matrix of the first slot, keyed by its module name inside the encoder."""
+        return self.slots[0].fc2_modules()
 
     def snapshot_fc2(self) -> dict[str, torch.Tensor]:
-        """CPU copies of all fc2 weights (ReFACT only ever edits these), keyed "<module>.weight"."""
-        return {f"{n}.weight": m.weight.detach().to("cpu", copy=True) for n, m in self.fc2_modules().items()}
+        """CPU copies of the first slot's editable weights, keyed "<module>.weight"."""
+        return self.slots[0].snapshot_fc2()
 
-    @torch.no_grad()
     def restore_fc2(self, snapshot: dict[str, torch.Tensor]) -> None:
-        """Copy a ``snapshot_fc2()`` back in place (the parameter objects stay the same)."""
-        current = {f"{n}.weight": m.weight for n, m in self.fc2_modules().items()}
-        if set(snapshot) != set(current):
-            raise DeltaIntegrityError(
-                "the fc2 snapshot does not belong to this model (different layers); take it from the same model"
-            )
-        for name, weight in current.items():
-            saved = snapshot[name]
-            if saved.shape != weight.shape:
-                raise DeltaIntegrityError(
-                    f"fc2 snapshot {name} has shape {tuple(saved.shape)}, the model {tuple(weight.shape)}; "
-                    "take it from the same model"
-                )
-            weight.copy_(saved.to(device=weight.device, dtype=weight.dtype))
+        """Copy a ``snapshot_fc2()`` back into the first slot."""
+        self.slots[0].restore_fc2(snapshot)
 
     def restore_base(self) -> None:
-        """Put every fc2 weight back to what was loaded from disk (undoes all edits)."""
-        self.restore_fc2(self.base_fc2)
+        """Put every slot's editable weights back to what was loaded from disk (undoes all edits)."""
+        for s in self.slots:
+            s.restore_base()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,28 +224,6 @@ def detect_kind(folder: Path) -> str:
     )
 
 
-def _transformer_folder(folder: Path) -> Path | None:
-    """Where config.json lives: the folder itself, or a sentence-transformers module subfolder."""
-    if (folder / "config.json").is_file():
-        return folder
-    modules = _read_json(folder / "modules.json")
-    if isinstance(modules, list):
-        for module in (m for m in modules if isinstance(m, dict)):
-            sub = folder / str(module.get("path", ""))
-            if str(module.get("type", "")).endswith("Transformer") and (sub / "config.json").is_file():
-                return sub
-    return None
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc}); repair or re-download the model") from None
-
-
 def _pipeline_index(folder: Path) -> dict[str, Any]:
     index = _read_json(folder / "model_index.json")
     if not isinstance(index, dict):
@@ -192,28 +231,20 @@ def _pipeline_index(folder: Path) -> dict[str, Any]:
     return index
 
 
-def _require_safetensors(folder: Path, what: str) -> None:
-    if not any(folder.glob("*.safetensors")):
-        raise ModelFormatError(
-            f"{what} in {folder} has no .safetensors weights (pickled weights are never loaded); "
-            "convert it to safetensors"
-        )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 # ---------------------------------------------------------------------------------------------
 # loading
 
 
-def load_model(source: str | Path, device: str = "auto", with_pipeline: bool = True) -> LoadedModel:
+def load_model(
+    source: str | Path, device: str = "auto", with_pipeline: bool = True, *,
+    readouts: dict[str, Readout] | None = None,
+) -> LoadedModel:
     """Load a pipeline or text-encoder folder (or a cached hub id) offline, onto ``device``.
 
-    For a pipeline, ``text_encoder`` is the pipeline's own encoder object. ``with_pipeline=False``
-    reads only the text_encoder and tokenizer subfolders (faster; ``pipeline`` is then None).
+    A pipeline gets one slot per text encoder of its family (``FAMILY_SLOTS``), each with the
+    family's readout (``readouts`` overrides some, by slot name); a slot's encoder is the pipeline's
+    own object. ``with_pipeline=False`` reads only the encoder and tokenizer subfolders (faster;
+    ``pipeline`` is then None).
     """
     folder = resolve_source(source)
     kind = detect_kind(folder)
@@ -221,55 +252,104 @@ def load_model(source: str | Path, device: str = "auto", with_pipeline: bool = T
     quiet_hf_logging()
     pooling = None
     pipeline = None
+    family = None
     if kind == "sd-pipeline":
+        index = _pipeline_index(folder)
+        family = pipeline_family(folder, index)
+        names = FAMILY_SLOTS[family]
+        for name in names:
+            _check_encoder_folder(folder, index, name, family)
         if with_pipeline:
             pipeline = _load_pipeline(folder)
-            encoder, tokenizer = pipeline.text_encoder, pipeline.tokenizer
+            parts = [(n, getattr(pipeline, n, None), getattr(pipeline, tokenizer_attr(n), None)) for n in names]
+            for n, enc, tok in parts:
+                if enc is None or tok is None:
+                    raise ModelFormatError(f"pipeline {folder} loaded without {n} or its tokenizer")
         else:
-            encoder, tokenizer = _load_pipeline_encoder(folder)
+            parts = [(n, *_load_pipeline_encoder(folder, index, n)) for n in names]
     else:
         model_folder = _transformer_folder(folder)
         assert model_folder is not None  # detect_kind checked it
         encoder, tokenizer = _load_text_encoder(model_folder)
         pooling = read_pooling(folder)
-    (pipeline if pipeline is not None else encoder).to(dev)
+        parts = [("text_encoder", encoder, tokenizer)]
+    (pipeline if pipeline is not None else torch.nn.ModuleList([p[1] for p in parts])).to(dev)
+    slots = [make_slot(name, enc, tok, family, pooling, (readouts or {}).get(name)) for name, enc, tok in parts]
+    return LoadedModel(source=str(source), path=folder, kind=kind, slots=slots, pipeline=pipeline, device=dev,
+                       pooling=pooling, pipeline_family=family)
+
+
+def make_slot(name: str, encoder: torch.nn.Module, tokenizer: Any, family: str | None,
+               pooling: tuple[str, bool] | None, readout: Readout | None) -> EncoderSlot:
+    from engine.readout import ReadoutError
+
     encoder.eval()
     encoder.requires_grad_(False)
-    adapter = _adapter_for(encoder, pooling)
-    model = LoadedModel(
-        source=str(source), path=folder, kind=kind, text_encoder=encoder, tokenizer=tokenizer,
-        pipeline=pipeline, adapter=adapter, device=dev, pooling=pooling,
-    )
-    model.base_fc2 = model.snapshot_fc2()
-    return model
+    adapter = _adapter_for(encoder, pooling, pad_to=T5_LENGTH.get(family or ""), use_mask=family is None)
+    try:
+        adapter.set_readout(readout or default_readout(family or "", name))
+    except ReadoutError as exc:
+        raise ModelFormatError(f"{name}: {exc}") from None
+    keep_editable_fp32(adapter)
+    slot = EncoderSlot(name=name, text_encoder=encoder, tokenizer=tokenizer, adapter=adapter)
+    slot.base_fc2 = slot.snapshot_fc2()
+    return slot
+
+
+def pipeline_family(folder: Path, index: dict[str, Any] | None = None) -> str:
+    """sd1 / sd2 / sdxl / sd3 / flux from model_index.json's ``_class_name``; ModelFormatError otherwise."""
+    index = index if index is not None else _pipeline_index(folder)
+    name = index.get("_class_name")
+    family = PIPELINE_CLASSES.get(name) if isinstance(name, str) else None
+    if family is None:
+        raise ModelFormatError(
+            f"pipeline {folder} is a {name!r}; supported pipeline classes: StableDiffusionPipeline (SD1/SD2), "
+            "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline"
+        )
+    if family == "sd1":
+        cfg = _read_json(folder / "text_encoder" / "config.json") or {}
+        if cfg.get("hidden_act") == "gelu" or cfg.get("hidden_size") == 1024:  # OpenCLIP-H: SD2.x
+            family = "sd2"
+    return family
+
+
+def _check_encoder_folder(folder: Path, index: dict[str, Any], name: str, family: str) -> None:
+    entry = index.get(name)
+    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    needs = ", ".join(FAMILY_SLOTS[family])
+    if class_name is None or not (folder / name).is_dir():
+        raise ModelFormatError(
+            f"pipeline {folder} ({family}) has no {name} folder; a {family} pipeline needs {needs}"
+        )
+    if class_name not in _PIPELINE_ENCODER_CLASSES:
+        raise ModelFormatError(
+            f"pipeline {folder}: {name} is a {class_name!r}; supported: {', '.join(_PIPELINE_ENCODER_CLASSES)}"
+        )
+    tok = tokenizer_attr(name)
+    if not (folder / tok).is_dir():
+        raise ModelFormatError(f"pipeline {folder} ({family}) has no {tok} folder for {name}")
+    _require_safetensors(folder / name, f"{name}")
 
 
 def _load_pipeline(folder: Path) -> Any:
     from diffusers import DiffusionPipeline
 
-    index = _pipeline_index(folder)
-    if "text_encoder" not in index or not (folder / "text_encoder").is_dir():
-        raise ModelFormatError(f"pipeline {folder} has no text_encoder; ReFACT edits the pipeline's text encoder")
-    _require_safetensors(folder / "text_encoder", "the text encoder")
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except EngineError:
         raise
     except Exception as exc:
         raise ModelFormatError(f"could not load the pipeline in {folder} ({_one_line(exc)})") from None
-    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
-        raise ModelFormatError(f"pipeline {folder} loaded without a text encoder or tokenizer")
-    return pipe
 
 
-def load_tokenizer(source: str | Path) -> Any:
-    """Only the tokenizer of a pipeline or text-encoder folder / cached hub id (offline, fast)."""
+def load_tokenizer(source: str | Path, slot: str = "text_encoder") -> Any:
+    """Only the tokenizer of a pipeline slot or text-encoder folder / cached hub id (offline, fast)."""
     import transformers
 
     quiet_hf_logging()
     folder = resolve_source(source)
     if detect_kind(folder) == "sd-pipeline":
-        folder = folder / "tokenizer"
+        folder = folder / tokenizer_attr(slot)
     else:
         folder = _transformer_folder(folder) or folder
     try:
@@ -284,93 +364,27 @@ def token_limit(tokenizer: Any, default: int = 77) -> int:
     return int(limit) if isinstance(limit, int) and 0 < limit <= 100_000 else default
 
 
-def _load_pipeline_encoder(folder: Path) -> tuple[torch.nn.Module, Any]:
+def _load_pipeline_encoder(folder: Path, index: dict[str, Any], name: str) -> tuple[torch.nn.Module, Any]:
     import transformers
 
-    entry = _pipeline_index(folder).get("text_encoder")
-    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
-    if class_name not in _PIPELINE_ENCODER_CLASSES:
-        raise ModelFormatError(
-            f"pipeline {folder} has text encoder {class_name!r}; supported: {', '.join(_PIPELINE_ENCODER_CLASSES)}"
-        )
-    sub = folder / "text_encoder"
-    _require_safetensors(sub, "the text encoder")
+    class_name = index[name][1]
     try:
-        encoder = getattr(transformers, class_name).from_pretrained(sub, local_files_only=True, use_safetensors=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        encoder = getattr(transformers, class_name).from_pretrained(
+            folder / name, local_files_only=True, use_safetensors=True
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / tokenizer_attr(name), local_files_only=True)
     except Exception as exc:
-        raise ModelFormatError(f"could not load the text encoder of {folder} ({_one_line(exc)})") from None
+        raise ModelFormatError(f"could not load {name} of {folder} ({_one_line(exc)})") from None
     return encoder, tokenizer
 
 
-def _load_text_encoder(folder: Path) -> tuple[torch.nn.Module, Any]:
-    import transformers
-
-    config = _read_json(folder / "config.json") or {}
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    if model_type in ("clip_text_model", "clip"):
-        # a full CLIP checkpoint contributes its text tower with the projection
-        with_projection = model_type == "clip" or any("WithProjection" in a for a in architectures)
-        cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
-    elif model_type == "bert":
-        cls = transformers.BertModel
-    else:
-        raise ModelFormatError(
-            f"{folder} holds a {model_type!r} model; supported text encoders are CLIP and BERT"
-        )
-    _require_safetensors(folder, "the model")
-    kwargs: dict[str, Any] = {}
-    if cls is transformers.BertModel and not _has_weights(folder, "pooler."):
-        # a missing pooler would be initialised randomly, making the encoder hash differ per load
-        kwargs["add_pooling_layer"] = False
-    try:
-        encoder = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:
-        raise ModelFormatError(f"could not load the text encoder in {folder} ({_one_line(exc)})") from None
-    return encoder, tokenizer
-
-
-def _has_weights(folder: Path, prefix: str) -> bool:
-    """True if any safetensors file in ``folder`` has a tensor whose name contains ``prefix``."""
-    from safetensors import safe_open
-
-    for file in folder.glob("*.safetensors"):
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                if any(prefix in key for key in f.keys()):
-                    return True
-        except Exception as exc:
-            raise ModelFormatError(f"{file} is not a readable safetensors file ({_one_line(exc)})") from None
-    return False
-
-
-def read_pooling(folder: Path) -> tuple[str, bool] | None:
-    """(mode, normalize) of a sentence-transformers folder: mode "mean" or "cls"; None without one.
-
-    Reads the Pooling module's config (path from modules.json, default ``1_Pooling``); normalize is
-    true when modules.json lists a Normalize module.
-    """
-    modules = _read_json(folder / "modules.json")
-    pool_dir = folder / "1_Pooling"
-    normalize = False
-    if isinstance(modules, list):
-        for module in (m for m in modules if isinstance(m, dict)):
-            kind = str(module.get("type", ""))
-            if kind.endswith("Pooling") and module.get("path"):
-                pool_dir = folder / str(module["path"])
-            normalize = normalize or kind.endswith("Normalize")
-    cfg = _read_json(pool_dir / "config.json")
-    if not isinstance(cfg, dict):
-        return None
-    cls_only = cfg.get("pooling_mode_cls_token") and not cfg.get("pooling_mode_mean_tokens")
-    return ("cls" if cls_only else "mean"), normalize
-
-
-def _adapter_for(encoder: torch.nn.Module, pooling: tuple[str, bool] | None) -> Any:
+def _adapter_for(encoder: torch.nn.Module, pooling: tuple[str, bool] | None, *, pad_to: int | None = None,
+                 use_mask: bool = True) -> Any:
     from engine.adapters import adapter_for
 
     if pooling is not None:
         return adapter_for(encoder, pooling=pooling[0], normalize=pooling[1])
-    return adapter_for(encoder)
+    return adapter_for(encoder, pad_to=pad_to, use_mask=use_mask)
+
+
+_make_slot = make_slot  # the name bench/latency_models.py imports

@@ -1,8 +1,9 @@
 """ReFACT edits: the public entry point of the algorithm.
 
-``compute_edit`` finds the rank-one update for one request without touching the model;
-``apply_edit`` also inserts it and checks W k_e == v*. ``model`` is anything with
-``.text_encoder``, ``.tokenizer`` and ``.adapter`` (a LoadedModel, or a small test stand-in).
+``compute_edit`` finds the rank-one update of one encoder for one request without touching the
+model; ``apply_edit`` also inserts it and checks W k_e == v*. ``model`` is anything with
+``.text_encoder``, ``.tokenizer`` and ``.adapter``: an encoder slot, a LoadedModel (its first slot)
+or a small test stand-in. ``engine.slot_edit`` runs it for every slot of a multi-encoder model.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import torch
 
 from engine.base_weights import base_fc2_of, fc2_weights
 from engine.covariance import SecondMomentStore
-from engine.delta import EditDelta
+from engine.delta import DEFAULT_COMPONENT, EditDelta
 from engine.events import ProgressCallback, StepCallback, StepEvent, StopCheck
-from engine.hparams import HParamsError, ReFACTHParams
+from engine.hparams import ReFACTHParams
 from engine.insertion import insert, right_vector
 from engine.keys import keys_at, left_vector
 from engine.optimize import encode_texts, optimize_value
 from engine.request import EditRequest
+from engine.slots import check_slot_layer
 from engine.tokens import check_length, locate_all, locate_subject, rewriting_templates
 
 _DEFAULT_STORE: SecondMomentStore | None = None
@@ -96,9 +98,9 @@ def compute_edit(
     t_start = time.perf_counter()
     request.validate()
     adapter, tokenizer = model.adapter, model.tokenizer
+    component = str(getattr(model, "component", DEFAULT_COMPONENT))
     layer = hparams.layer
-    if not 0 <= layer < adapter.num_layers:
-        raise HParamsError(f"layer {layer} does not exist; this encoder has layers 0..{adapter.num_layers - 1}")
+    check_slot_layer(adapter, layer, component)
     max_len = adapter.max_length
     rewriting = locate_all(tokenizer, rewriting_templates(hparams.templates), request.prompt, request.subject, max_len)
     for text in (request.target, request.source, *request.contrastive):
@@ -146,6 +148,8 @@ def compute_edit(
     t0 = time.perf_counter()
     r, division = right_vector(v_star, v_e, k_e, u, hparams.min_division)
     meta = {
+        "slot": component,
+        "readout": adapter.readout.spec(),
         "family": adapter.family,
         "upstream_hash": adapter.upstream_hash(layer),
         "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
@@ -155,7 +159,7 @@ def compute_edit(
         "p_target": repr(value.p_target),
         "steps_run": str(value.steps_run),
     }
-    delta = EditDelta(layer=layer, module=adapter.fc2_name(layer), u=u, r=r, meta=meta)
+    delta = EditDelta(layer=layer, module=adapter.fc2_name(layer), u=u, r=r, meta=meta, component=component)
     timings.insert_s = time.perf_counter() - t0
     timings.total_s = time.perf_counter() - t_start
 

@@ -11,9 +11,21 @@ class RequestError(ValueError):
     """An edit request is malformed (empty field, subject not in prompt, ...)."""
 
 
+def _invisible(ch: str) -> bool:
+    # whitespace, controls (C0/C1), format characters (zero-width space/joiner, BOM, bidi marks)
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
 def clean_text(text: str) -> str:
-    """NFC-normalize and strip outer whitespace; inner text (incl. non-ASCII) is kept intact."""
-    return unicodedata.normalize("NFC", text).strip()
+    """NFC-normalize and strip outer whitespace, control and zero-width characters; inner text
+    (incl. non-ASCII) is kept intact. A field made only of such characters becomes empty."""
+    text = unicodedata.normalize("NFC", text)
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    return text[start:end]
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,10 @@ class EditRequest:
 
     @property
     def subject_text(self) -> str:
-        """The subject whose last token is the key (defaults to the whole prompt)."""
-        return self.subject if self.subject else self.prompt
+        """The subject whose last token is the key (default: the prompt without trailing punctuation)."""
+        from engine.tokens import default_subject
+
+        return self.subject if self.subject else default_subject(self.prompt)
 
     def validate(self) -> None:
         """Raise RequestError with a one-line reason if the request cannot be edited."""

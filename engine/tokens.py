@@ -48,6 +48,19 @@ def _squash(text: str) -> str:
     return "".join(unicodedata.normalize("NFC", text).lower().split())
 
 
+def default_subject(prompt: str) -> str:
+    """The subject used when none is given: the prompt without trailing punctuation and symbols.
+
+    "The Dalai Lama." keys on "Lama", not on "." (which merges with a template's "," into one
+    token and so never maps to whole tokens). A prompt made only of punctuation is kept as is.
+    """
+    text = unicodedata.normalize("NFC", prompt).strip()
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1])[0] in "PSZC"):
+        end -= 1
+    return text[:end] if end else text
+
+
 def rewriting_templates(templates: Iterable[str]) -> list[str]:
     """The bare prompt first, then the context templates in order, duplicates dropped (first kept)."""
     seen: dict[str, None] = {"{}": None}
@@ -71,14 +84,14 @@ def locate_subject(
 ) -> LocatedText:
     """Fill ``template`` ("...{}...") with ``prompt`` and find the last token of ``subject`` in it.
 
-    ``subject`` defaults to the whole prompt; its first case-insensitive occurrence in the prompt
-    is used. Raises TokenizationError when the subject is empty, absent, not a whole-token span
+    ``subject`` defaults to ``default_subject(prompt)``; its first case-insensitive occurrence in
+    the prompt is used. Raises TokenizationError when the subject is empty, absent, not a whole-token span
     of the sequence, or the text is too long.
     """
     if template.count("{}") != 1:
         raise TokenizationError(f"template {template!r} must contain exactly one '{{}}'")
     prompt = unicodedata.normalize("NFC", prompt).strip()
-    subject = unicodedata.normalize("NFC", subject if subject is not None else prompt).strip()
+    subject = unicodedata.normalize("NFC", subject if subject is not None else default_subject(prompt)).strip()
     if not prompt:
         raise TokenizationError("the prompt is empty; give the text whose meaning should change")
     if not subject:

@@ -33,6 +33,16 @@ class NotFoundError(StoreError):
     """A row looked up by id or name does not exist."""
 
 
+class CorruptDatabaseError(StoreError):
+    """The workspace database is damaged or breaks an invariant the code relies on."""
+
+    def __init__(self, what: str) -> None:
+        self.what = " ".join(str(what).split())
+        super().__init__(
+            f"not a valid workspace database: {self.what}; restore it from a backup or run `refact doctor`"
+        )
+
+
 def _describe(exc: sqlite3.Error, path: str) -> str:
     text = str(exc)
     low = text.lower()
@@ -46,7 +56,7 @@ def _describe(exc: sqlite3.Error, path: str) -> str:
             f"{BUSY_TIMEOUT_MS // 1000} s; try again"
         )
     if "not a database" in low or "malformed" in low:
-        return f"{path} is not a valid workspace database ({text}); restore it or init a new workspace"
+        return CorruptDatabaseError(f"{path}: {text}").args[0]
     if "disk" in low or "full" in low:
         return f"cannot write the workspace database {path}: {text}; free some disk space"
     return f"workspace database {path}: {text}"
@@ -60,15 +70,31 @@ def db_path_of(db: sqlite_utils.Database) -> str:
     return "?"
 
 
-def open_db(path: Path, create: bool = False) -> sqlite_utils.Database:
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    low = str(exc).lower()
+    return "not a database" in low or "malformed" in low
+
+
+def _error(exc: sqlite3.Error, path: str) -> StoreError:
+    """The StoreError for a sqlite3 error: CorruptDatabaseError for a damaged file."""
+    if _is_corrupt(exc):
+        return CorruptDatabaseError(f"{path}: {exc}")
+    return StoreError(_describe(exc, path))
+
+
+def open_db(path: Path, create: bool = False, check: bool = True) -> sqlite_utils.Database:
     """Open (and with ``create`` make) a workspace database and apply pending migrations.
 
     Raises StoreError when the file is missing (without ``create``), unreadable, read-only, or was
-    written by a newer refact-tui.
+    written by a newer refact-tui, and CorruptDatabaseError (with ``check``) when it is damaged or
+    breaks an invariant (see :func:`check_database`). Without ``create`` nothing is ever created: an
+    empty file or one without refact tables is refused, not initialised.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise StoreError(f"no workspace database at {path}; run `refact init --model PATH` first")
+    if not create and path.stat().st_size == 0:
+        raise CorruptDatabaseError(f"{path} is an empty (0-byte) file")
     try:
         # Legacy transaction control (the default isolation_level) is what sqlite-utils expects.
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
@@ -84,14 +110,96 @@ def open_db(path: Path, create: bool = False) -> sqlite_utils.Database:
                 f"cannot switch {path} to WAL mode (got {mode!r}); keep the workspace on a local disk"
             )
         conn.execute("PRAGMA synchronous = NORMAL")
+        if not create and schema_version(db) == 0:
+            raise CorruptDatabaseError(f"{path} has no refact-tui tables")
         migrate(db)
+        if check:
+            problems = check_database(db, first_only=True)
+            if problems:
+                raise CorruptDatabaseError(problems[0])
     except StoreError:
         conn.close()
         raise
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(_describe(exc, str(path))) from None
+        raise _error(exc, str(path)) from None
     return db
+
+
+# Each invariant the code relies on: (SQL returning offending rows, message for the first one).
+_JSON_COLUMNS = (
+    ("jobs", "request_json"), ("jobs", "hparams_json"), ("edits", "request_json"), ("edits", "hparams_json"),
+    ("edits", "timings_json"), ("base_models", "config_json"),
+)
+_INVARIANTS: tuple[tuple[str, str], ...] = (
+    ("SELECT h.id AS id, h.head_seq AS v FROM histories h WHERE h.head_seq < 0 OR (h.head_seq > 0 AND NOT EXISTS "
+     "(SELECT 1 FROM edits e WHERE e.history_id = h.id AND e.seq = h.head_seq AND e.status = 'applied'))",
+     "history {id} has head_seq {v}, which is not an applied edit of it"),
+    ("SELECT e.history_id AS id, e.seq AS v FROM edits e JOIN histories h ON h.id = e.history_id "
+     "WHERE e.status = 'applied' AND e.seq > h.head_seq",
+     "history {id} has an applied edit {v} beyond its head"),
+    ("SELECT 0 AS id, m.value AS v FROM meta m WHERE m.key = 'current_history_id' AND NOT EXISTS "
+     "(SELECT 1 FROM histories h WHERE CAST(h.id AS TEXT) = m.value)",
+     "the current history {v!r} does not exist"),
+    ("SELECT id, state AS v FROM jobs WHERE state = 'done' AND (edit_id IS NULL OR NOT EXISTS "
+     "(SELECT 1 FROM edits e WHERE e.id = jobs.edit_id))",
+     "job {id} is done but its edit is missing"),
+) + tuple(
+    (f"SELECT id, {col} AS v FROM {table} WHERE NOT json_valid({col}) OR json_type({col}) != 'object'",
+     f"{table} row {{id}} has invalid JSON in {col}")
+    for table, col in _JSON_COLUMNS
+)
+
+
+def _undecodable_rows(db: sqlite_utils.Database, first_only: bool) -> list[str]:
+    """Rows of the tables the commands read whose JSON does not decode into a request / hparams."""
+    from store.records import EditRow, JobRow  # records imports this module
+
+    problems = []
+    for table, row_type in (("jobs", JobRow), ("edits", EditRow)):
+        cur = db.conn.execute(f"SELECT * FROM {table}")
+        keys = [d[0] for d in cur.description]
+        for values in cur:
+            try:
+                row_type.from_row(dict(zip(keys, values)))
+            except CorruptDatabaseError as exc:
+                problems.append(exc.what)
+                if first_only:
+                    return problems
+    return problems
+
+
+def check_database(db: sqlite_utils.Database, first_only: bool = False, full: bool = False) -> list[str]:
+    """Problems that make a workspace database unusable (empty = healthy), read-only and cheap enough
+    for every open: ``PRAGMA quick_check`` (``integrity_check`` and foreign keys with ``full``), the
+    schema version, and the invariants above (heads point at applied edits, JSON columns hold
+    objects, the current history exists, done jobs have their edit)."""
+    problems: list[str] = []
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        for (msg,) in db.conn.execute(f"PRAGMA {pragma}").fetchall():
+            if msg != "ok":
+                problems.append(f"integrity check: {msg}")
+        if problems and first_only:
+            return problems
+        if full:
+            for table, rowid, parent, _fk in db.conn.execute("PRAGMA foreign_key_check").fetchall():
+                problems.append(f"{table} row {rowid} points to a missing {parent} row")
+        try:
+            version = schema_version(db)
+        except CorruptDatabaseError as exc:
+            return problems + [exc.what]
+        if version != SCHEMA_VERSION:
+            return problems + [f"schema version {version}, expected {SCHEMA_VERSION}"]
+        for sql, message in _INVARIANTS:
+            for row in db.conn.execute(sql + ("" if full else " LIMIT 1")).fetchall():
+                problems.append(message.format(id=row[0], v=row[1]))
+                if first_only:
+                    return problems
+        problems += _undecodable_rows(db, first_only)
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"{exc}")
+    return problems
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -116,7 +224,12 @@ def schema_version(db: sqlite_utils.Database) -> int:
     if not has_meta:
         return 0
     row = db.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else 0
+    if not row:
+        return 0
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise CorruptDatabaseError(f"schema_version is {row[0]!r}, not a number") from None
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -191,13 +304,18 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         return
     try:
         db.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        raise StoreError(_describe(exc, db_path_of(db))) from None
+    except sqlite3.DatabaseError as exc:
+        raise _error(exc, db_path_of(db)) from None
     try:
         yield db
     except sqlite3.OperationalError as exc:
         _rollback(db)
         raise StoreError(_describe(exc, db_path_of(db))) from exc
+    except sqlite3.DatabaseError as exc:
+        _rollback(db)
+        if _is_corrupt(exc):
+            raise _error(exc, db_path_of(db)) from None
+        raise
     except BaseException:
         _rollback(db)
         raise
@@ -211,7 +329,10 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
 
 def _rollback(db: sqlite_utils.Database) -> None:
     if db.conn.in_transaction:
-        db.execute("ROLLBACK")
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:  # a damaged file can refuse even this; the connection is closed later
+            pass
 
 
 def fetch_all(db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -220,7 +341,11 @@ def fetch_all(db: sqlite_utils.Database, sql: str, params: Sequence[Any] = ()) -
         cur = db.execute(sql, list(params))
         rows = cur.fetchall()
     except sqlite3.OperationalError as exc:
-        raise StoreError(_describe(exc, db_path_of(db))) from None
+        raise _error(exc, db_path_of(db)) from None
+    except sqlite3.DatabaseError as exc:  # "database disk image is malformed", "file is not a database"
+        if _is_corrupt(exc):
+            raise _error(exc, db_path_of(db)) from None
+        raise
     keys = [d[0] for d in cur.description or ()]
     return [dict(zip(keys, r)) for r in rows]
 

@@ -123,3 +123,18 @@ def mark_rolled_back_after(db: sqlite_utils.Database, history_id: int, seq: int)
         ).rowcount
         db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
         return n
+
+
+def mark_rolled_forward(db: sqlite_utils.Database, history_id: int, head: int, seq: int) -> int:
+    """Re-apply the rolled-back edits with head < seq' <= ``seq`` and set the head to ``seq``; returns
+    how many (the caller verifies the weights first)."""
+    if seq <= head:
+        raise StoreError(f"rollforward target {seq} must be after the head {head}")
+    with transaction(db):
+        n = db.execute(
+            "UPDATE edits SET status = 'applied', rolled_back_at = NULL "
+            "WHERE history_id = ? AND seq > ? AND seq <= ? AND status = 'rolled_back'",
+            [history_id, head, seq],
+        ).rowcount
+        db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
+        return n

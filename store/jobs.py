@@ -2,19 +2,30 @@
 
 Order is ``position`` ascending (REAL, so a move only rewrites the moved row). States:
 queued -> running -> done | failed | cancelled; failed/cancelled can be retried (back to queued).
+
+Attempt accounting: ``attempts`` counts claims (step rows are keyed by it); ``crashes`` counts only
+the attempts whose worker died while the job was ``optimizing`` or ``committing`` (its ``phase``), as
+found when the next worker recovers it. A graceful stop, a bad device, a model that fails to load or a
+worker killed while loading never charge the job. A worker passes its lease ``Fence`` (and its id) to
+every write on a running job, so a worker that lost its lease can neither claim nor finish anything.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from engine.hparams import ReFACTHParams
 from engine.request import EditRequest
 from store.db import NotFoundError, StoreError, fetch_all, fetch_one, fetch_required, now, transaction
+from store.leases import Fence, LeaseLostError, check_lease
 from store.records import JobRow, dump_json
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
+PHASES = ("claimed", "loading", "optimizing", "committing")
+CHARGED_PHASES = ("optimizing", "committing")  # a worker that died here counts against the job
 
 
 def _next_position(db: sqlite_utils.Database) -> float:
@@ -158,15 +169,43 @@ def retry_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
         db.execute(
             "UPDATE jobs SET state = 'queued', position = ?, error = NULL, worker_id = NULL, "
             "heartbeat_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, "
-            "edit_id = NULL WHERE id = ?",
+            "edit_id = NULL, crashes = 0, phase = NULL WHERE id = ?",
             [_next_position(db), job_id],
         )
         return get_job(db, job_id)
 
 
-def claim_next(db: sqlite_utils.Database, worker_id: str, history_id: int | None = None) -> JobRow | None:
-    """Atomically take the first queued job (running, attempts + 1); None when the queue is empty."""
+def peek_next(db: sqlite_utils.Database, history_id: int | None = None) -> JobRow | None:
+    """The job claim_next would take now (nothing is changed)."""
+    sql, params = "SELECT * FROM jobs WHERE state = 'queued'", []
+    if history_id is not None:
+        sql += " AND history_id = ?"
+        params.append(history_id)
+    row = fetch_one(db, sql + " ORDER BY position, id LIMIT 1", params)
+    return JobRow.from_row(row) if row else None
+
+
+def _own_running(db: sqlite_utils.Database, job_id: int, worker_id: str | None, fence: Fence | None) -> JobRow:
+    """The job, after checking (inside the caller's transaction) that this worker still runs it."""
+    if fence is not None:
+        check_lease(db, fence)
+    job = get_job(db, job_id)
+    if worker_id is not None and (job.state != "running" or job.worker_id != worker_id):
+        raise LeaseLostError(
+            f"job {job_id} is no longer run by this worker (it is {job.state}"
+            f"{'' if job.worker_id is None else ' under ' + job.worker_id}); this worker stopped without "
+            "writing its result"
+        )
+    return job
+
+
+def claim_next(db: sqlite_utils.Database, worker_id: str, history_id: int | None = None,
+               fence: Fence | None = None) -> JobRow | None:
+    """Atomically take the first queued job (running, attempts + 1, phase claimed); None when the queue
+    is empty. With ``fence``, LeaseLostError (nothing claimed) when the lease was taken over."""
     with transaction(db):  # BEGIN IMMEDIATE: no other writer can claim between SELECT and UPDATE
+        if fence is not None:
+            check_lease(db, fence)
         sql, params = "SELECT id FROM jobs WHERE state = 'queued'", []
         if history_id is not None:
             sql += " AND history_id = ?"
@@ -177,61 +216,114 @@ def claim_next(db: sqlite_utils.Database, worker_id: str, history_id: int | None
         t = now()
         db.execute(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, "
-            "heartbeat_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0 "
-            "WHERE id = ? AND state = 'queued'",
-            [worker_id, t, t, row["id"]],
+            "heartbeat_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0, phase = 'claimed', "
+            "lease_generation = ? WHERE id = ? AND state = 'queued'",
+            [worker_id, t, t, None if fence is None else fence.generation, row["id"]],
         )
         return get_job(db, row["id"])
 
 
-def heartbeat_job(db: sqlite_utils.Database, job_id: int) -> None:
-    """Refresh a running job's heartbeat."""
+def set_phase(db: sqlite_utils.Database, job_id: int, phase: str, worker_id: str | None = None,
+              fence: Fence | None = None) -> None:
+    """Record what a running job is doing (see CHARGED_PHASES); LeaseLostError if it is not ours."""
+    if phase not in PHASES:
+        raise StoreError(f"job phase must be one of {PHASES}, not {phase!r}")
     with transaction(db):
-        db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'running'", [now(), job_id])
+        _own_running(db, job_id, worker_id, fence)
+        db.execute("UPDATE jobs SET phase = ?, heartbeat_at = ? WHERE id = ?", [phase, now(), job_id])
+
+
+def heartbeat_job(db: sqlite_utils.Database, job_id: int, worker_id: str | None = None) -> None:
+    """Refresh a running job's heartbeat (only while ``worker_id``, when given, runs it)."""
+    sql, params = "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND state = 'running'", [now(), job_id]
+    if worker_id is not None:
+        sql += " AND worker_id = ?"
+        params.append(worker_id)
+    with transaction(db):
+        db.execute(sql, params)
 
 
 def finish_job(
-    db: sqlite_utils.Database, job_id: int, state: str, error: str | None = None, edit_id: int | None = None
+    db: sqlite_utils.Database, job_id: int, state: str, error: str | None = None, edit_id: int | None = None,
+    *, worker_id: str | None = None, fence: Fence | None = None,
 ) -> JobRow:
-    """End a running job as done, failed or cancelled (call inside the transaction that records the edit)."""
+    """End a running job as done, failed or cancelled (call inside the transaction that records the edit).
+
+    With ``worker_id`` / ``fence``: LeaseLostError, nothing written, when this worker no longer runs it."""
     if state not in FINAL_STATES:
         raise StoreError(f"a job can only finish as {'/'.join(FINAL_STATES)}, not {state!r}")
     with transaction(db):
-        job = get_job(db, job_id)
+        job = _own_running(db, job_id, worker_id, fence)
         _require_state(job, ("running",), "finished")
         db.execute(
-            "UPDATE jobs SET state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ? WHERE id = ?",
+            "UPDATE jobs SET state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ?, phase = NULL "
+            "WHERE id = ?",
             [state, error, edit_id, now(), now(), job_id],
         )
         return get_job(db, job_id)
 
 
-def requeue_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
-    """Give a running job back to the queue at its old position (e.g. the worker was stopped)."""
+def requeue_job(db: sqlite_utils.Database, job_id: int, *, worker_id: str | None = None,
+                fence: Fence | None = None) -> JobRow:
+    """Give a running job back to the queue at its old position (e.g. the worker was stopped), without
+    charging it. With ``worker_id`` / ``fence``: LeaseLostError, nothing written, if it is not ours."""
     with transaction(db):
-        job = get_job(db, job_id)
+        job = _own_running(db, job_id, worker_id, fence)
         _require_state(job, ("running",), "requeued")
         db.execute(
             "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
-            "cancel_requested = 0 WHERE id = ?",
+            "cancel_requested = 0, phase = NULL WHERE id = ?",
             [job_id],
         )
         return get_job(db, job_id)
 
 
-def requeue_orphans(db: sqlite_utils.Database) -> list[int]:
+@dataclass
+class Recovery:
+    """What recover_orphans did with the jobs a dead worker left running."""
+
+    requeued: list[int] = field(default_factory=list)
+    charged: list[int] = field(default_factory=list)     # died while optimizing/committing: crashes + 1
+    failed: list[int] = field(default_factory=list)      # reached max_crashes
+    cancelled: list[int] = field(default_factory=list)
+
+
+def crash_limit_message(job_id: int, crashes: int) -> str:
+    """Why a job was failed by the poison-job rule, and how to requeue it."""
+    return (f"the worker died during this job's optimization or commit {crashes} times (a crash it causes, "
+            f"or kills from outside); `refact queue retry {job_id}` requeues it")
+
+
+def recover_orphans(db: sqlite_utils.Database, max_crashes: int | None = None) -> Recovery:
     """Requeue every running job (cancel those with a pending cancel); call right after acquiring the
-    worker lease, when no one else can be running jobs. Returns the requeued ids."""
+    worker lease, when no one else can be running jobs. A job whose worker died while it optimized or
+    committed is charged one crash; with ``max_crashes`` it fails once it has that many."""
+    out = Recovery()
     with transaction(db):
-        db.execute(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'cancelled while its worker was gone' "
-            "WHERE state = 'running' AND cancel_requested = 1",
-            [now()],
-        )
-        ids = [r["id"] for r in fetch_all(db, "SELECT id FROM jobs WHERE state = 'running' ORDER BY position")]
-        if ids:
-            db.execute(
-                "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL "
-                "WHERE state = 'running'"
-            )
-        return ids
+        rows = fetch_all(db, "SELECT id, cancel_requested, phase, crashes FROM jobs WHERE state = 'running' "
+                             "ORDER BY position, id")
+        t = now()
+        for r in rows:
+            if r["cancel_requested"]:
+                db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, phase = NULL, "
+                           "error = 'cancelled while its worker was gone' WHERE id = ?", [t, r["id"]])
+                out.cancelled.append(r["id"])
+                continue
+            crashes = int(r["crashes"]) + (1 if r["phase"] in CHARGED_PHASES else 0)
+            if crashes > int(r["crashes"]):
+                out.charged.append(r["id"])
+            if max_crashes is not None and crashes >= max_crashes:
+                db.execute("UPDATE jobs SET state = 'failed', crashes = ?, finished_at = ?, phase = NULL, "
+                           "worker_id = NULL, error = ? WHERE id = ?",
+                           [crashes, t, crash_limit_message(r["id"], crashes), r["id"]])
+                out.failed.append(r["id"])
+                continue
+            db.execute("UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
+                       "phase = NULL, crashes = ? WHERE id = ?", [crashes, r["id"]])
+            out.requeued.append(r["id"])
+    return out
+
+
+def requeue_orphans(db: sqlite_utils.Database, max_crashes: int | None = None) -> list[int]:
+    """recover_orphans, returning the requeued ids."""
+    return recover_orphans(db, max_crashes).requeued

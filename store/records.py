@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, ClassVar, Self
 
 from engine.hparams import ReFACTHParams
 from engine.request import EditRequest
+from store.db import CorruptDatabaseError
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -42,18 +43,31 @@ class _Row:
     to (column, decoder): JSON columns, SQLite integers read as bool, NULL read as NaN."""
 
     _columns: ClassVar[dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+    _table: ClassVar[str] = "a"
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> Self:
         values = {}
         for f in fields(cls):
             column, decode = cls._columns.get(f.name, (f.name, None))
-            values[f.name] = r[column] if decode is None else decode(r[column])
+            if column not in r and f.default is not MISSING:
+                continue  # a column added by a later migration, read through an older query
+            if decode is None:
+                values[f.name] = r[column]
+                continue
+            try:
+                values[f.name] = decode(r[column])
+            except Exception as exc:  # noqa: BLE001 - any bad stored value is a damaged workspace
+                what = " ".join(str(exc).split())[:120] or type(exc).__name__
+                raise CorruptDatabaseError(
+                    f"{cls._table} row {r.get('id', '?')} has an unreadable {column} ({what})"
+                ) from None
         return cls(**values)
 
 
 @dataclass(frozen=True)
 class BaseModelRow(_Row):
+    _table = "base_models"
     id: int
     source: str
     path: str
@@ -68,6 +82,7 @@ class BaseModelRow(_Row):
 
 @dataclass(frozen=True)
 class HistoryRow(_Row):
+    _table = "histories"
     id: int
     base_model_id: int
     name: str
@@ -81,6 +96,7 @@ class HistoryRow(_Row):
 
 @dataclass(frozen=True)
 class JobRow(_Row):
+    _table = "jobs"
     id: int
     history_id: int
     kind: str
@@ -97,6 +113,10 @@ class JobRow(_Row):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    lease_generation: int | None = None     # the worker lease generation that claimed it
+    phase: str | None = None                # while running: claimed | loading | optimizing | committing
+    crashes: int = 0                        # attempts that died while optimizing or committing
+    batch_token: str | None = None          # shared by the jobs one batch run claimed together
 
     _columns = {
         "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
@@ -106,6 +126,7 @@ class JobRow(_Row):
 
 @dataclass(frozen=True)
 class EditRow(_Row):
+    _table = "edits"
     id: int
     history_id: int
     seq: int
@@ -129,6 +150,8 @@ class EditRow(_Row):
     error: str | None
     created_at: float
     rolled_back_at: float | None
+    lease_generation: int | None = None     # worker lease generation that committed it (fencing token)
+    kind: str = "edit"                      # edit | batch (N requests in one delta; see store.batches)
 
     _columns = {
         "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
@@ -138,6 +161,7 @@ class EditRow(_Row):
 
 @dataclass(frozen=True)
 class StepRow(_Row):
+    _table = "steps"
     edit_id: int | None
     job_id: int
     attempt: int
@@ -154,6 +178,7 @@ class StepRow(_Row):
 
 @dataclass(frozen=True)
 class EvalRunRow(_Row):
+    _table = "eval_runs"
     id: int
     history_id: int
     at_seq: int
@@ -169,6 +194,7 @@ class EvalRunRow(_Row):
 
 @dataclass(frozen=True)
 class MetricRow(_Row):
+    _table = "metrics"
     id: int
     eval_run_id: int | None
     edit_id: int | None
@@ -198,6 +224,7 @@ def metric_progress(n: int, total: int, final: bool) -> float:
 
 @dataclass(frozen=True)
 class ArtifactRow(_Row):
+    _table = "artifacts"
     id: int
     owner_kind: str
     owner_id: int
@@ -213,6 +240,7 @@ class ArtifactRow(_Row):
 
 @dataclass(frozen=True)
 class EventRow(_Row):
+    _table = "events"
     id: int
     ts: float
     level: str
@@ -223,12 +251,14 @@ class EventRow(_Row):
 
 @dataclass(frozen=True)
 class LeaseRow(_Row):
+    _table = "leases"
     name: str
     holder: str
     pid: int
     host: str
     acquired_at: float
     heartbeat_at: float
+    generation: int = 0
 
 
 __all__ = [

@@ -169,6 +169,94 @@ MIGRATIONS: list[str] = [
         heartbeat_at REAL NOT NULL
     ) STRICT;
     """,
+    # lease fencing + attempt accounting (issue 12): every lease takeover gets a new generation; a job
+    # records the generation that claimed it and its phase; an edit records the generation that wrote
+    # it; `crashes` counts only attempts that died while the job optimised or committed.
+    """
+    ALTER TABLE leases ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_generation INTEGER;
+    ALTER TABLE jobs ADD COLUMN phase TEXT;
+    ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE edits ADD COLUMN lease_generation INTEGER;
+    """,
+    # bench runs (issue 10): independent per-row edits of a request file scored in text, cross-attention
+    # and image space; references = baseline / oracle scores shared by every run with the same key.
+    """
+    CREATE TABLE bench_runs (
+        id INTEGER PRIMARY KEY,
+        method TEXT NOT NULL,
+        hparams_json TEXT NOT NULL,
+        config_json TEXT NOT NULL,          -- everything needed to rerun it exactly
+        corpus_path TEXT NOT NULL,
+        corpus_sha256 TEXT NOT NULL,
+        n_rows INTEGER NOT NULL,
+        summary_json TEXT NOT NULL DEFAULT '{}',
+        rerun_of INTEGER REFERENCES bench_runs(id),
+        seconds REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    ) STRICT;
+
+    CREATE TABLE bench_rows (
+        run_id INTEGER NOT NULL REFERENCES bench_runs(id),
+        row_index INTEGER NOT NULL,
+        request_json TEXT NOT NULL,
+        metrics_json TEXT NOT NULL,         -- space -> metric -> value
+        failed_json TEXT NOT NULL,          -- space -> failed probe labels
+        scores_json TEXT NOT NULL,          -- space -> [P(source), P(target)] cells
+        seconds REAL NOT NULL,
+        weights_hash TEXT NOT NULL,         -- of the edited matrices before the row's edit
+        PRIMARY KEY (run_id, row_index)
+    ) STRICT;
+
+    CREATE TABLE bench_references (
+        key TEXT NOT NULL,
+        space TEXT NOT NULL,
+        variant TEXT NOT NULL,              -- baseline | oracle
+        row_index INTEGER NOT NULL,
+        scores_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (key, space, variant, row_index)
+    ) STRICT;
+    """,
+    # batches (issue 9): one edit row of kind 'batch' holds N requests and one delta file; each request's
+    # result (and its text metrics) is a batch_requests row; jobs claimed together share a batch_token.
+    """
+    ALTER TABLE edits ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit';
+    ALTER TABLE jobs ADD COLUMN batch_token TEXT;
+    CREATE TABLE batch_requests (
+        edit_id INTEGER NOT NULL REFERENCES edits(id),
+        idx INTEGER NOT NULL,               -- 0-based position in the batch (= its delta columns)
+        job_id INTEGER REFERENCES jobs(id),
+        request_json TEXT NOT NULL,
+        p_target REAL,
+        steps_run INTEGER NOT NULL DEFAULT 0,
+        early_stopped INTEGER NOT NULL DEFAULT 0,
+        residual REAL,                      -- ||W'k_e - v*|| / ||v*|| after the batch's insertion
+        metrics_json TEXT NOT NULL DEFAULT '{}',  -- text metrics of this request at the batch's head
+        PRIMARY KEY (edit_id, idx)
+    ) STRICT;
+    CREATE INDEX jobs_batch_token ON jobs (batch_token);
+    """,
+    # edit slots (issue 8): the per-encoder-slot sub-edits of one edit (SDXL, SD3, FLUX edit several
+    # text encoders with one request); SD1 edits have one row. weights_hash is that slot's encoder hash.
+    """
+    CREATE TABLE edit_slots (
+        edit_id INTEGER NOT NULL REFERENCES edits(id),
+        slot TEXT NOT NULL,                 -- pipeline attribute: text_encoder, text_encoder_2, ...
+        idx INTEGER NOT NULL,               -- order in the model's slots
+        layer INTEGER NOT NULL,
+        module TEXT NOT NULL,
+        readout TEXT NOT NULL DEFAULT '',
+        p_target REAL,
+        steps_run INTEGER NOT NULL DEFAULT 0,
+        early_stopped INTEGER NOT NULL DEFAULT 0,
+        division_factor REAL,
+        delta_norm REAL,
+        verify_error REAL,
+        weights_hash TEXT,
+        PRIMARY KEY (edit_id, slot)
+    ) STRICT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -55,7 +55,8 @@ class StepWriter:
         self._flushed = 0
         self._closing = False
         self._error: BaseException | None = None
-        self._db: sqlite_utils.Database | None = open_db(self.db_path)
+        # the worker checked the database when it opened it; this side connection only appends rows
+        self._db: sqlite_utils.Database | None = open_db(self.db_path, check=False)
         self._thread = threading.Thread(target=self._run, name=f"steps-job{job_id}", daemon=True)
         self._thread.start()
 

@@ -12,8 +12,15 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="refact-test-hf-"))
 os.environ.pop("REFACT_WORKSPACE", None)
 os.environ.pop("REFACT_JUDGE", None)
+# One intra-op thread: on the 2-core CI box torch on tiny models ran many times slower with two
+# threads than with one (contention); subprocesses (workers, CLI runs) inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +36,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir_for(tmp_path_factory):
+    """``pipeline_dir_for(arch, seed=0)``: folder of a tiny pipeline of family ``arch`` (sd1, sd2, sdxl,
+    sd3, flux), built once per session and shared (read-only)."""
+    from fixtures_models import pipeline_dir
+
+    return lambda arch, seed=0: pipeline_dir(tmp_path_factory, arch, seed)
+
+
+@pytest.fixture(scope="session")
+def pipeline_for(tmp_path_factory):
+    """``pipeline_for(arch, seed=0)``: that tiny pipeline loaded with diffusers on CPU (shared: restore
+    anything you edit)."""
+    from fixtures_models import loaded_pipeline
+
+    return lambda arch, seed=0: loaded_pipeline(tmp_path_factory, arch, seed)
 
 
 @pytest.fixture(scope="session")

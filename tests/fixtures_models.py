@@ -34,6 +34,31 @@ def tiny_pipeline_dir(tmp_path_factory, seed: int = 0) -> Path:
     )
 
 
+def pipeline_dir(tmp_path_factory, arch: str = "sd1", seed: int = 0) -> Path:
+    """Folder of a tiny pipeline of family ``arch`` (sd1, sd2, sdxl, sd3, flux), built once per session.
+
+    Treat it as read-only: every test of the session shares it. ``sd1`` is ``tiny_pipeline_dir``.
+    """
+    from engine.builder import build_pipeline
+
+    if arch == "sd1":
+        return tiny_pipeline_dir(tmp_path_factory, seed)
+    return _once(
+        ("pipeline", arch, seed),
+        lambda: build_pipeline(tmp_path_factory.mktemp(f"tiny_{arch}_{seed}") / "model", "tiny", seed, arch=arch),
+    )
+
+
+def loaded_pipeline(tmp_path_factory, arch: str = "sd1", seed: int = 0):
+    """The tiny ``arch`` pipeline loaded with diffusers on CPU, fp32 (shared: restore what you edit)."""
+    from diffusers import DiffusionPipeline
+
+    return _once(
+        ("loaded", arch, seed),
+        lambda: DiffusionPipeline.from_pretrained(pipeline_dir(tmp_path_factory, arch, seed), local_files_only=True),
+    )
+
+
 def tiny_text_encoder_dir(tmp_path_factory, family: str = "clip", seed: int = 0) -> Path:
     """Folder of a tiny plain text encoder: ``clip`` (with projection) or ``bert`` (mean pooling)."""
     from engine.builder import build_text_encoder_folder

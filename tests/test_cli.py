@@ -60,7 +60,9 @@ def test_import_checks_token_lengths_with_the_base_tokenizer(ws_root, tmp_path):
                  + json.dumps({"prompt": long, "source": "x", "target": "y"}) + "\n")
     r = invoke("--workspace", ws_root, "queue", "import", f)
     assert r.exit_code == 1
-    assert "row 2, column 'prompt': is 95 tokens long, over the limit of 77" in " ".join(r.stderr.split())
+    err = " ".join(r.stderr.split())
+    assert "row 2, column 'prompt': is 101 tokens long inside the template" in err
+    assert "(bare: 95), over the limit of 77" in err
     r = invoke("--workspace", ws_root, "queue", "import", f, "--skip-invalid", "--json")
     assert r.exit_code == 0 and len(json.loads(r.stdout)["added"]) == 1
     assert json.loads(invoke("--workspace", ws_root, "queue", "clear", "--json").stdout) == {"removed": 1}

@@ -161,7 +161,7 @@ def test_header_problems(tmp_path):
 
     short = write_csv(tmp_path / "short.csv", ROAD_HEADER, [road_row("A cup", "A cup", "A red cup")[:-1]])
     errors = load_requests(short).errors
-    assert any(e.row == 1 and e.column is None and "cells" in e.message for e in errors)
+    assert any(e.row == 1 and e.column is None and "missing Negative_new5" in e.message for e in errors)
     assert any(e.row == 1 and e.column == "Negative_new5" for e in errors)
 
 

@@ -80,7 +80,7 @@ def ws_base_hash(ws) -> str:
 
 
 def test_failing_jobs_leave_the_model_untouched_and_the_worker_continues(tmp_path, model_dir, monkeypatch):
-    import engine.refact as refact
+    import refact_tui.services.worker as worker_module
     from refact_tui.services.runner import run_worker
     from store.edits import list_edits
     from store.jobs import enqueue, get_job
@@ -89,7 +89,7 @@ def test_failing_jobs_leave_the_model_untouched_and_the_worker_continues(tmp_pat
     reqs = sample_requests(3)
     bad_layer = enqueue(ws.db, ws.history().id, reqs[0], FAST.with_overrides(layer=9))
     nan_job, good = queue(ws, reqs[1:3])
-    real = refact.compute_edit
+    real = worker_module.compute_edit
 
     def poisoned(model, request, hparams, **kw):
         result = real(model, request, hparams, **kw)
@@ -97,7 +97,7 @@ def test_failing_jobs_leave_the_model_untouched_and_the_worker_continues(tmp_pat
             result.delta.r[0] = math.nan
         return result
 
-    monkeypatch.setattr(refact, "compute_edit", poisoned)
+    monkeypatch.setattr(worker_module, "compute_edit", poisoned)
     summary = run_worker(ws, device="cpu")
     assert (summary.done, summary.failed) == (1, 2)
     assert "layer 9" in get_job(ws.db, bad_layer.id).error

@@ -9,23 +9,28 @@ import torch
 from engine.adapters.base import EncoderAdapter, LayerState
 from engine.adapters.bert import BertAdapter, read_pooling_config
 from engine.adapters.clip import ClipAdapter
+from engine.adapters.t5 import T5Adapter
 from engine.errors import ModelFormatError
 
-__all__ = ["EncoderAdapter", "LayerState", "ClipAdapter", "BertAdapter", "adapter_for", "read_pooling_config"]
+__all__ = ["EncoderAdapter", "LayerState", "ClipAdapter", "BertAdapter", "T5Adapter", "adapter_for", "read_pooling_config"]
 
 
 def adapter_for(
-    model: torch.nn.Module, *, pooling: str | None = None, normalize: bool | None = None
+    model: torch.nn.Module, *, pooling: str | None = None, normalize: bool | None = None,
+    pad_to: int | None = None, use_mask: bool = True,
 ) -> EncoderAdapter:
     """The adapter for a text encoder module (puts the module in eval mode: edits assume no dropout).
 
     For BERT, ``pooling``/``normalize`` default to the model folder's sentence-transformers
-    pooling config when there is one, else mean pooling with normalisation.
+    pooling config when there is one, else mean pooling with normalisation. For T5,
+    ``pad_to``/``use_mask`` give the input format (a pipeline's: fixed length, no mask).
     """
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     model.eval()
     if model_type in ("clip_text_model", "clip") and hasattr(getattr(model, "text_model", model), "encoder"):
         return ClipAdapter(model)
+    if model_type in ("t5", "umt5") and hasattr(getattr(model, "encoder", None), "block"):
+        return T5Adapter(model, pad_to=pad_to, use_mask=use_mask)
     if model_type == "bert" and hasattr(model, "encoder") and hasattr(model, "embeddings"):
         found = None
         name_or_path = getattr(model.config, "_name_or_path", "") or ""
@@ -39,5 +44,5 @@ def adapter_for(
         )
     raise ModelFormatError(
         f"no ReFACT adapter for {type(model).__name__} (model_type {model_type!r}); "
-        "use a CLIP text encoder or a BERT sentence encoder"
+        "use a CLIP or T5 text encoder or a BERT sentence encoder"
     )

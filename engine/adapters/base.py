@@ -15,6 +15,7 @@ import torch
 
 from engine.errors import TokenizationError
 from engine.hashing import hash_named_tensors
+from engine.readout import FINAL, Readout
 
 
 @dataclass
@@ -32,6 +33,7 @@ class LayerState:
     residual: torch.Tensor
     key: torch.Tensor
     mlp_out: torch.Tensor | None
+    taps: dict[int, torch.Tensor] | None = None  # readout-tap layer outputs below ``layer`` (unaffected by delta)
 
 
 def _sample_sum(t: torch.Tensor) -> float:
@@ -41,7 +43,10 @@ def _sample_sum(t: torch.Tensor) -> float:
 
 
 def add_at_positions(values: torch.Tensor, index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``values`` (B, T, H) with ``delta`` (H) added at (b, index[b]) for every row b; out of place."""
+    """``values`` (B, T, H) with ``delta`` added at (b, index[b]) for every row b; out of place.
+
+    ``delta`` is (H) - one shift for every row - or (B, H), one shift per row (the batch contract).
+    """
     rows = torch.arange(values.shape[0], device=values.device)
     add = delta.to(values.dtype).expand(values.shape[0], -1)
     return values.index_put((rows, index.to(values.device)), add, accumulate=True)
@@ -52,10 +57,24 @@ class EncoderAdapter(ABC):
 
     family: str = ""
     normalized_features: bool = False
+    readout: Readout = FINAL  # what ``read`` returns; set per encoder slot (engine.readout)
+    readouts: tuple[str, ...] = ("final",)  # readout kinds this family supports
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self._hash_memo: dict[int, tuple[tuple, str]] = {}
+
+    def set_readout(self, readout: Readout) -> None:
+        """Use ``readout`` for every feature this adapter computes (ReadoutError if unsupported)."""
+        from engine.readout import ReadoutError
+
+        if readout.kind not in self.readouts:
+            raise ReadoutError(
+                f"readout {readout.kind!r} does not fit a {self.family} encoder; use {', '.join(self.readouts)}"
+            )
+        if min(readout.taps(self.num_layers)) < 0:
+            raise ReadoutError(f"readout {readout.kind!r} needs at least 2 layers; this encoder has {self.num_layers}")
+        self.readout = readout
 
     # ----- structure -------------------------------------------------------------------------
     @abstractmethod
@@ -95,6 +114,25 @@ class EncoderAdapter(ABC):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def fixed_length(self) -> int | None:
+        """Length every input is padded to (T5 in a pipeline), or None to pad to the longest text."""
+        return None
+
+    @property
+    def tokenization_mode(self) -> str:
+        """How inputs are fed (part of the second-moment cache key)."""
+        return "longest"
+
+    def taps(self) -> tuple[int, ...]:
+        """Layers whose outputs the readout needs."""
+        return self.readout.taps(self.num_layers)
+
+    @property
+    def last_editable(self) -> int:
+        """Deepest layer whose edit reaches the readout (see ``Readout.last_editable``)."""
+        return self.readout.last_editable(self.num_layers)
+
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise IndexError(f"layer {layer} does not exist; this encoder has layers 0..{self.num_layers - 1}")
@@ -128,28 +166,48 @@ class EncoderAdapter(ABC):
     def head(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last hidden state -> one pooled feature per row (B, D)."""
 
+    def read(self, outputs: dict[int, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The readout feature (B, D) from the tap layers' outputs; families with other readouts override."""
+        return self.head(outputs[self.num_layers - 1], batch)
+
     # ----- generic forward ---------------------------------------------------------------------
     def prefix(self, batch: dict[str, torch.Tensor], layer: int, *, with_output: bool = True) -> LayerState:
         """Run layers 0..layer-1 and ``layer`` up to fc2 (through fc2 if ``with_output``)."""
         self.check_layer(layer)
         hidden, mask = self.embed(batch)
+        taps, below = self.taps(), {}
+        if -1 in taps:
+            below[-1] = hidden
         for i in range(layer):
             hidden = self.run_layer(i, hidden, mask)
+            if i in taps:
+                below[i] = hidden
         residual, key = self.split_layer(layer, hidden, mask)
         mlp_out = self.fc2(layer)(key) if with_output else None
-        return LayerState(batch=batch, layer=layer, mask=mask, residual=residual, key=key, mlp_out=mlp_out)
+        return LayerState(batch=batch, layer=layer, mask=mask, residual=residual, key=key, mlp_out=mlp_out,
+                          taps=below)
 
     def suffix(self, state: LayerState, mlp_out: torch.Tensor) -> torch.Tensor:
-        """Finish layer ``state.layer`` with ``mlp_out``, run the later layers and the head."""
+        """Finish layer ``state.layer`` with ``mlp_out``, run the later layers the readout needs, read it."""
+        taps = self.taps()
+        outputs = dict(state.taps or {})
         hidden = self.finish_layer(state.layer, state.residual, mlp_out)
-        for i in range(state.layer + 1, self.num_layers):
+        if state.layer in taps:
+            outputs[state.layer] = hidden
+        for i in range(state.layer + 1, max(taps) + 1):
             hidden = self.run_layer(i, hidden, state.mask)
-        return self.head(hidden, state.batch)
+            if i in taps:
+                outputs[i] = hidden
+        return self.read(outputs, state.batch)
 
     def stepper(self, state: LayerState, index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """features(delta) for the batch of ``state``, with delta added to layer ``state.layer``'s
         MLP output at position ``index[b]`` of each row b. Families may override it with a
-        cheaper, mathematically identical computation."""
+        cheaper, mathematically identical computation.
+
+        Per-row contract (public, every family): ``delta`` is either (H), the same shift for every
+        row, or (B, H), row b shifted by ``delta[b]``; a batch of many requests passes one
+        request's delta per row (engine.batch_optimize)."""
 
         def features(delta: torch.Tensor) -> torch.Tensor:
             return self.suffix(state, add_at_positions(state.mlp_out, index, delta))
@@ -157,11 +215,15 @@ class EncoderAdapter(ABC):
         return features
 
     def pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled feature of the full forward (what the loss compares)."""
+        """Readout feature of the full forward (what the loss compares)."""
         hidden, mask = self.embed(batch)
-        for i in range(self.num_layers):
+        taps = self.taps()
+        outputs = {-1: hidden} if -1 in taps else {}
+        for i in range(max(taps) + 1):
             hidden = self.run_layer(i, hidden, mask)
-        return self.head(hidden, batch)
+            if i in taps:
+                outputs[i] = hidden
+        return self.read(outputs, batch)
 
     @torch.no_grad()
     def encode(self, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:

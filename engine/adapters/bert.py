@@ -48,6 +48,11 @@ class BertAdapter(EncoderAdapter):
         self.pooling = pooling
         self.normalized_features = normalize
 
+    @property
+    def last_editable(self) -> int:
+        """Mean pooling reads the subject's own token, so the last layer reaches it; CLS does not."""
+        return self.num_layers - 1 if self.pooling == "mean" else super().last_editable
+
     def layers(self) -> Sequence[torch.nn.Module]:
         return self.model.encoder.layer
 

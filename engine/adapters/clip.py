@@ -20,6 +20,7 @@ class ClipAdapter(EncoderAdapter):
 
     family = "clip"
     normalized_features = False
+    readouts = ("final", "pooler", "penultimate", "penultimate+embeds")
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
@@ -91,6 +92,24 @@ class ClipAdapter(EncoderAdapter):
         pooled = hidden[rows, self.pool_positions(batch["input_ids"]).to(hidden.device)]
         return self.projection(pooled) if self.projection is not None else pooled
 
+    def read(self, outputs: dict[int, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = torch.arange(batch["input_ids"].shape[0])
+        eos = self.pool_positions(batch["input_ids"])
+        return self.read_rows({t: h[rows.to(h.device), eos.to(h.device)] for t, h in outputs.items()})
+
+    def read_rows(self, at_eos: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The readout from the tap layers' hidden states at each row's EOS position (B, H each)."""
+        kind, last = self.readout.kind, self.num_layers - 1
+        if kind == "penultimate":
+            return at_eos[last - 1]
+        pooled = self.text.final_layer_norm(at_eos[last])
+        if kind == "pooler":
+            return pooled
+        embeds = self.projection(pooled) if self.projection is not None else pooled
+        if kind == "final":
+            return embeds
+        return torch.cat([at_eos[last - 1], self.readout.embeds_weight * embeds], dim=-1)
+
     # ----- fast per-step forward -------------------------------------------------------------
     def stepper(self, state: LayerState, index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """features(delta), recomputing only what delta can change.
@@ -99,10 +118,13 @@ class ClipAdapter(EncoderAdapter):
         after the pooled (EOS) one never reach the feature: per step, layers l+1.. run only on
         positions idx..eos of each row, attending to keys/values of the earlier positions that
         were computed once from the unedited pass; the last layer's attention output and MLP are
-        needed at the EOS row alone. Identical in exact arithmetic to ``suffix``.
+        needed at the EOS row alone. Identical in exact arithmetic to ``suffix``. ``delta`` is (H)
+        or (B, H), one per row, as in ``EncoderAdapter.stepper``.
         """
         layers = self.layers()
         first = state.layer + 1
+        taps = self.taps()
+        stop = max(taps)  # deepest layer the readout needs
         batch, mask_in = state.batch, state.batch["attention_mask"]
         device = state.mlp_out.device
         n_rows, seq = batch["input_ids"].shape
@@ -125,21 +147,28 @@ class ClipAdapter(EncoderAdapter):
         # unedited keys/values of every later layer, for the positions delta cannot reach
         cached_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         hidden = self.finish_layer(state.layer, state.residual, state.mlp_out)
-        for j in range(first, len(layers)):
+        for j in range(first, stop + 1):
             attn = layers[j].self_attn
             normed = layers[j].layer_norm1(hidden)
             cached_kv.append((attn.k_proj(normed), attn.v_proj(normed)))
-            if j < len(layers) - 1:
+            if j < stop:
                 hidden = self.run_layer(j, hidden, state.mask)
         base = (state.residual[rows_b, rows_p], state.mlp_out[rows_b, rows_p])
+        rows_n = torch.arange(n_rows, device=device)
+        fixed_taps = {t: h[rows_n, eos] for t, h in (state.taps or {}).items()}  # below the edited layer
 
         def features(delta: torch.Tensor) -> torch.Tensor:
             residual, mlp_out = base
+            if delta.ndim == 2:  # one delta per prompt row (the per-row contract): spread to its positions
+                delta = delta[rows_b]
             x = residual + (mlp_out + delta.to(mlp_out.dtype) * is_lookup[:, None].to(mlp_out.dtype))
-            for j, (k_cache, v_cache) in zip(range(first, len(layers)), cached_kv):
+            at_eos = dict(fixed_taps)
+            if state.layer in taps and first <= stop:
+                at_eos[state.layer] = x[last_rows]
+            for j, (k_cache, v_cache) in zip(range(first, stop + 1), cached_kv):
                 block = layers[j]
                 attn = block.self_attn
-                last = j == len(layers) - 1
+                last = j == stop
                 normed = block.layer_norm1(x)
                 keys = k_cache.index_put((rows_b, rows_p), attn.k_proj(normed))
                 values = v_cache.index_put((rows_b, rows_p), attn.v_proj(normed))
@@ -161,9 +190,11 @@ class ClipAdapter(EncoderAdapter):
                 out = out.transpose(1, 2).reshape(n_rows, width, -1)[q_b, q_a]
                 x = x + attn.out_proj(out)
                 x = x + block.mlp(block.layer_norm2(x))
-            if first >= len(layers):  # edited the last layer: every active row is already final
+                if j in taps and not last:
+                    at_eos[j] = x[last_rows]
+            if first > stop:  # edited the deepest tap layer: every active row is already final
                 x = x[last_rows]
-            pooled = self.text.final_layer_norm(x)
-            return self.projection(pooled) if self.projection is not None else pooled
+            at_eos[stop] = x
+            return self.read_rows(at_eos)
 
         return features

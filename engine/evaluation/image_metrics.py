@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from engine.base_weights import fc2_weights
+from engine.base_weights import fc2_weights, slot_weights
 from engine.evaluation.config import ImageEvalConfig
 from engine.evaluation.distributed import run_sharded
 from engine.evaluation.generation import WorkItem, batched, generate_batch, prepare_pipeline
@@ -131,11 +131,20 @@ def make_batches(items: Sequence[ImageItem], batch_size: int) -> list[list[Image
     return batched(edited, batch_size) + batched(base, batch_size)
 
 
+def _base_state(model, batch: Sequence[ImageItem], base_fc2: dict | None, base_slots: dict[str, dict] | None):
+    """The weights a batch renders with: base weights of every slot for base-weight variants."""
+    if not batch[0].uses_base_weights:
+        return fc2_weights(model, None)
+    if base_slots is not None:
+        return slot_weights(model, base_slots)
+    return fc2_weights(model, base_fc2)
+
+
 def _score_batch(model, judge: Judge, batch: Sequence[ImageItem], config: ImageEvalConfig,
-                 base_fc2: dict | None) -> list[ItemResult]:
+                 base_fc2: dict | None, base_slots: dict[str, dict] | None = None) -> list[ItemResult]:
     gen = replace(config.generation, output_type="pil")
     work = [WorkItem(it.prompt, it.seed) for it in batch]
-    with fc2_weights(model, base_fc2 if batch[0].uses_base_weights else None):
+    with _base_state(model, batch, base_fc2, base_slots):
         images = generate_batch(model.pipeline, work, gen)
     feats = judge.encode_images(images)
     probs = judge.pair_probs(feats, [it.text_a for it in batch], [it.text_b for it in batch])
@@ -182,9 +191,11 @@ def evaluate_images(model, targets: Sequence[EvalTarget], config: ImageEvalConfi
                     base_fc2: dict | None = None, sink: MetricSink | None = None,
                     on_progress: ProgressCallback | None = None, grid_dir: Path | None = None,
                     captions: Sequence[str] = (),
-                    batch_runner: Callable[[Sequence, Callable], list] = run_sharded) -> ImageEvalResult:
-    """Generate, judge and aggregate; ``base_fc2`` (layer -> base W) gives the unedited model
-    (None = the model is unedited). Returns the same result on every process."""
+                    batch_runner: Callable[[Sequence, Callable], list] = run_sharded,
+                    base_slots: dict[str, dict] | None = None) -> ImageEvalResult:
+    """Generate, judge and aggregate; ``base_fc2`` (layer -> base W, first encoder) or ``base_slots``
+    (slot name -> its base weights, every encoder of an SDXL/SD3/FLUX pipeline; wins when given)
+    gives the unedited model (None = the model is unedited). Returns the same result on every process."""
     prepare_pipeline(model.pipeline, model.device, config.generation.fp16)
     items = plan_items(targets, config, captions)
     batches = make_batches(items, config.generation.batch_size)
@@ -195,7 +206,7 @@ def evaluate_images(model, targets: Sequence[EvalTarget], config: ImageEvalConfi
     done = [0]
 
     def work(batch: list[ImageItem]) -> list[ItemResult]:
-        out = _score_batch(model, judge, batch, config, base_fc2)
+        out = _score_batch(model, judge, batch, config, base_fc2, base_slots)
         local.extend(out)
         done[0] += len(batch)
         if on_progress is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.admission import RequestChecker
 from engine.importers.base import (
     DEFAULT_MAX_TOKENS,
     DuplicateRow,
@@ -38,8 +39,14 @@ FORMATS = ("auto", "road", "timed", "jsonl", "json", "csv")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # far above any real request file; guards against a wrong path
 
 
-def read_text(path: Path) -> str:
-    """The file's text (UTF-8, BOM removed); ImportFileError when missing, unreadable or empty."""
+ENCODING_ERRORS = ("strict", "replace")
+
+
+def read_text(path: Path, encoding_errors: str = "strict") -> str:
+    """The file's text (UTF-8, BOM removed); ImportFileError when missing, unreadable, empty or (with
+    ``encoding_errors="strict"``) not valid UTF-8, naming the first bad byte's offset."""
+    if encoding_errors not in ENCODING_ERRORS:
+        raise ImportFileError(f"unknown --encoding-errors {encoding_errors!r}; use strict or replace")
     if not path.exists():
         raise ImportFileError(f"{path} does not exist; check the path")
     if not path.is_file():
@@ -51,9 +58,12 @@ def read_text(path: Path) -> str:
     except OSError as exc:
         raise ImportFileError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig", errors=encoding_errors)
     except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8") from None
+        offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        raise ImportFileError(
+            f"{path} is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}); save it as UTF-8 "
+            "or pass --encoding-errors replace to read bad bytes as U+FFFD") from None
     if "\x00" in text:
         raise ImportFileError(f"{path} contains NUL bytes; it is not a text request file")
     if not text.strip():
@@ -95,25 +105,31 @@ def load_requests(
     skip_invalid: bool = False,
     tokenizer: Any | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    checker: RequestChecker | None = None,
+    encoding_errors: str = "strict",
 ) -> ImportResult:
     """Read and validate a request file.
 
     ``format`` is "auto", "road", "timed", "csv" (RoAD or TIMED by header), "jsonl" or "json".
-    With a ``tokenizer``, every text is also checked against ``max_tokens`` (special tokens included).
-    Problems are returned in ``ImportResult.errors``; only an unreadable, empty or unrecognisable
-    file raises ImportFileError.
+    ``checker`` checks every text the worker will encode (all templates, every encoder's limit);
+    a bare ``tokenizer`` stands for ``RequestChecker.single(tokenizer, max_tokens)`` with the
+    default templates. ``encoding_errors`` "replace" reads invalid UTF-8 as U+FFFD instead of
+    refusing the file. Problems are returned in ``ImportResult.errors``; only an unreadable, empty,
+    non-UTF-8 or unrecognisable file raises ImportFileError.
     """
+    if checker is None and tokenizer is not None:
+        checker = RequestChecker.single(tokenizer, max_tokens)
     path = Path(path).expanduser()
     if format not in FORMATS:
         raise ImportFileError(f"unknown import format {format!r}; use one of {', '.join(FORMATS)}")
-    text = read_text(path)
+    text = read_text(path, encoding_errors)
     fmt = detect_format(path, text) if format == "auto" else format
     if fmt == "csv":
         fmt = _csv_flavour(path, text)
     if fmt == "jsonl":
-        return parse_jsonl(text, path, tokenizer, max_tokens, skip_invalid)
+        return parse_jsonl(text, path, checker, skip_invalid)
     if fmt == "json":
-        return parse_json(text, path, tokenizer, max_tokens, skip_invalid)
+        return parse_json(text, path, checker, skip_invalid)
     table = read_csv(text, str(path))
     parse = parse_road if fmt == "road" else parse_timed
-    return parse(table, path, tokenizer, max_tokens, skip_invalid)
+    return parse(table, path, checker, skip_invalid)

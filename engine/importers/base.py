@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from engine.admission import RequestChecker, token_count
 from engine.errors import EngineError
 from engine.request import EditRequest, RequestError, clean_text
 
@@ -37,10 +38,12 @@ class ImportProblem:
 
 @dataclass(frozen=True)
 class ImportedRow:
-    """A valid request and the row it came from."""
+    """A valid request, the row it came from and the row's own hyperparameter overrides (JSON rows'
+    ``hparams`` object; validated, applied onto the import's hyperparameters)."""
 
     row: int
     request: EditRequest
+    hparams: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class RowOutcome:
     row: int
     request: EditRequest | None
     problems: list[ImportProblem]
+    hparams: dict[str, Any] = field(default_factory=dict)
 
 
 class RowChecker:
@@ -114,31 +118,15 @@ class RowChecker:
         return clean_text(value)
 
 
-def request_columns(request: EditRequest) -> Iterator[tuple[str, str]]:
-    """(field name, text) for every text of a request that will be tokenized."""
-    yield "prompt", request.prompt
-    yield "source", request.source
-    yield "target", request.target
-    if request.subject is not None:
-        yield "subject", request.subject
-    for i, text in enumerate(request.contrastive):
-        yield f"contrastive[{i}]", text
-    for group, probes in (("positives", request.positives), ("negatives", request.negatives)):
-        for i, probe in enumerate(probes):
-            for name in ("prompt", "source", "target"):
-                yield f"{group}[{i}].{name}", getattr(probe, name)
-    if request.oracle:
-        yield "oracle", request.oracle
-
-
 def finish_request(
     check: RowChecker,
     request: EditRequest,
-    tokenizer: Any | None,
-    max_tokens: int,
+    checker: RequestChecker | None,
     columns: dict[str, str] | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> RowOutcome:
-    """Validate a built request (RequestError rules, token lengths) and wrap it as a RowOutcome.
+    """Validate a built request (RequestError rules; with a ``checker`` every text the worker will
+    encode, templates included, and the subject lookup) and wrap it as a RowOutcome.
 
     ``columns`` renames request fields to the file's own column names in messages.
     """
@@ -147,24 +135,22 @@ def finish_request(
         request.validate()
     except RequestError as exc:
         message = str(exc)
-        column = "subject" if "subject" in message else "target" if "same text" in message else None
+        first = message.split(" ", 1)[0]
+        column = ("target" if "same text" in message else first if first in ("prompt", "source", "target")
+                  else "subject" if "subject" in message else None)
         check.add(columns.get(column or "", column), message)
-    if tokenizer is not None:
-        for name, text in request_columns(request):
-            n = count_tokens(tokenizer, text)
-            if n is None:
-                check.add(columns.get(name, name), "cannot be tokenized; remove unusual characters")
-            elif n > max_tokens:
-                check.add(columns.get(name, name), f"is {n} tokens long, over the limit of {max_tokens}; shorten it")
-    return RowOutcome(check.row, None if check.problems else request, check.problems)
+    hparams = dict(hparams or {})
+    if checker is not None and "templates" in hparams:
+        checker = replace(checker, templates=tuple(hparams["templates"]))
+    if checker is not None and not check.problems:
+        for problem in checker.problems(request):
+            check.add(columns.get(problem.field, problem.field), problem.message)
+    return RowOutcome(check.row, None if check.problems else request, check.problems, hparams)
 
 
 def count_tokens(tokenizer: Any, text: str) -> int | None:
     """Number of token ids including special tokens, or None if the tokenizer fails on the text."""
-    try:
-        return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-    except Exception:  # a third-party tokenizer may raise anything on odd input
-        return None
+    return token_count(tokenizer, text)
 
 
 def collect(
@@ -195,7 +181,7 @@ def collect(
             result.duplicates.append(DuplicateRow(outcome.row, first_seen[key], key))
             continue
         first_seen[key] = outcome.row
-        valid.append(ImportedRow(outcome.row, outcome.request))
+        valid.append(ImportedRow(outcome.row, outcome.request, outcome.hparams))
     if result.errors and not skip_invalid:
         result.skipped_rows = []
         valid = []
@@ -258,7 +244,12 @@ def check_header(
 def row_cells(table: CsvTable, index: int, positions: dict[str, int], check: RowChecker) -> dict[str, str]:
     """The cells of data row ``index`` (0-based) by column name; a wrong cell count is a problem."""
     cells = table.rows[index]
-    if len(cells) != len(table.header):
+    if len(cells) < len(table.header):
+        missing = [name or f"#{i + 1}" for i, name in enumerate(table.header) if i >= len(cells)]
+        cut = " (the file looks cut off)" if index == len(table.rows) - 1 else ""
+        check.add(None, f"is short of {len(missing)} column(s){cut}: missing {', '.join(missing)}; "
+                        "complete the row or remove it")
+    elif len(cells) > len(table.header):
         check.add(None, f"has {len(cells)} cells but the header has {len(table.header)}; check commas and quotes")
     return {name: cells[pos] if pos < len(cells) else "" for name, pos in positions.items()}
 
@@ -280,19 +271,19 @@ class CsvFormat:
 
 
 def parse_csv_requests(
-    fmt: CsvFormat, table: CsvTable, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
+    fmt: CsvFormat, table: CsvTable, path: Path, checker: RequestChecker | None, skip_invalid: bool
 ) -> ImportResult:
     """Check a parsed table's header against ``fmt``, build and validate a request per row, collect."""
     file = str(path)
     positions, header_problems, fatal = check_header(table, file, fmt.required, fmt.optional)
     if fatal:
         return collect(path, fmt.name, [], header_problems, skip_invalid, unparsed_rows=len(table.rows))
-    outcomes = _csv_outcomes(fmt, table, positions, file, tokenizer, max_tokens)
+    outcomes = _csv_outcomes(fmt, table, positions, file, checker)
     return collect(path, fmt.name, outcomes, header_problems, skip_invalid)
 
 
 def _csv_outcomes(
-    fmt: CsvFormat, table: CsvTable, positions: dict[str, int], file: str, tokenizer: Any | None, max_tokens: int
+    fmt: CsvFormat, table: CsvTable, positions: dict[str, int], file: str, checker: RequestChecker | None
 ) -> Iterator[RowOutcome]:
     for index in range(len(table.rows)):
         check = RowChecker(file, index + 1)
@@ -302,4 +293,4 @@ def _csv_outcomes(
         if request is None:
             yield RowOutcome(check.row, None, check.problems)
         else:
-            yield finish_request(check, request, tokenizer, max_tokens, fmt.field_columns)
+            yield finish_request(check, request, checker, fmt.field_columns)

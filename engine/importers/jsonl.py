@@ -2,15 +2,18 @@
 
 Each object has the fields of ``EditRequest.to_dict()``: prompt, source, target, and optionally
 subject, contrastive (list of texts), positives / negatives (lists of {prompt, source, target}),
-oracle, name and extra (an object of texts).
+oracle, name, extra (an object of texts) and hparams (an object of hyperparameter overrides,
+checked like the CLI options).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from engine.admission import RequestChecker
 from engine.importers.base import (
     ImportFileError,
     ImportProblem,
@@ -20,23 +23,25 @@ from engine.importers.base import (
     collect,
     finish_request,
 )
+from engine.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, Probe
 
 TEXT_FIELDS = ("prompt", "source", "target")
 OPTIONAL_TEXT_FIELDS = ("subject", "oracle", "name")
 LIST_FIELDS = ("contrastive", "positives", "negatives", "extra")
-KNOWN_FIELDS = set(TEXT_FIELDS + OPTIONAL_TEXT_FIELDS + LIST_FIELDS)
+KNOWN_FIELDS = set(TEXT_FIELDS + OPTIONAL_TEXT_FIELDS + LIST_FIELDS) | {"hparams"}
 PROBE_FIELDS = ("prompt", "source", "target")
 
 
 def parse_jsonl(
-    text: str, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
+    text: str, path: Path, checker: RequestChecker | None, skip_invalid: bool
 ) -> ImportResult:
     """Read JSON Lines text: blank lines are ignored, every other line is one request object."""
     file = str(path)
 
     def outcomes() -> Iterator[RowOutcome]:
-        for number, line in enumerate(text.splitlines(), start=1):
+        # "\n" only: str.splitlines() would also split inside a line at U+2028, U+0085, \x1c ...
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             check = RowChecker(file, number)
@@ -46,13 +51,13 @@ def parse_jsonl(
                 check.add(None, f"is not valid JSON ({_short(exc)}); fix the line")
                 yield RowOutcome(number, None, check.problems)
                 continue
-            yield parse_object(obj, check, tokenizer, max_tokens)
+            yield parse_object(obj, check, checker)
 
     return collect(path, "jsonl", outcomes(), [], skip_invalid)
 
 
 def parse_json(
-    text: str, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
+    text: str, path: Path, checker: RequestChecker | None, skip_invalid: bool
 ) -> ImportResult:
     """Read a JSON document holding a list of request objects (rows are 1-based list positions)."""
     file = str(path)
@@ -64,7 +69,7 @@ def parse_json(
         problem = ImportProblem(file, None, None, "must hold a JSON list of request objects")
         return collect(path, "json", [], [problem], skip_invalid)
     outcomes = (
-        parse_object(obj, RowChecker(file, i), tokenizer, max_tokens) for i, obj in enumerate(data, start=1)
+        parse_object(obj, RowChecker(file, i), checker) for i, obj in enumerate(data, start=1)
     )
     return collect(path, "json", outcomes, [], skip_invalid)
 
@@ -73,7 +78,7 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def parse_object(obj: Any, check: RowChecker, tokenizer: Any | None, max_tokens: int) -> RowOutcome:
+def parse_object(obj: Any, check: RowChecker, checker: RequestChecker | None) -> RowOutcome:
     """Validate one request object field by field and build its EditRequest."""
     if not isinstance(obj, dict):
         check.add(None, f"must be a JSON object, got {_json_type(obj)}")
@@ -90,6 +95,7 @@ def parse_object(obj: Any, check: RowChecker, tokenizer: Any | None, max_tokens:
     positives = _probes(obj.get("positives", []), "positives", check)
     negatives = _probes(obj.get("negatives", []), "negatives", check)
     extra = _extra(obj.get("extra", {}), check)
+    hparams = _hparams(obj.get("hparams", {}), check)
     if check.problems:
         return RowOutcome(check.row, None, check.problems)
     request = EditRequest(
@@ -104,7 +110,7 @@ def parse_object(obj: Any, check: RowChecker, tokenizer: Any | None, max_tokens:
         name=values.get("name"),
         extra=extra,
     )
-    return finish_request(check, request, tokenizer, max_tokens)
+    return finish_request(check, request, checker, hparams=hparams)
 
 
 def _json_type(value: Any) -> str:
@@ -136,6 +142,23 @@ def _probes(value: Any, field: str, check: RowChecker) -> list[Probe]:
         if all(t is not None for t in texts):
             probes.append(Probe(*texts))
     return probes
+
+
+def _hparams(value: Any, check: RowChecker) -> dict[str, Any]:
+    """A row's hyperparameter overrides, range-checked now (the layer against the model when queued)."""
+    if not isinstance(value, dict):
+        check.add("hparams", f"must be an object of hyperparameters, got {_json_type(value)}")
+        return {}
+    try:
+        ReFACTHParams().with_overrides(**value) if value else None
+    except HParamsError as exc:
+        check.add("hparams", str(exc))
+        return {}
+    except TypeError:
+        known = ", ".join(f.name for f in fields(ReFACTHParams))
+        check.add("hparams", f"has unknown names {sorted(map(str, value))}; known: {known}")
+        return {}
+    return {k: (list(v) if k == "templates" else v) for k, v in value.items() if v is not None}
 
 
 def _extra(value: Any, check: RowChecker) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.admission import RequestChecker
 from engine.importers.base import CsvFormat, CsvTable, ImportResult, RowChecker, parse_csv_requests
 from engine.request import EditRequest, Probe
 
@@ -38,10 +39,10 @@ def is_road_header(header: list[str]) -> bool:
 
 
 def parse_road(
-    table: CsvTable, path: Path, tokenizer: Any | None, max_tokens: int, skip_invalid: bool
+    table: CsvTable, path: Path, checker: RequestChecker | None, skip_invalid: bool
 ) -> ImportResult:
     """Read a parsed RoAD table into an ImportResult."""
-    return parse_csv_requests(ROAD, table, path, tokenizer, max_tokens, skip_invalid)
+    return parse_csv_requests(ROAD, table, path, checker, skip_invalid)
 
 
 def _request(check: RowChecker, cells: dict[str, str], text: dict[str, Any]) -> EditRequest | None:

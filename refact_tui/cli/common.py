@@ -25,7 +25,9 @@ err_console = Console(stderr=True, highlight=False)
 
 def print_error(message: str) -> None:
     """Print one red `error: ...` line on stderr."""
-    first = " ".join(str(message).split()) or "unknown error"
+    from refact_tui.services.display import display_text
+
+    first = display_text(" ".join(str(message).split()) or "unknown error")
     err_console.print(Text(f"error: {first}", style="bold red"), soft_wrap=True)
 
 
@@ -109,12 +111,15 @@ def print_json(obj: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Render a simple rich table; None cells show as '-'."""
+    """Render a simple rich table; None cells show as '-'. Cells are plain text (never markup), with
+    control characters shown as escapes, so user text prints as it is stored."""
+    from refact_tui.services.display import plain
+
     table = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+        table.add_row(*(v if isinstance(v, Text) else plain("-" if v is None else v) for v in row))
     console.print(table)
 
 
@@ -135,8 +140,43 @@ def short(text: str | None, width: int = 40) -> str | None:
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 
 
+def parse_layers(values: Any) -> dict[str, Any]:
+    """``--layer`` values (N, or SLOT=N per encoder slot, repeatable) -> {"layer": N, "slot_layers": {...}}."""
+    from engine.hparams import HParamsError
+
+    if values is None or isinstance(values, int):
+        return {} if values is None else {"layer": values}
+    out: dict[str, Any] = {}
+    slot_layers: dict[str, int] = {}
+    for raw in values:
+        slot, sep, number = str(raw).strip().rpartition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            raise HParamsError(f"--layer {raw!r} is not N or SLOT=N (e.g. --layer text_encoder_2=26)") from None
+        if not sep:
+            out["layer"] = n
+        elif not slot.strip():
+            raise HParamsError(f"--layer {raw!r} names no slot; use SLOT=N, e.g. text_encoder=8")
+        elif slot.strip() in slot_layers:
+            raise HParamsError(f"--layer gives {slot.strip()} twice; pass one --layer SLOT=N per slot")
+        else:
+            slot_layers[slot.strip()] = n
+    if slot_layers:
+        out["slot_layers"] = slot_layers
+    return out
+
+
+def parse_slots(value: str | None) -> dict[str, Any]:
+    """``--slots a,b`` -> {"slots": ("a", "b")} (empty when not given)."""
+    if not value:
+        return {}
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    return {"slots": names} if names else {}
+
+
 def hparam_overrides(
-    layer: int | None = None,
+    layer: Any = None,
     lr: float | None = None,
     max_steps: int | None = None,
     prob_threshold: float | None = None,
@@ -146,19 +186,26 @@ def hparam_overrides(
     temperature: float | None = None,
     ridge: float | None = None,
     preserve: float | None = None,
+    slots: str | None = None,
 ) -> dict[str, Any]:
-    """The hparam options the user actually gave (None = not given)."""
+    """The hparam options the user actually gave (None = not given); ``layer`` may be N or a list
+    of N / SLOT=N values, ``slots`` a comma-separated list of encoder slots."""
     given = dict(
-        layer=layer, lr=lr, max_steps=max_steps, prob_threshold=prob_threshold,
+        lr=lr, max_steps=max_steps, prob_threshold=prob_threshold,
         weight_decay=weight_decay, clamp_factor=clamp_factor, similarity=similarity,
         temperature=temperature, ridge=ridge, preserve=preserve,
     )
-    return {k: v for k, v in given.items() if v is not None}
+    out = {k: v for k, v in given.items() if v is not None}
+    return {**parse_layers(layer), **out, **parse_slots(slots)}
 
 
 # Reusable option declarations for the hyperparameters (queue add / import / replay).
 HP = "Hyperparameters"
-LayerOpt = typer.Option(None, "--layer", help="Encoder layer whose fc2 is edited.", rich_help_panel=HP)
+LayerOpt = typer.Option(None, "--layer", help="Encoder layer whose fc2 is edited: N (the first encoder slot) "
+                        "or SLOT=N per slot, repeatable (e.g. --layer text_encoder=8 --layer text_encoder_2=26).",
+                        rich_help_panel=HP)
+SlotsOpt = typer.Option(None, "--slots", help="Encoder slots to edit, comma-separated (default: every text "
+                        "encoder of the pipeline; see `refact layers`).", rich_help_panel=HP)
 LrOpt = typer.Option(None, "--lr", help="Adam learning rate for v*.", rich_help_panel=HP)
 StepsOpt = typer.Option(None, "--max-steps", help="Most optimization evaluations.", rich_help_panel=HP)
 ThresholdOpt = typer.Option(None, "--prob-threshold", help="Early stop at this mean P(target).", rich_help_panel=HP)
@@ -172,10 +219,10 @@ PreserveOpt = typer.Option(None, "--preserve", help="Weight of earlier edits' ke
 
 # name -> (type, option) of every hyperparameter option, in help order.
 HPARAM_OPTIONS: dict[str, tuple[type, Any]] = {
-    "layer": (int, LayerOpt), "lr": (float, LrOpt), "max_steps": (int, StepsOpt),
+    "layer": (list[str], LayerOpt), "lr": (float, LrOpt), "max_steps": (int, StepsOpt),
     "prob_threshold": (float, ThresholdOpt), "weight_decay": (float, WdOpt), "clamp_factor": (float, ClampOpt),
     "similarity": (str, SimOpt), "temperature": (float, TempOpt), "ridge": (float, RidgeOpt),
-    "preserve": (float, PreserveOpt),
+    "preserve": (float, PreserveOpt), "slots": (str, SlotsOpt),
 }
 
 

@@ -62,9 +62,9 @@ def print_report(report) -> None:
                 ["metric", "text", "image", "std", "n"],
                 [(m.name, fmt_float(m.text), fmt_float(m.image), fmt_float(m.std, 3), m.n) for m in report.lines])
     for path in report.grids:
-        console.print(f"grid  {path}")
+        console.print(f"grid  {path}", markup=False)
     for note in report.notes:
-        console.print(f"note  {note}")
+        console.print(f"note  {note}", markup=False)
 
 
 def _image_config(seeds, steps, size, judge, baseline, oracle, grids, batch_size, device):

@@ -22,6 +22,9 @@ def _report(res, json_out: bool) -> None:
     else:
         console.print(f"wrote the edited {res.kind} ({res.n_edits} edit(s), weights {res.weights_hash[:12]}) "
                       f"to [bold]{res.out}[/]")
+        if len(res.weights_hashes) > 1:  # one line per encoder slot of SDXL / SD3 / FLUX
+            for slot, digest in res.weights_hashes.items():
+                console.print(f"  {slot}: {digest[:12]}")
 
 
 def export(

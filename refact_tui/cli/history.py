@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from refact_tui.services.display import markup_escape as esc, quoted
 from refact_tui.cli.common import (
     JSON_OPTION, console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
 )
@@ -14,7 +15,8 @@ PANEL = "History"
 
 
 def register(app: typer.Typer) -> None:
-    for name, fn in (("history", history), ("show", show), ("rollback", rollback), ("replay", replay),
+    for name, fn in (("history", history), ("show", show), ("rollback", rollback), ("rollforward", rollforward),
+                     ("replay", replay),
                      ("fork", fork), ("histories", histories), ("checkout", checkout)):
         app.command(name, rich_help_panel=PANEL)(fn)
 
@@ -52,19 +54,24 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
         d = edit_detail(ws, edit_id)
     if json_out:
         out = {"edit": d.edit, "history": d.history_name, "curve": d.curve, "metrics": d.metrics,
-               "artifacts": d.artifacts}
+               "artifacts": d.artifacts, "slots": d.slots}
         print_json(out)
         return
     e = d.edit
-    console.print(f"[bold]edit {e.id}[/] (seq {e.seq} of {d.history_name}, {e.status}, layer {e.layer}, {e.device})")
-    console.print(f"  prompt  {e.request.prompt!r} (subject {e.request.subject_text!r})")
-    console.print(f"  change  {e.request.source!r} → {e.request.target!r}")
+    console.print(f"[bold]edit {e.id}[/] (seq {e.seq} of {esc(d.history_name)}, {e.status}, layer {e.layer}, {esc(e.device)})")
+    console.print(f"  prompt  {esc(quoted(e.request.prompt))} (subject {esc(quoted(e.request.subject_text))})")
+    console.print(f"  change  {esc(quoted(e.request.source))} → {esc(quoted(e.request.target))}")
     hp = e.hparams.to_dict()
     hp.pop("templates", None)
-    console.print("  hparams " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    console.print("  hparams " + esc(", ".join(f"{k}={v}" for k, v in hp.items())))
     console.print(f"  result  P(target) {fmt_float(e.p_target, 4)}, steps {e.steps_run}"
                   f"{' (early stop)' if e.early_stopped else ''}, ‖δ‖ {fmt_float(e.delta_norm)}, "
                   f"division {fmt_float(e.division_factor)}")
+    for sl in d.slots if len(d.slots) > 1 else []:  # one line per encoder slot of a multi-encoder edit
+        console.print(f"  slot    {esc(sl.slot)}: layer {sl.layer} ({esc(sl.readout)}), P(target) "
+                      f"{fmt_float(sl.p_target, 4)}, steps {sl.steps_run}{' (early stop)' if sl.early_stopped else ''}, "
+                      f"‖δ‖ {fmt_float(sl.delta_norm)}, W k_e = v* to {fmt_float(sl.verify_error, 2)}, "
+                      f"weights {str(sl.weights_hash)[:12]}")
     if d.curve:
         c = d.curve
         console.print(f"  loss    first {fmt_float(c.first_loss)}, last {fmt_float(c.last_loss)}, "
@@ -75,7 +82,7 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
     for m in d.metrics:
         console.print(f"  metric  {m.space}/{m.name} = {fmt_float(m.value)} ({m.n}/{m.total})")
     for a in d.artifacts:
-        console.print(f"  file    {a.kind}: {a.path}")
+        console.print(f"  file    {esc(a.kind)}: {esc(a.path)}")
     console.print(f"  weights {e.weights_hash}")
 
 
@@ -89,8 +96,23 @@ def rollback(ctx: typer.Context, seq: int = typer.Argument(..., help="Edit seq t
     if json_out:
         print_json(res)
     else:
-        console.print(f"history {res.history.name}: head {res.from_seq} → {res.to_seq} ({res.rolled_back} edit(s) "
+        console.print(f"history {esc(res.history.name)}: head {res.from_seq} → {res.to_seq} ({res.rolled_back} edit(s) "
                       f"rolled back; weights verified {str(res.weights_hash)[:12]})")
+
+
+def rollforward(ctx: typer.Context,
+                seq: int = typer.Argument(None, help="Rolled-back edit seq to go forward to (default: the last)."),
+                json_out: bool = JSON_OPTION) -> None:
+    """Undo a rollback: re-apply kept edits up to SEQ, verified bit-exact against the recorded hash."""
+    from refact_tui.services.history import rollforward as do_rollforward
+
+    with open_workspace(ctx) as ws:
+        res = do_rollforward(ws, seq)
+    if json_out:
+        print_json(res)
+    else:
+        console.print(f"history {esc(res.history.name)}: head {res.from_seq} → {res.to_seq} ({res.restored} edit(s) "
+                      f"re-applied; weights verified {res.weights_hash[:12]})")
 
 
 @with_hparam_options
@@ -111,9 +133,9 @@ def replay(
     if json_out:
         print_json(h)
     elif reoptimize:
-        console.print(f"history [bold]{h.name}[/] created and checked out; its edits are queued (run `refact run`)")
+        console.print(f"history [bold]{esc(h.name)}[/] created and checked out; its edits are queued (run `refact run`)")
     else:
-        console.print(f"history [bold]{h.name}[/] created and checked out with {h.head_seq} re-applied edit(s)")
+        console.print(f"history [bold]{esc(h.name)}[/] created and checked out with {h.head_seq} re-applied edit(s)")
 
 
 def fork(ctx: typer.Context, at: int = typer.Option(..., "--at", help="Edit seq to branch after (0 = base)."),

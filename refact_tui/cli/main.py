@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from refact_tui.cli import demo, eval as eval_cmds, export, history, model, queue, run as run_cmds, stats
+from refact_tui.cli import bench as bench_cmds
+from refact_tui.cli import doctor as doctor_cmds
+from refact_tui.cli import layers as layers_cmds
 from refact_tui.cli.common import ErrorHandlingGroup, console, workspace_root
 
 app = typer.Typer(
@@ -35,9 +38,25 @@ def main(
 
 
 def _open_tui(root: Path) -> None:
+    import sys
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        _no_terminal()
     from refact_tui.tui.app import run_tui  # lazy: textual only when the TUI opens
 
     run_tui(root)
+
+
+def _no_terminal() -> None:
+    """Without a TTY the TUI would never exit and write escape codes into the file: say so, list the
+    commands, exit 2."""
+    import sys
+
+    names = sorted(name for name, cmd in typer.main.get_command(app).commands.items() if name != "tui"
+                   and not getattr(cmd, "hidden", False))
+    sys.stderr.write("error: the TUI needs a terminal (stdin and stdout are not a TTY); use the CLI commands: "
+                     + ", ".join(names) + " (`refact COMMAND --help`)\n")
+    raise typer.Exit(2)
 
 
 @app.command("init", rich_help_panel="Workspace")
@@ -52,9 +71,12 @@ def init(
     root = workspace_root(ctx)
     with console.status("loading the model"):
         ws = init_workspace(root, model_source, history=history_name)
+    from refact_tui.services.display import markup_escape as esc
+
     with ws:
         h = ws.history()
-        console.print(f"workspace ready at [bold]{ws.root}[/] (history [bold]{h.name}[/], base model {model_source})")
+        console.print(f"workspace ready at [bold]{esc(ws.root)}[/] (history [bold]{esc(h.name)}[/], "
+                      f"base model {esc(model_source)})")
 
 
 @app.command("tui", rich_help_panel="Workspace")
@@ -67,6 +89,9 @@ for module in (queue, model, stats, eval_cmds):
     module.register(app)
 for module in (run_cmds, history, export, demo):
     module.register(app)
+bench_cmds.register(app)
+layers_cmds.register(app)
+doctor_cmds.register(app)
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""`refact model ...`: build tiny / full-shape random pipelines for offline work and tests."""
+"""`refact model ...`: build tiny / full-shape random pipelines of every family for offline work and tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from refact_tui.cli.common import console
 
 model_app = typer.Typer(help="Model folders.", no_args_is_help=True)
 
+ARCH_HELP = (
+    "sd1 (StableDiffusionPipeline, CLIP-L) | sd2 (StableDiffusionPipeline, OpenCLIP-H) | "
+    "sdxl (CLIP-L + bigG) | sd3 (CLIP-L + bigG + T5-XXL) | flux (CLIP-L + T5-XXL)."
+)
+SIZE_HELP = (
+    "tiny: seconds on CPU, under 1 GB RAM (tests, demos). full: the real text-encoder shapes "
+    "(and SD1/SD2's real UNet and VAE; SDXL/SD3/FLUX get a small denoiser with the real conditioning "
+    "widths). RAM for full, fp32 / bf16: sd1 4 / 2 GB, sd2 5 / 2.5 GB, sdxl 3.5 / 2 GB, "
+    "sd3 21 / 11 GB, flux 19 / 9.5 GB (T5-XXL alone is 4.76 B parameters); disk about the same."
+)
+
 
 def register(app: typer.Typer) -> None:
     app.add_typer(model_app, name="model", rich_help_panel="Workspace")
@@ -17,15 +28,22 @@ def register(app: typer.Typer) -> None:
 
 @model_app.command("build")
 def build(
-    path: Path = typer.Argument(..., help="Folder to write the pipeline into."),
-    size: str = typer.Option("tiny", "--size", help="tiny (seconds, tests and demos) | full (SD-v1 shapes)."),
+    path: Path = typer.Argument(..., help="Folder to write the pipeline into (new or empty)."),
+    arch: str = typer.Option("sd1", "--arch", help=ARCH_HELP),
+    size: str = typer.Option("tiny", "--size", help=SIZE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (halves RAM and disk)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
 ) -> None:
-    """Build a complete Stable Diffusion v1 folder with random weights (no download)."""
-    from engine.builder import build_pipeline
+    """Build a complete diffusers pipeline folder with random weights (no download).
 
-    if size not in ("tiny", "full"):
-        raise typer.BadParameter(f"--size must be tiny or full, not {size!r}")
-    with console.status(f"building a {size} pipeline"):
-        out = build_pipeline(path, size=size, seed=seed)
-    console.print(f"built a {size} pipeline at [bold]{out}[/]")
+    The folder loads offline with ``DiffusionPipeline.from_pretrained(PATH, local_files_only=True)``
+    and with ``refact init --model PATH``.
+    """
+    from engine.builder import ARCHS, DTYPES, SIZES, build_pipeline
+
+    for name, value, choices in (("--arch", arch, ARCHS), ("--size", size, SIZES), ("--dtype", dtype, DTYPES)):
+        if value not in choices:
+            raise typer.BadParameter(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    with console.status(f"building a {size} {arch} pipeline"):
+        out = build_pipeline(path, size=size, seed=seed, arch=arch, dtype=dtype)
+    console.print(f"built a {size} {arch} pipeline at [bold]{out}[/]")

@@ -10,6 +10,8 @@ from refact_tui.cli.common import (
     JSON_OPTION, console, err_console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
 )
 
+from refact_tui.services.display import plain, quoted
+
 queue_app = typer.Typer(help="The edit queue the worker (`refact run`) processes.", no_args_is_help=True)
 
 
@@ -18,12 +20,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_jobs(jobs, title: str = "queue") -> None:
-    print_table(
-        title,
-        ["job", "state", "prompt", "source → target", "layer", "tries", "edit", "error"],
-        [[j.id, j.state, short(j.request.prompt, 36), short(f"{j.request.source} → {j.request.target}", 36),
-          j.hparams.layer, j.attempts, j.edit_id, short(j.error, 40)] for j in jobs],
-    )
+    columns = ["job", "state", "prompt", "source → target", "layer", "tries", "edit", "error"]
+    rows = [[j.id, j.state, short(j.request.prompt, 36), short(f"{j.request.source} → {j.request.target}", 36),
+             j.hparams.layer, j.attempts, j.edit_id, short(j.error, 40)] for j in jobs]
+    if any(getattr(j, "batch_token", None) for j in jobs):  # jobs run together by `run --batch` share a token
+        columns.append("batch")
+        for row, j in zip(rows, jobs):
+            row.append(getattr(j, "batch_token", None))
+    print_table(title, columns, rows)
 
 
 @queue_app.command("add")
@@ -33,7 +37,14 @@ def add(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt whose meaning changes."),
     source: str = typer.Option(..., "--source", "-s", help="What the prompt means now."),
     target: str = typer.Option(..., "--target", "-t", help="What it should mean."),
-    subject: str = typer.Option(None, "--subject", help="Part of the prompt whose last token is edited."),
+    subject: str = typer.Option(None, "--subject", help="Part of the prompt whose last token is edited "
+                                "(default: the prompt without trailing punctuation)."),
+    allow_duplicate: bool = typer.Option(False, "--allow-duplicate",
+                                         help="Queue it even if the same request is queued or applied."),
+    method: str = typer.Option("refact", "--method", help="Edit method: refact (text encoder), time or uce "
+                               "(UNet cross-attention, closed form)."),
+    method_hp: list[str] = typer.Option([], "--hp", help="TIME/UCE hyperparameter KEY=VALUE (repeatable), "
+                                        "e.g. lam=0.1, with_to_k=true."),
     json_out: bool = JSON_OPTION,
     hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
@@ -41,12 +52,18 @@ def add(
     from engine.request import EditRequest
     from refact_tui.services.queue import add_edit
 
+    from refact_tui.cli.bench import _parse_hp
+    from refact_tui.services.methods import with_method
+
+    request = with_method(EditRequest(prompt=prompt, source=source, target=target, subject=subject), method,
+                          _parse_hp(method_hp))
     with open_workspace(ctx) as ws:
-        job = add_edit(ws, EditRequest(prompt=prompt, source=source, target=target, subject=subject), hparams)
+        job = add_edit(ws, request, hparams, allow_duplicate=allow_duplicate)
     if json_out:
         print_json(job)
     else:
-        console.print(f"queued job {job.id}: {job.request.prompt!r}: {job.request.source!r} → {job.request.target!r}")
+        r = job.request
+        console.print(plain(f"queued job {job.id}: {quoted(r.prompt)}: {quoted(r.source)} → {quoted(r.target)}"))
 
 
 @queue_app.command("import")
@@ -56,6 +73,10 @@ def import_(
     file: Path = typer.Argument(..., help="RoAD / TIMED CSV, JSONL or JSON file of edit requests."),
     format: str = typer.Option("auto", "--format", "-f", help="auto | road | timed | jsonl | json"),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Queue the valid rows, report the rest."),
+    allow_duplicate: bool = typer.Option(False, "--allow-duplicate",
+                                         help="Also queue requests already queued or applied."),
+    encoding_errors: str = typer.Option("strict", "--encoding-errors",
+                                        help="strict (refuse invalid UTF-8) | replace (read bad bytes as U+FFFD)."),
     json_out: bool = JSON_OPTION,
     hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
@@ -63,16 +84,17 @@ def import_(
     from refact_tui.services.queue import import_requests
 
     with open_workspace(ctx) as ws:
-        report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hparams)
+        report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hparams,
+                                 allow_duplicates=allow_duplicate, encoding_errors=encoding_errors)
     if json_out:
         print_json({"added": [j.id for j in report.added], "errors": [str(e) for e in report.errors],
                     "skipped_invalid": report.skipped_invalid, "duplicates": report.duplicates})
     else:
         for e in report.errors[:20]:
-            err_console.print(f"[yellow]{e}[/]", markup=True, highlight=False)
+            err_console.print(plain(e, style="yellow"), highlight=False)
         if len(report.errors) > 20:
             err_console.print(f"[yellow]... and {len(report.errors) - 20} more[/]")
-        console.print(report.summary())
+        console.print(plain(report.summary()))
     if report.errors and not skip_invalid:
         from refact_tui.cli.common import print_error
 
@@ -92,7 +114,14 @@ def ls(
 
     with open_workspace(ctx) as ws:
         jobs = list_queue(ws, states=state or None, all_histories=all_histories)
-    print_json(jobs) if json_out else _print_jobs(jobs)
+    if json_out:
+        print_json(jobs)
+        return
+    _print_jobs(jobs)
+    for j in jobs:  # the table shortens errors: say in full why each job failed and how to requeue it
+        if j.state == "failed":
+            hint = "" if "queue retry" in (j.error or "") else f"; `refact queue retry {j.id}` requeues it"
+            console.print(plain(f"job {j.id} failed: {j.error or 'no reason recorded'}{hint}"), soft_wrap=True)
 
 
 @queue_app.command("rm")

@@ -22,6 +22,7 @@ def compute(
     corpus: Path = typer.Option(None, "--corpus", help="Text file, one caption per line (default: shipped)."),
     samples: int = typer.Option(None, "--samples", help="Use this many corpus lines (default: all)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    slot: str = typer.Option(None, "--slot", help="Encoder slot (default: the first; e.g. text_encoder_2)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Compute C (cached in the workspace's stats/); later edits use the same corpus and sample count."""
@@ -40,7 +41,7 @@ def compute(
                 bar.update(tasks[p.task], completed=p.done, total=p.total or None)
 
             entries = compute_stats(ws, layer=layer, corpus=corpus, samples=samples, on_progress=on_progress,
-                                    device=device)
+                                    device=device, slot=slot)
     if json_out:
         print_json(entries)
         return
@@ -58,6 +59,7 @@ def ls(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     if json_out:
         print_json(entries)
         return
-    print_table("statistics", ["layer", "module", "lines", "tokens", "corpus", "upstream", "size"],
-                [[e.layer, e.module, e.n_samples, e.n_tokens, Path(e.corpus).name, e.upstream_hash[:12],
+    print_table("statistics", ["slot", "layer", "module", "lines", "tokens", "corpus", "upstream", "size"],
+                [[getattr(e, "slot", "text_encoder"), e.layer, e.module, e.n_samples, e.n_tokens, Path(e.corpus).name,
+                  e.upstream_hash[:12],
                   f"{e.size_bytes / 1024:.0f} KiB"] for e in entries])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from engine.base_weights import base_fc2_of
+from engine.base_weights import base_fc2_of, base_weights_of
 from engine.evaluation.config import ImageEvalConfig, TextEvalConfig
 from engine.evaluation.errors import EvaluationError
 from engine.evaluation.scoring import retention
@@ -330,7 +330,7 @@ def run_image_eval(ws, edit_id: int | None = None, history: bool = False, config
         grid_dir = Path(ws.images_dir) / f"eval-{run.id}"
     targets = [EvalTarget(e.id, e.request, f"edit {e.seq}") for e in edits]
     try:
-        res = evaluate_images(model, targets, config, judge=judge, base_fc2=base_fc2_of(model), sink=sink,
+        res = evaluate_images(model, targets, config, judge=judge, base_slots=base_weights_of(model), sink=sink,
                               on_progress=on_progress, grid_dir=grid_dir, captions=captions)
         if sink is not None and history and len(edits) > 1:
             kept = {}

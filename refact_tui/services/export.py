@@ -13,7 +13,7 @@ from typing import Any
 from engine.errors import DeltaIntegrityError, EngineError
 from engine.files import file_sha256
 
-MANIFEST_FORMAT = "refact-deltas/1"
+MANIFEST_FORMAT = "refact-deltas/2"  # /2 adds before_hash per edit; /1 still applies
 PROVENANCE_FILE = "refact_export.json"
 
 
@@ -28,6 +28,19 @@ class ExportResult:
     weights_hash: str               # encoder hash of the exported (edited) model
     manifest: Path | None = None
     files: list[Path] = field(default_factory=list)
+    weights_hashes: dict[str, str] = field(default_factory=dict)  # encoder slot -> hash, exported model
+
+
+def weights_hashes(model) -> dict[str, str]:
+    """Encoder hash of every slot of a loaded model (one entry for SD1/SD2 and plain encoders)."""
+    fn = getattr(model, "weights_hashes", None)
+    return dict(fn()) if callable(fn) else {"text_encoder": model.encoder_hash()}
+
+
+def combined_weights_hash(model) -> str:
+    """One hash over every slot; equals ``encoder_hash()`` for a single-encoder model."""
+    fn = getattr(model, "weights_hash", None)
+    return fn() if callable(fn) else model.encoder_hash()
 
 
 def _prepare_out(out: Path) -> Path:
@@ -41,8 +54,12 @@ def _prepare_out(out: Path) -> Path:
 def save_model(model, out: Path) -> str:
     """save_pretrained the (edited) model into `out`; returns "pipeline" or "text-encoder"."""
     if model.pipeline is not None:
-        if model.pipeline.text_encoder is not model.text_encoder:
-            raise EngineError("the pipeline does not hold the edited text encoder; this is a bug in refact-tui")
+        # save_pretrained writes every component, so every edited encoder slot must be the pipeline's own
+        slots = getattr(model, "slots", None) or []
+        pairs = [(s.name, s.text_encoder) for s in slots] or [("text_encoder", model.text_encoder)]
+        for name, encoder in pairs:
+            if getattr(model.pipeline, name, None) is not encoder:
+                raise EngineError(f"the pipeline does not hold the edited {name}; this is a bug in refact-tui")
         model.pipeline.save_pretrained(str(out), safe_serialization=True)
         return "pipeline"
     model.text_encoder.save_pretrained(str(out), safe_serialization=True)
@@ -50,19 +67,25 @@ def save_model(model, out: Path) -> str:
     return "text-encoder"
 
 
-def _edit_entry(e, file: str, sha: str) -> dict[str, Any]:
-    return {
+def _edit_entry(e, file: str, sha: str, before_hash: str | None = None) -> dict[str, Any]:
+    entry = {
         "seq": e.seq, "file": file, "sha256": sha, "layer": e.layer, "module": e.module,
-        "request": e.request.to_dict(), "hparams": e.hparams.to_dict(), "weights_hash": e.weights_hash,
+        "request": e.request.to_dict(), "hparams": e.hparams.to_dict(),
+        # the weights before and after this delta: apply-deltas checks both at every step
+        "before_hash": before_hash, "weights_hash": e.weights_hash,
         "p_target": e.p_target,
     }
+    per_component = getattr(e, "weights_hashes", None)
+    if isinstance(per_component, dict) and per_component:
+        entry["weights_hashes"] = dict(per_component)
+    return entry
 
 
 def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str | None = None) -> ExportResult:
     """Export the current history's model at its head: a full model folder (save_pretrained, reloads
     with diffusers/transformers) or, with deltas_only, the delta files plus manifest.json."""
     from refact_tui.services.state import load_deltas, load_history_model, resolve_history
-    from store.artifacts import add_artifact
+    from refact_tui.services.export_record import record_export as add_artifact  # never fails an export
     from store.base_models import get_base_model
     from store.edits import applied_edits
 
@@ -76,13 +99,15 @@ def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str
         entries, files = [], []
         from refact_tui.services.state import delta_file
 
+        before = base.encoder_hash
         for e in edits:
             rel = f"deltas/{e.seq:04d}.safetensors"
             shutil.copyfile(delta_file(ws, e), out / rel)
             sha = file_sha256(out / rel)
             if sha != e.delta_sha256:
                 raise DeltaIntegrityError(f"copy of the delta of edit {e.seq} does not match its sha256; disk problem?")
-            entries.append(_edit_entry(e, rel, sha))
+            entries.append(_edit_entry(e, rel, sha, before))
+            before = e.weights_hash
             files.append(out / rel)
         final_hash = edits[-1].weights_hash if edits else base.encoder_hash
         manifest = {
@@ -109,29 +134,22 @@ def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str
         "head_seq": state.head_seq,
         "base": {"source": base.source, "encoder_hash": base.encoder_hash},
         "weights_hash": state.weights_hash,
+        "weights_hashes": weights_hashes(state.model),
         "edits": [{"seq": e.seq, "prompt": e.request.prompt, "source": e.request.source,
                    "target": e.request.target, "delta_sha256": e.delta_sha256} for e in state.edits],
     }
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     add_artifact(ws.db, "history", hist.id, "export", str(out), meta={"head_seq": state.head_seq, "kind": kind})
     return ExportResult(out, kind, len(state.edits), state.base_encoder_hash, state.weights_hash,
-                        files=sorted(p for p in out.rglob("*") if p.is_file()))
+                        files=sorted(p for p in out.rglob("*") if p.is_file()),
+                        weights_hashes=provenance["weights_hashes"])
 
 
 def read_manifest(manifest: Path) -> dict[str, Any]:
-    """Parse and sanity-check a deltas manifest (EngineError naming the problem)."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise EngineError(f"manifest {manifest} not found; pass the manifest.json written by `refact export --deltas-only`")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineError(f"manifest {manifest} is not valid JSON ({exc}); re-export it") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise EngineError(f"{manifest} is not a refact deltas manifest (format {MANIFEST_FORMAT} expected)")
-    if not isinstance(data.get("edits"), list) or "encoder_hash" not in data.get("base", {}):
-        raise EngineError(f"manifest {manifest} lacks its base hash or edit list; re-export it")
-    return data
+    """Parse and schema-check a deltas manifest (ManifestError naming the bad field); the raw JSON."""
+    from refact_tui.services.manifest import load_manifest
+
+    return load_manifest(manifest).raw
 
 
 def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: bool = False) -> ExportResult:
@@ -144,23 +162,25 @@ def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: b
     from engine.delta import EditDelta
     from engine.models import load_model
 
+    from refact_tui.services.manifest import load_manifest, verify_step
+
     manifest = Path(manifest).expanduser().absolute()
-    data = read_manifest(manifest)
-    deltas = []
-    for entry in data["edits"]:
-        path = manifest.parent / entry["file"]
-        deltas.append(EditDelta.load(path, expected_sha256=entry["sha256"]))
+    checked = load_manifest(manifest)  # schema, paths inside its folder, the hash chain
+    data = checked.raw
+    deltas = [EditDelta.load(entry.path, expected_sha256=entry.sha256) for entry in checked.entries]
     loaded = load_model(model, device="cpu", with_pipeline=True)
-    base_hash = loaded.encoder_hash()
+    base_hash = combined_weights_hash(loaded)
     want_base = data["base"]["encoder_hash"]
     if base_hash != want_base and not force:
         raise DeltaIntegrityError(
             f"{model} is not the base these deltas were made for (encoder hash {base_hash[:12]}, manifest "
             f"{want_base[:12]}); pass the original base model"
         )
-    for d in deltas:
-        d.apply(loaded)
-    final = loaded.encoder_hash()
+    for entry, d in zip(checked.entries, deltas):
+        d.apply(loaded)  # each update goes to the encoder slot its `component` names
+        if not force:  # every step must give the weights recorded when that edit was made
+            verify_step(checked, entry, combined_weights_hash(loaded), weights_hashes(loaded))
+    final = combined_weights_hash(loaded)
     want_final = data.get("final_weights_hash")
     if not force and want_final and final != want_final:
         raise DeltaIntegrityError("applying the deltas did not reproduce the exported weights hash; "
@@ -168,4 +188,4 @@ def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: b
     out = _prepare_out(out)
     kind = save_model(loaded, out)
     return ExportResult(out, kind, len(deltas), base_hash, final, manifest,
-                        files=sorted(p for p in out.rglob("*") if p.is_file()))
+                        files=sorted(p for p in out.rglob("*") if p.is_file()), weights_hashes=weights_hashes(loaded))

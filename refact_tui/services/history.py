@@ -37,6 +37,7 @@ class EditDetail:
     curve: CurveSummary | None = None
     metrics: list = field(default_factory=list)     # MetricRow (latest per name)
     artifacts: list = field(default_factory=list)   # ArtifactRow
+    slots: list = field(default_factory=list)       # EditSlotRow per edited encoder slot (store.edit_slots)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def summarize_curve(steps: list) -> CurveSummary | None:
 def edit_detail(ws, edit_id: int) -> EditDetail:
     """An edit with its step rows, loss-curve summary, latest metrics and artifacts."""
     from store.artifacts import list_artifacts
+    from store.edit_slots import edit_slots
     from store.edits import get_edit
     from store.histories import get_history
     from store.metrics import latest_metrics
@@ -141,6 +143,7 @@ def edit_detail(ws, edit_id: int) -> EditDetail:
         curve=summarize_curve(steps),
         metrics=latest_metrics(ws.db, edit_id=edit.id),
         artifacts=list_artifacts(ws.db, "edit", edit.id),
+        slots=edit_slots(ws.db, edit.id),
     )
 
 
@@ -158,7 +161,7 @@ def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True
         raise EngineError(f"cannot roll back to {seq}; use 0 for the base model or an edit's seq")
     if seq > hist.head_seq:
         raise EngineError(f"edit {seq} is after the head ({hist.head_seq}) of {hist.name!r}; rollback only goes "
-                          "back (re-run rolled-back edits with `refact replay --reoptimize`)")
+                          f"back (restore rolled-back edits with `refact rollforward {seq}`)")
     if seq > 0 and seq not in {e.seq for e in applied_edits(ws.db, hist.id, hist.head_seq)}:
         raise EngineError(f"edit {seq} of {hist.name!r} is not applied (rolled back earlier); pick a seq shown "
                           "as applied by `refact history`")
@@ -192,13 +195,30 @@ def _unique_name(ws, wanted: str | None, stem: str) -> str:
 def _copy_edit(ws, history_id: int, e, weights_hash: str | None):
     from store.edits import record_edit
 
-    return record_edit(
+    copy = record_edit(
         ws.db, history_id=history_id, job_id=None, request=e.request, hparams=e.hparams, status="applied",
         layer=e.layer, module=e.module, delta_path=e.delta_path, delta_sha256=e.delta_sha256,
         weights_hash=weights_hash, steps_run=e.steps_run, early_stopped=e.early_stopped, p_target=e.p_target,
         delta_norm=e.delta_norm, division_factor=e.division_factor, timings=e.timings, device=e.device,
         source_edit_id=e.id,
     )
+    if getattr(e, "kind", "edit") == "batch":  # a batch stays a batch: kind and its per-request rows
+        from store.batches import copy_batch
+
+        copy_batch(ws.db, e.id, copy.id)
+    from store.edit_slots import copy_edit_slots
+
+    copy_edit_slots(ws.db, e.id, copy.id, keep_hashes=weights_hash == e.weights_hash)
+    return copy
+
+
+def _requests_of(ws, e) -> list:
+    """The requests an edit applied: its own, or every request of a batch edit."""
+    if getattr(e, "kind", "edit") != "batch":
+        return [e.request]
+    from store.batches import batch_requests
+
+    return [r.request for r in batch_requests(ws.db, e.id)]
 
 
 def fork(ws, at_seq: int, name: str, history: int | str | None = None):
@@ -240,7 +260,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
     unless `force`). With `reoptimize`, the stored requests are queued as new jobs in a forked
     history instead (hparams: a full ReFACTHParams, or a mapping of overrides of each stored one).
     """
-    from refact_tui.services.state import load_deltas
+    from refact_tui.services.state import load_deltas, model_weights_hash
     from store.base_models import get_base_model
     from store.db import transaction
     from store.edits import applied_edits
@@ -262,7 +282,8 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-reopt"), parent_id=src.id,
                                  forked_at_seq=0)
             for e in edits:
-                enqueue(ws.db, new.id, e.request, e.hparams.resolve(hparams))
+                for request in _requests_of(ws, e):  # a batch edit queues each of its requests
+                    enqueue(ws.db, new.id, request, e.hparams.resolve(hparams))
             set_current_history(ws.db, new.id)
         return get_history(ws.db, new.id)
 
@@ -279,7 +300,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
     hashes = []
     for d in deltas:
         d.apply(loaded)  # DeltaIntegrityError if the shapes do not fit this model
-        hashes.append(loaded.encoder_hash())
+        hashes.append(model_weights_hash(loaded))
     with transaction(ws.db):
         new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-replay"), parent_id=src.id,
                              forked_at_seq=None)
@@ -287,3 +308,68 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             _copy_edit(ws, new.id, e, h)
         set_current_history(ws.db, new.id)
     return get_history(ws.db, new.id)
+
+
+@dataclass(frozen=True)
+class RollforwardResult:
+    """What a rollforward restored; weights_hash is the rebuilt model's hash (equal to the recorded one)."""
+
+    history: Any                            # HistoryRow after the move
+    from_seq: int
+    to_seq: int
+    restored: int
+    weights_hash: str
+
+
+def rollforward(ws, seq: int | None = None, history: int | str | None = None) -> RollforwardResult:
+    """Undo a rollback: move the head forward to kept edit `seq` (default: the last rolled-back one),
+    re-applying the rolled-back edits after the head in order.
+
+    The model is rebuilt from base + the applied deltas + the restored ones, and must equal, bit for bit,
+    the weights hash recorded when edit `seq` was first applied (DeltaIntegrityError otherwise, e.g. when
+    the restored edits were made on another line of edits; nothing changes then).
+    """
+    from engine.models import load_model
+    from refact_tui.services.state import load_deltas, model_weights_hash
+    from store.base_models import get_base_model
+    from store.db import transaction
+    from store.edits import list_edits, mark_rolled_forward
+    from store.events import log_event
+    from store.histories import get_history
+
+    hist = _history(ws, history)
+    edits = list_edits(ws.db, hist.id, include_rolled_back=True)
+    kept = [e for e in edits if e.seq > hist.head_seq and e.status == "rolled_back"]
+    if not kept:
+        raise EngineError(f"nothing to roll forward: {hist.name!r} has no rolled-back edits after its head "
+                          f"({hist.head_seq})")
+    target = kept[-1].seq if seq is None else int(seq)
+    if target <= hist.head_seq:
+        raise EngineError(f"edit {target} is not after the head ({hist.head_seq}) of {hist.name!r}; use "
+                          f"`refact rollback {target}` to go back")
+    if target not in {e.seq for e in kept}:
+        raise EngineError(f"edit {target} of {hist.name!r} is not a rolled-back edit after the head; pick one of "
+                          f"{[e.seq for e in kept]}")
+    chain = [e for e in edits if e.status == "applied" and e.seq <= hist.head_seq] + \
+        [e for e in kept if e.seq <= target]
+    want = next(e for e in kept if e.seq == target).weights_hash
+    if not want:
+        raise DeltaIntegrityError(f"edit {target} has no recorded weights hash; it cannot be verified")
+    deltas = load_deltas(ws, chain)  # each file checked against its sha256
+    base = get_base_model(ws.db, hist.base_model_id)
+    model = load_model(base.path, device="cpu", with_pipeline=False)
+    for d in deltas:
+        d.apply(model)
+    got = model_weights_hash(model)
+    if got != want:
+        raise DeltaIntegrityError(
+            f"re-applying edits up to {target} of {hist.name!r} does not give the weights recorded for edit "
+            f"{target}; those edits were made on another line of edits (pick an earlier seq, or use "
+            "`refact replay --reoptimize`); nothing changed"
+        )
+    with transaction(ws.db):
+        if get_history(ws.db, hist.id).head_seq != hist.head_seq:
+            raise EngineError(f"the head of {hist.name!r} moved meanwhile; run the command again")
+        n = mark_rolled_forward(ws.db, hist.id, hist.head_seq, target)
+    log_event(ws.db, "cli", f"history {hist.name!r} rolled forward from {hist.head_seq} to {target} ({n} edit(s))")
+    return RollforwardResult(get_history(ws.db, hist.id), hist.head_seq, target, n, got)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.hparams import HParamsError, ReFACTHParams
-from engine.request import EditRequest
+from engine.admission import RequestChecker, TokenLimit
+from engine.request import EditRequest, RequestError
 from refact_tui.services.workspace import Workspace
 from store import jobs as job_store
 from store.base_models import get_base_model
@@ -50,10 +51,17 @@ PAPER_LAYER = ReFACTHParams().layer
 def default_hparams(ws: Workspace) -> ReFACTHParams:
     """The workspace's default hyperparameters: the paper's, with the layer moved into range.
 
-    Layer 7 is the paper's choice for the 12-layer SD text encoder; smaller encoders (the tiny test
-    model) get their middle layer instead, so a plain `queue add` works on every model.
+    Layer 7 is the paper's choice for the 12-layer SD text encoder; encoders where it is out of the
+    first slot's editable range (the tiny test models) get that slot's default depth instead, so a
+    plain `queue add` works on every model.
     """
     base = get_base_model(ws.db, ws.history().base_model_id)
+    first = next(iter((base.config.get("slots") or {}).values()), None)
+    if isinstance(first, dict) and "default_layer" in first and "editable" in first:
+        # the first slot's readout bounds its layers (SDXL's penultimate readout stops two short)
+        editable = first["editable"]
+        fits = int(editable[0]) <= PAPER_LAYER <= int(editable[1])
+        return ReFACTHParams() if fits else ReFACTHParams(layer=int(first["default_layer"]))
     num_layers = base.config.get("num_layers")
     if num_layers is not None and PAPER_LAYER >= int(num_layers):
         return ReFACTHParams(layer=int(num_layers) // 2)
@@ -76,17 +84,56 @@ def check_hparams(ws: Workspace, hparams: ReFACTHParams) -> None:
         raise HParamsError(
             f"layer {hparams.layer} is out of range: the text encoder has {num_layers} layers (0..{int(num_layers) - 1})"
         )
+    check_slot_hparams(base.config.get("slots") or {}, hparams)
+
+
+def check_slot_hparams(slots: Mapping[str, Any], hparams: ReFACTHParams) -> None:
+    """--slots / --layer SLOT=N against the base model's encoder slots (as recorded at init): every
+    named slot exists and every planned layer reaches its slot's readout. One-line HParamsError."""
+    if not slots:
+        if hparams.slots or hparams.slot_layers:
+            raise HParamsError("this workspace's base model records no encoder slots; re-run `refact init` to use "
+                               "--slots or --layer SLOT=N")
+        return
+    names = list(slots)
+    for wanted in (*hparams.slots, *(k for k, _ in hparams.slot_layers)):
+        if wanted not in slots:
+            raise HParamsError(f"this model has no encoder slot {wanted!r}; its slots are {', '.join(names)}")
+    for name in (n for n in names if not hparams.slots or n in hparams.slots):
+        info = slots[name]
+        layer = hparams.layer_for(name)
+        if layer is None:
+            layer = hparams.layer if name == names[0] else int(info.get("default_layer", 0))
+        low, high = info.get("editable", [0, int(info.get("num_layers", 1)) - 1])
+        if not low <= layer <= high:
+            raise HParamsError(
+                f"layer {layer} is out of range for {name} (editable: layers {low}..{high} of "
+                f"{info.get('num_layers')}, {info.get('readout')} readout); pick one with --layer {name}=N"
+            )
 
 
 def add_edit(ws: Workspace, request: EditRequest,
-             hparams: ReFACTHParams | Mapping[str, Any] | None = None) -> JobRow:
+             hparams: ReFACTHParams | Mapping[str, Any] | None = None,
+             allow_duplicate: bool = False, checker: RequestChecker | None = None) -> JobRow:
     """Validate a request (RequestError / HParamsError) and queue it on the current history.
 
-    ``hparams`` is a full set, a mapping of overrides onto the workspace default, or None.
+    ``hparams`` is a full set, a mapping of overrides onto the workspace default, or None. The
+    request gets the checks an import gives each row: every text the worker will encode (the bare
+    prompt and every template, per encoder limit) and the subject lookup, and it is refused when
+    the same request is already queued, running or applied, unless ``allow_duplicate``.
     """
     request.validate()
     hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
+    checker = checker if checker is not None else request_checker(ws, hparams)
+    if checker is not None:
+        problems = checker.problems(request)
+        if problems:
+            raise RequestError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+    if not allow_duplicate:
+        duplicate = _duplicate_of(ws, request)
+        if duplicate is not None:
+            raise RequestError(f"the same request is already {duplicate}; pass --allow-duplicate to queue it again")
     with transaction(ws.db):
         job = job_store.enqueue(ws.db, ws.history().id, request, hparams)
         log_event(ws.db, "queue", f"queued job {job.id}: {request.prompt!r} -> {request.target!r}", job_id=job.id)
@@ -105,6 +152,48 @@ def _base_tokenizer(ws: Workspace) -> Any | None:
         return None
 
 
+def token_limits(ws: Workspace, tokenizer: Any | None = None, slots: tuple[str, ...] = ()) -> list[TokenLimit]:
+    """The (tokenizer, limit) pairs every text of a request must fit, for the current history's base
+    model: one per encoder slot (``slots``: only those) with the slot's own limit (77 for CLIP, the
+    pipeline's 256/512 for T5); empty when a tokenizer cannot be loaded (jobs then check lengths)."""
+    from engine.errors import EngineError
+    from engine.models import load_tokenizer, token_limit
+
+    recorded = get_base_model(ws.db, ws.history().base_model_id).config.get("slots") or {} if tokenizer is None else {}
+    if len(recorded) > 1:
+        base = get_base_model(ws.db, ws.history().base_model_id)
+        limits = []
+        for name, info in recorded.items():
+            if slots and name not in slots:
+                continue
+            try:
+                tok = load_tokenizer(base.path, name)
+            except EngineError:
+                return []
+            limits.append(TokenLimit(tok, int(info.get("max_length") or token_limit(tok)), name))
+        return limits
+    tokenizer = tokenizer if tokenizer is not None else _base_tokenizer(ws)
+    return [] if tokenizer is None else [TokenLimit(tokenizer, token_limit(tokenizer))]
+
+
+def request_checker(ws: Workspace, hparams: ReFACTHParams, tokenizer: Any | None = None) -> RequestChecker | None:
+    """The admission check of requests queued with ``hparams`` (its templates), or None (no tokenizer)."""
+    limits = token_limits(ws, tokenizer, tuple(hparams.slots))
+    return RequestChecker(tuple(limits), tuple(hparams.templates)) if limits else None
+
+
+def _duplicate_of(ws: Workspace, request: EditRequest) -> str | None:
+    """'queued as job N' / 'applied as edit N' when the same request is pending or applied, else None."""
+    key, history_id = request.key(), ws.history().id
+    for j in job_store.list_jobs(ws.db, history_id, ("queued", "running")):
+        if j.request.key() == key:
+            return f"{j.state} as job {j.id}"
+    for e in applied_edits(ws.db, history_id):
+        if e.request.key() == key:
+            return f"applied as edit {e.seq}"
+    return None
+
+
 def _pending_keys(ws: Workspace, history_id: int) -> set[tuple[str, str, str, str]]:
     keys = {j.request.key() for j in job_store.list_jobs(ws.db, history_id, ("queued", "running"))}
     keys.update(e.request.key() for e in applied_edits(ws.db, history_id))
@@ -119,25 +208,27 @@ def import_requests(
     hparams: ReFACTHParams | Mapping[str, Any] | None = None,
     allow_duplicates: bool = False,
     tokenizer: Any | None = None,
+    encoding_errors: str = "strict",
 ) -> ImportReport:
     """Queue every request of a file (RoAD / TIMED CSV, JSONL, JSON) in one transaction.
 
     A file with errors queues nothing unless ``skip_invalid``. Repeats within the file are reported
     and skipped; so are requests already queued, running or applied in the current history unless
-    ``allow_duplicates``. Every text is checked against the encoder's token limit with the base
-    model's tokenizer (or ``tokenizer``), so an over-long text is reported with its row and column
-    instead of failing its job later. Raises ImportFileError for an unreadable / unknown file,
-    HParamsError for bad hparams.
+    ``allow_duplicates``. Every text gets ``add_edit``'s admission check with the base model's
+    tokenizer (or ``tokenizer``): the prompt inside every template, the subject lookup, each limit,
+    so such a row is reported with its row and column instead of failing its job later.
+    A JSON row may carry its own ``hparams`` object (overrides onto ``hparams``), checked like the
+    CLI options. ``encoding_errors="replace"`` reads invalid UTF-8 as U+FFFD. Raises ImportFileError for an
+    unreadable / unknown / non-UTF-8 file, HParamsError for bad hparams.
     """
-    from engine.importers import load_requests  # lazy: only the import command needs it
-    from engine.models import token_limit
+    from engine.importers import ImportProblem, load_requests  # lazy: only the import command needs it
 
     path = Path(path)
     hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
-    tokenizer = tokenizer if tokenizer is not None else _base_tokenizer(ws)
-    kwargs = {"max_tokens": token_limit(tokenizer)} if tokenizer is not None else {}
-    result = load_requests(path, format=format, skip_invalid=skip_invalid, tokenizer=tokenizer, **kwargs)
+    checker = request_checker(ws, hparams, tokenizer)
+    result = load_requests(path, format=format, skip_invalid=skip_invalid, checker=checker,
+                           encoding_errors=encoding_errors)
     report = ImportReport(path=path, errors=list(result.errors))
     if report.errors and not skip_invalid:
         return report
@@ -147,9 +238,23 @@ def import_requests(
         f"{path.name} row {d.row}: same request as row {d.first_row}" for d in result.duplicates
     )
 
+    # a JSON row's own "hparams" apply onto the import's; the layer is checked against the model here
+    row_hparams: dict[int, ReFACTHParams] = {}
+    for row in rows:
+        try:
+            row_hparams[row.row] = hparams.with_overrides(**row.hparams) if row.hparams else hparams
+            check_hparams(ws, row_hparams[row.row])
+        except HParamsError as exc:
+            report.errors.append(ImportProblem(str(path), row.row, "hparams", str(exc)))
+    if report.errors and not skip_invalid:
+        return report
+    bad_rows = {e.row for e in report.errors if getattr(e, "column", None) == "hparams"}
+    report.skipped_invalid += sum(1 for row in rows if row.row in bad_rows)
+    rows = [row for row in rows if row.row not in bad_rows]
+
     history_id = ws.history().id
     pending = set() if allow_duplicates else _pending_keys(ws, history_id)
-    to_add: list[EditRequest] = []
+    to_add: list[tuple[EditRequest, ReFACTHParams]] = []
     for row in rows:
         if row.request.key() in pending:
             report.duplicates.append(
@@ -157,11 +262,11 @@ def import_requests(
                 "is already queued or applied"
             )
             continue
-        to_add.append(row.request)
+        to_add.append((row.request, row_hparams[row.row]))
 
     with transaction(ws.db):
-        for request in to_add:
-            report.added.append(job_store.enqueue(ws.db, history_id, request, hparams))
+        for request, row_hp in to_add:
+            report.added.append(job_store.enqueue(ws.db, history_id, request, row_hp))
         if to_add:
             log_event(ws.db, "queue", f"imported {len(to_add)} edit(s) from {path.name}")
     return report

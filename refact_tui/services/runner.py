@@ -23,12 +23,32 @@ from refact_tui.services.worker import (
 
 __all__ = [
     "JobFailed", "JobFinished", "JobStarted", "StepEvent", "WorkerEvent", "WorkerNotice", "WorkerSummary",
-    "run_worker", "stop_on_signals", "stats_settings", "STATS_CORPUS_KEY", "STATS_SAMPLES_KEY",
+    "run_worker", "stop_on_signals", "stats_settings", "lease_timing", "STATS_CORPUS_KEY", "STATS_SAMPLES_KEY",
+    "LEASE_STALE_ENV",
 ]
 
 # Workspace-wide covariance settings (written by `refact stats compute`, read by the worker).
 STATS_CORPUS_KEY = "stats.corpus"
 STATS_SAMPLES_KEY = "stats.samples"
+# Seconds without a heartbeat after which another worker may take the lease over (tests and the crash
+# campaign make it small); the heartbeat runs four times per period.
+LEASE_STALE_ENV = "REFACT_LEASE_STALE_AFTER"
+
+
+def lease_timing() -> tuple[float, float]:
+    """(lease_stale_after, heartbeat_interval) from $REFACT_LEASE_STALE_AFTER (default 30 s)."""
+    import os
+
+    from engine.errors import EngineError
+
+    raw = os.environ.get(LEASE_STALE_ENV, "").strip()
+    try:
+        stale = float(raw) if raw else 30.0
+    except ValueError:
+        stale = -1.0
+    if not 0.2 <= stale <= 86400:
+        raise EngineError(f"{LEASE_STALE_ENV}={raw!r} is not a number of seconds in 0.2..86400; unset it or fix it")
+    return stale, min(2.0, stale / 4)
 
 
 def db_path(ws) -> Path:
@@ -58,24 +78,36 @@ def _text_metrics_hook(ws) -> Callable:
 
 def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: EventCallback | None = None,
                should_stop: StopCheck | None = None, *, watch: bool = False,
-               text_metrics: bool = True) -> WorkerSummary:
+               text_metrics: bool = True, batch=None) -> WorkerSummary:
     """Process the workspace's queue until it is empty (or max_jobs / should_stop).
 
     Raises LeaseHeldError when another worker runs on this workspace.
     """
     from refact_tui.services.state import load_history_model
 
+    from engine.models import resolve_device
+
+    resolve_device(device)  # a bad --device is refused before any job is claimed (nothing charged)
     corpus, samples = stats_settings(ws)
+    stale_after, heartbeat = lease_timing()
     config = WorkerConfig(
         db_path=db_path(ws), root=Path(ws.root), deltas_dir=Path(ws.deltas_dir), stats_dir=Path(ws.stats_dir),
         device=device, max_jobs=max_jobs, watch=watch, stats_corpus=corpus, stats_samples=samples,
+        lease_stale_after=stale_after, heartbeat_interval=heartbeat,
     )
-    worker = Worker(
+    worker_cls, extra = Worker, {}
+    if batch is not None:  # `--batch N`: services.batch_worker.BatchSettings
+        from refact_tui.services.batch_worker import BatchWorker
+
+        batch.validate()
+        worker_cls, extra = BatchWorker, {"settings": batch}
+    worker = worker_cls(
         config,
         lambda history_id: load_history_model(ws, history_id, device),
         on_event=on_event,
         should_stop=should_stop,
         after_edit=_text_metrics_hook(ws) if text_metrics else None,
+        **extra,
     )
     return worker.run()
 

@@ -26,6 +26,12 @@ class ModelState:
     weights_hash: str
 
 
+def model_weights_hash(model) -> str:
+    """The hash recorded for a model's weights: every encoder slot together (one slot: its encoder hash)."""
+    fn = getattr(model, "weights_hash", None)
+    return fn() if callable(fn) else model.encoder_hash()
+
+
 def resolve_history(ws, history: int | str | None = None):
     """A history by id or name, or the workspace's current one."""
     from store.histories import current_history, get_history
@@ -72,8 +78,11 @@ def load_history_model(ws, history: int | str | None = None, device: str = "auto
     head = hist.head_seq if upto_seq is None else upto_seq
     edits = applied_edits(ws.db, hist.id, head) if head > 0 else []
     deltas = load_deltas(ws, edits)
-    model = load_model(base.path, device=device, with_pipeline=with_pipeline)
-    base_hash = model.encoder_hash()
+    from refact_tui.services.methods import needs_pipeline
+
+    # a history with UNet edits (TIME, UCE) is rebuilt on the whole pipeline
+    model = load_model(base.path, device=device, with_pipeline=with_pipeline or needs_pipeline(deltas))
+    base_hash = model_weights_hash(model)
     if verify and base_hash != base.encoder_hash:
         raise DeltaIntegrityError(
             f"the base model at {base.path} changed since it was registered (encoder hash differs); "
@@ -83,7 +92,7 @@ def load_history_model(ws, history: int | str | None = None, device: str = "auto
     for delta in deltas:
         delta.apply(model)
     if edits:
-        weights_hash = model.encoder_hash()
+        weights_hash = model_weights_hash(model)
         want = edits[-1].weights_hash
         if verify and want and weights_hash != want:
             raise DeltaIntegrityError(

@@ -29,9 +29,10 @@ def default_layers(ws, num_layers: int) -> list[int]:
 
 
 def compute_stats(ws, layer: int | None = None, corpus: Path | None = None, samples: int | None = None,
-                  on_progress: ProgressCallback | None = None, device: str = "auto") -> list:
-    """Compute (or load from cache) C for `layer` (default: see default_layers) of the working model,
-    and make corpus / samples the workspace's settings for later edits. Returns the StatsEntries."""
+                  on_progress: ProgressCallback | None = None, device: str = "auto", slot: str | None = None) -> list:
+    """Compute (or load from cache) C for `layer` (default: see default_layers) of the working model's
+    first encoder slot or ``slot``, and make corpus / samples the workspace's settings for later edits.
+    Returns the StatsEntries. Other slots' default layer is their recorded per-slot default."""
     from refact_tui.services.runner import STATS_CORPUS_KEY, STATS_SAMPLES_KEY
     from refact_tui.services.state import working_model
     from store.db import set_meta
@@ -43,11 +44,18 @@ def compute_stats(ws, layer: int | None = None, corpus: Path | None = None, samp
         if not corpus.is_file():
             raise EngineError(f"corpus {corpus} not found; pass an existing text file (one caption per line)")
     model = working_model(ws, device)
-    n = model.adapter.num_layers
-    layers = [layer] if layer is not None else default_layers(ws, n)
+    target = model.slot(slot) if slot is not None and hasattr(model, "slot") else model
+    n = target.adapter.num_layers
+    if layer is not None:
+        layers = [layer]
+    elif target is model or target is model.slots[0]:
+        layers = default_layers(ws, n)
+    else:
+        layers = [target.default_layer()]
     for l in layers:
         if not 0 <= l < n:
-            raise EngineError(f"layer {l} does not exist; this encoder has layers 0..{n - 1}")
+            raise EngineError(f"layer {l} does not exist; {getattr(target, 'component', 'the encoder')} has layers 0..{n - 1}")
+    model = target
     store = _store(ws)
     for l in layers:
         store.get(model, l, corpus=corpus, n_samples=samples, progress=on_progress)

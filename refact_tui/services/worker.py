@@ -22,22 +22,33 @@ from typing import Callable
 import torch
 
 from engine.errors import EditCancelled, EngineError, InsertionRefusedError
-from engine.events import StepEvent, StopCheck
+from engine.events import Progress, StepEvent, StopCheck
 from engine.hparams import HParamsError
 from engine.request import RequestError
 from engine.covariance import SecondMomentStore
 from engine.insertion import insert
-from engine.refact import compute_edit
+from engine.slot_edit import compute_model_edit
 from store.artifacts import add_artifact
+from store.edit_slots import record_edit_slots
 from store.db import open_db, transaction
 from store.edits import applied_edits, record_edit
 from store.events import log_event
 from store.histories import get_history
-from store.jobs import claim_next, finish_job, heartbeat_job, is_cancel_requested, requeue_job, requeue_orphans
-from store.leases import acquire_lease, release_lease, renew_lease
+from store.jobs import (
+    claim_next, finish_job, heartbeat_job, is_cancel_requested, peek_next, recover_orphans, requeue_job, set_phase,
+)
+from store.leases import Fence, LeaseLostError, acquire_fence, check_lease, release_lease, renew_lease
 from store.steps import StepWriter, attach_steps
 
 LEASE_NAME = "worker"
+
+
+def compute_edit(slot, request, hparams, **kwargs):
+    """One encoder slot's edit: ``engine.refact.compute_edit``, looked up when called (the worker's
+    single seam for the per-slot computation; compute_model_edit runs it once per slot)."""
+    import engine.refact
+
+    return engine.refact.compute_edit(slot, request, hparams, **kwargs)
 
 
 # ----------------------------------------------------------------------------- events
@@ -86,7 +97,8 @@ class WorkerNotice:
     message: str
 
 
-WorkerEvent = JobStarted | StepEvent | JobFinished | JobFailed | WorkerNotice
+# Progress: second-moment collection of an edited layer (done == 0 with a detail: a one-line advice)
+WorkerEvent = JobStarted | StepEvent | JobFinished | JobFailed | WorkerNotice | Progress
 EventCallback = Callable[[WorkerEvent], None]
 
 
@@ -101,6 +113,7 @@ class WorkerSummary:
     recovered_jobs: list[int] = field(default_factory=list)
     edit_ids: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
+    lease_lost: str | None = None   # why this worker stopped without committing: its lease was taken over
 
 
 # ----------------------------------------------------------------------------- config
@@ -120,7 +133,7 @@ class WorkerConfig:
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
     lease_stale_after: float = 30.0
-    max_attempts: int = 5           # a job that keeps killing the worker is failed after this
+    max_attempts: int = 5           # a job whose optimization/commit the worker died in this often is failed
     stats_corpus: Path | None = None
     stats_samples: int | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
@@ -161,6 +174,9 @@ class Worker:
         self._current_job: int | None = None
         self._stats = None
         self._db = None
+        self._fence: Fence | None = None
+        self._lease_lost = threading.Event()  # set by the heartbeat when the lease was taken over
+        self._pending_delta: Path | None = None  # written but not yet committed
 
     # ------------------------------------------------------------------ main loop
 
@@ -169,33 +185,55 @@ class Worker:
 
         cfg = self.config
         summary = WorkerSummary()
+        from engine.models import resolve_device
+
+        resolve_device(cfg.device)  # a bad --device fails here, before any lease or job is touched
         self._db = db = open_db(cfg.db_path)
         host = socket.gethostname()
-        acquired = acquire_lease(db, LEASE_NAME, cfg.worker_id, os.getpid(), host, stale_after=cfg.lease_stale_after)
-        if acquired is False:  # the store raises LeaseHeldError; this guards a plain False
-            raise EngineError("another worker holds this workspace; wait for it to finish or stop it")
+        try:
+            self._fence = acquire_fence(db, LEASE_NAME, cfg.worker_id, os.getpid(), host,
+                                        stale_after=cfg.lease_stale_after)
+        except BaseException:
+            db.close()
+            self._db = None
+            raise
         stop_beat = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(stop_beat,), daemon=True, name="refact-heartbeat")
         try:
-            summary.recovered_jobs = list(requeue_orphans(db))
+            recovery = recover_orphans(db, max_crashes=cfg.max_attempts)
+            summary.recovered_jobs = list(recovery.requeued)
             if summary.recovered_jobs:
                 msg = f"requeued interrupted job(s) {summary.recovered_jobs} left by a stopped worker"
                 log_event(db, "worker", msg, level="warning")
                 self._emit(WorkerNotice(msg))
+            self._remove_orphan_deltas(recovery.requeued + recovery.failed)
+            for job_id in recovery.failed:
+                msg = f"job {job_id} failed: the worker died during its optimization or commit {cfg.max_attempts} times"
+                log_event(db, "worker", msg, level="error", job_id=job_id)
+                summary.failed += 1
+                summary.failures[job_id] = msg
+                self._emit(JobFailed(job_id, msg))
             beat.start()
             processed = 0
             while cfg.max_jobs is None or processed < cfg.max_jobs:
                 if self._should_stop():
                     summary.stopped = True
                     break
-                job = claim_next(db, cfg.worker_id)
+                try:
+                    job = self._claim()
+                except LeaseLostError as exc:
+                    self._lost(summary, exc, None)
+                    break
                 if job is None:
                     if cfg.watch:
                         time.sleep(cfg.poll_interval)
                         continue
                     break
                 processed += 1
-                self._run_job(job, summary)
+                try:
+                    self._run_job(job, summary)
+                except LeaseLostError as exc:
+                    self._lost(summary, exc, job.id)
                 if summary.stopped:
                     break
         finally:
@@ -209,18 +247,72 @@ class Worker:
                 self._db = None
         return summary
 
+    def _claim(self):
+        """Load the model for the next job first (so a model that cannot load charges nothing), then
+        claim it under the lease fence (LeaseLostError when the lease was taken over)."""
+
+        nxt = peek_next(self._db)
+        if nxt is None:
+            return None
+        if self._lease_lost.is_set():
+            check_lease(self._db, self._fence)
+        self._model_for(nxt.history_id)
+        return claim_next(self._db, self.config.worker_id, fence=self._fence)
+
+    def _lost(self, summary: WorkerSummary, exc: LeaseLostError, job_id: int | None) -> None:
+        """This worker's lease was taken over: drop the uncommitted delta and stop, writing nothing."""
+
+        self._drop_pending_delta()
+        summary.lease_lost = str(exc)
+        summary.stopped = True
+        self._emit(WorkerNotice(f"stopped: {exc}"))
+        if job_id is not None:
+            self._emit(JobFailed(job_id, "lease lost; the worker that took over redoes this job", requeued=True))
+
+    def running_job_ids(self) -> list[int]:
+        """Jobs this worker runs now (heartbeat hook; services.batch_worker runs several at once)."""
+        return [] if self._current_job is None else [self._current_job]
+
+    def _remove_orphan_deltas(self, job_ids: list[int]) -> None:
+        """Delete the delta files (and half-written temporaries) that dead workers' attempts of these
+        jobs left: no edit refers to them, and holding the lease, no one else can be writing them."""
+
+        from store.db import fetch_all
+
+        if not job_ids or not self.config.deltas_dir.is_dir():
+            return
+        referenced = {r["delta_path"] for r in fetch_all(self._db, "SELECT delta_path FROM edits "
+                                                                   "WHERE delta_path IS NOT NULL")}
+        for job_id in job_ids:
+            for path in self.config.deltas_dir.glob(f"*-job{job_id:05d}-a*"):
+                rel = path.relative_to(self.config.root).as_posix() if path.is_relative_to(self.config.root) \
+                    else str(path)
+                if rel not in referenced and str(path) not in referenced:
+                    path.unlink(missing_ok=True)
+
+    def _drop_pending_delta(self) -> None:
+        path, self._pending_delta = self._pending_delta, None
+        if path is not None:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # left for `refact doctor` to list
+                pass
+
     def _heartbeat_loop(self, stop: threading.Event) -> None:
-        """Renew the lease and the running job's heartbeat from a separate connection."""
+        """Renew the lease and the running job's heartbeat from a separate connection; a renewal that
+        finds the lease taken over sets ``_lease_lost`` (the job stops at its next step)."""
 
         db = None
+        fence = self._fence
         try:
-            db = open_db(self.config.db_path)
+            db = open_db(self.config.db_path, check=False)  # run() checked it already
             while not stop.wait(self.config.heartbeat_interval):
                 try:
-                    renew_lease(db, LEASE_NAME, self.config.worker_id)
-                    job_id = self._current_job
-                    if job_id is not None:
-                        heartbeat_job(db, job_id)
+                    if not renew_lease(db, LEASE_NAME, fence.holder, fence.generation):
+                        self._lease_lost.set()
+                        return
+                    for job_id in self.running_job_ids():
+                        heartbeat_job(db, job_id, worker_id=fence.holder)
                 except Exception:  # a busy database now and then must not kill the heartbeat
                     pass
         finally:
@@ -240,25 +332,29 @@ class Worker:
         try:
             self._emit(JobStarted(job.id, job.history_id, attempt, job.request.prompt, job.request.source,
                                   job.request.target, job.hparams.max_steps, job.hparams.layer))
-            if attempt > cfg.max_attempts:
-                self._fail(job, f"gave up after {cfg.max_attempts} attempts (the worker stopped during each); "
-                                "retry it with `refact queue retry`", summary)
-                return
+            own = dict(worker_id=cfg.worker_id, fence=self._fence)
             try:
+                if self._model_key is None or self._model_key[0] != job.history_id:
+                    set_phase(db, job.id, "loading", **own)
                 model = self._model_for(job.history_id)
-            except BaseException:
-                requeue_job(db, job.id)
+            except LeaseLostError:
                 raise
+            except BaseException:
+                requeue_job(db, job.id, **own)  # never charged: the job did not run
+                raise
+            set_phase(db, job.id, "optimizing", **own)
             try:
                 result = self._compute(model, job, attempt)
             except EditCancelled:
+                if self._lease_lost.is_set():
+                    check_lease(db, self._fence)  # raises LeaseLostError: write nothing, stop
                 if self._cancelled:
-                    finish_job(db, job.id, "cancelled", error="cancelled while running")
+                    finish_job(db, job.id, "cancelled", error="cancelled while running", **own)
                     log_event(db, "worker", f"job {job.id} cancelled between steps", job_id=job.id)
                     summary.failures[job.id] = "cancelled"
                     self._emit(JobFailed(job.id, "cancelled"))
                     return
-                requeue_job(db, job.id)
+                requeue_job(db, job.id, **own)  # a graceful stop is never charged
                 log_event(db, "worker", f"job {job.id} stopped between steps and requeued", job_id=job.id)
                 summary.requeued += 1
                 summary.stopped = True
@@ -267,21 +363,25 @@ class Worker:
             except (EngineError, RequestError, HParamsError, ValueError, RuntimeError) as exc:
                 self._fail(job, str(exc) or type(exc).__name__, summary, exc)
                 return
+            except LeaseLostError:
+                raise
             except BaseException:
-                requeue_job(db, job.id)
+                requeue_job(db, job.id, **own)
                 raise
             try:
                 edit = self._commit(model, job, attempt, result)
             except _HeadMoved:
-                requeue_job(db, job.id)
+                requeue_job(db, job.id, **own)
                 summary.requeued += 1
                 self._emit(JobFailed(job.id, "history head moved while editing; requeued", requeued=True))
                 return
+            except LeaseLostError:
+                raise
             except (InsertionRefusedError, EngineError) as exc:
                 self._fail(job, str(exc), summary, exc)
                 return
             except BaseException:
-                requeue_job(db, job.id)
+                requeue_job(db, job.id, **own)
                 raise
             summary.done += 1
             summary.edit_ids.append(edit.id)
@@ -299,7 +399,7 @@ class Worker:
     def _fail(self, job, reason: str, summary: WorkerSummary, exc: BaseException | None = None) -> None:
 
         reason = " ".join(reason.split())
-        finish_job(self._db, job.id, "failed", error=reason)
+        finish_job(self._db, job.id, "failed", error=reason, worker_id=self.config.worker_id, fence=self._fence)
         level = "error"
         log_event(self._db, "worker", f"job {job.id} failed: {reason}", level=level, job_id=job.id)
         if exc is not None and not isinstance(exc, (EngineError, RequestError, HParamsError)):
@@ -331,6 +431,10 @@ class Worker:
         """Run the apply-less edit with batched step rows (never modifies weights)."""
 
         request, hparams = job.request, job.hparams  # compute_edit validates both before any work
+        from refact_tui.services.methods import compute_method_edit, method_of
+
+        if method_of(request) != "refact":  # TIME / UCE: closed form, no steps
+            return compute_method_edit(model, request)
         writer = StepWriter(self.config.db_path, job.id, attempt)
 
         def on_step(ev: StepEvent) -> None:
@@ -338,14 +442,16 @@ class Worker:
             self._emit(ev)
 
         try:
-            result = compute_edit(model, request, hparams, stats=self._stats_store(),
-                                  corpus=self.config.stats_corpus, n_samples=self.config.stats_samples,
-                                  on_step=on_step, should_stop=self._stop_check(job.id),
-                                  preserve_requests=self._earlier_requests(hparams))
+            # one sub-edit per encoder slot (SD1: the one slot); the first slot's steps are the step rows
+            result = compute_model_edit(model, request, hparams, stats=self._stats_store(),
+                                        corpus=self.config.stats_corpus, n_samples=self.config.stats_samples,
+                                        on_step=on_step, should_stop=self._stop_check(job.id),
+                                        preserve_requests=self._earlier_requests(hparams), compute=compute_edit,
+                                        progress=self._emit)
         finally:
             writer.close()
         delta = result.delta
-        if not (torch.isfinite(delta.u).all() and torch.isfinite(delta.r).all()):
+        if not delta.is_finite():
             raise InsertionRefusedError("the edit produced non-finite values (NaN/inf); model left untouched; "
                                         "try a smaller --lr or a larger --ridge")
         if not math.isfinite(float(result.p_target)):
@@ -358,7 +464,7 @@ class Worker:
         last = [0.0]
 
         def check() -> bool:
-            if self._should_stop():
+            if self._should_stop() or self._lease_lost.is_set():
                 return True
             t = time.monotonic()
             if t - last[0] >= 0.5:
@@ -380,7 +486,10 @@ class Worker:
             return []
 
         history_id, head = self._model_key
-        return [e.request for e in applied_edits(self._db, history_id, head) if e.layer == hparams.layer]
+        from store.batches import requests_of_edits  # a batch edit protects every one of its requests
+
+        return requests_of_edits(self._db, [e for e in applied_edits(self._db, history_id, head)
+                                            if e.layer == hparams.layer])
 
     def _commit(self, model, job, attempt: int, result):
         """Save the delta, then record everything in one transaction, keeping memory == database."""
@@ -389,45 +498,73 @@ class Worker:
         delta = result.delta
         history_id, built_head = self._model_key
         delta.meta = {**(delta.meta or {}), **_delta_meta(model, job, self._base_hash)}
+        set_phase(self._db, job.id, "committing", worker_id=cfg.worker_id, fence=self._fence)
         path = self._delta_path(job, attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._pending_delta = path
         sha = delta.save(path)
         rel = path.relative_to(cfg.root).as_posix() if path.is_relative_to(cfg.root) else str(path)
 
 
-        weight = model.adapter.fc2(delta.layer).weight
-        backup = weight.detach().clone()
-        # applies the delta and checks W k_e == v* (restores W and raises InsertionRefusedError if not)
-        insert(model.adapter, delta, result.tensors["k_e"], result.tensors["v_star"])
+        from refact_tui.services.methods import edit_location, insert_result
+
+        layer, module = edit_location(result)
+        # applies the delta (ReFACT: checks W k_e == v*, restores W and raises InsertionRefusedError if not)
         try:
-            weights_hash = model.encoder_hash()
+            undo = insert_result(model, result)
+        except BaseException:
+            self._drop_pending_delta()
+            raise
+        try:
+            weights_hash = model.weights_hash() if hasattr(model, "weights_hash") else model.encoder_hash()
             t = result.timings
             timings = {k: float(getattr(t, k)) for k in ("stats_s", "key_s", "optimize_s", "insert_s", "total_s")
                        if hasattr(t, k)}
             with transaction(self._db):
+                # the fence: this worker still holds the lease generation that claimed the job
+                check_lease(self._db, self._fence)
                 if get_history(self._db, history_id).head_seq != built_head:
                     raise _HeadMoved()
                 # record_edit takes the next seq and moves the head to it
                 edit = record_edit(
                     self._db, history_id=history_id, job_id=job.id, request=job.request, hparams=job.hparams,
-                    status="applied", layer=delta.layer, module=delta.module, delta_path=rel, delta_sha256=sha,
+                    status="applied", layer=layer, module=module, delta_path=rel, delta_sha256=sha,
                     weights_hash=weights_hash, steps_run=int(result.steps_run),
                     early_stopped=bool(result.early_stopped), p_target=float(result.p_target),
                     delta_norm=float(result.delta_norm), division_factor=float(result.division_factor),
                     timings=timings, device=str(model.device),
                 )
-                finish_job(self._db, job.id, "done", edit_id=edit.id)
+                finish_job(self._db, job.id, "done", edit_id=edit.id, worker_id=cfg.worker_id, fence=self._fence)
+                self._db.execute("UPDATE edits SET lease_generation = ? WHERE id = ?",
+                                 [self._fence.generation, edit.id])
                 attach_steps(self._db, job.id, attempt, edit.id)
+                if hasattr(result, "edits"):  # per-slot results (engine.slot_edit.ModelEditResult)
+                    record_edit_slots(self._db, edit.id, slot_rows(edit.id, result))
                 add_artifact(self._db, "edit", edit.id, "delta", rel, sha256=sha, bytes=path.stat().st_size)
                 log_event(self._db, "worker",
                           f"edit {edit.seq} applied (job {job.id}, P(target) {float(result.p_target):.3f}, "
                           f"{int(result.steps_run)} steps)", job_id=job.id)
         except BaseException:
-            with torch.no_grad():
-                weight.copy_(backup)
+            undo()
+            self._drop_pending_delta()  # nothing refers to it: the edit did not commit
             raise
+        self._pending_delta = None
         self._model_key = (history_id, edit.seq)
         return edit
+
+
+def slot_rows(edit_id: int, result) -> list:
+    """The edit_slots rows of a multi-slot result (weights hashes as inserted)."""
+    from store.edit_slots import EditSlotRow
+
+    return [
+        EditSlotRow(edit_id=edit_id, slot=e.slot, idx=i, layer=e.layer, module=e.delta.module,
+                    readout=e.delta.meta.get("readout", ""), p_target=float(e.result.p_target),
+                    steps_run=int(e.result.steps_run), early_stopped=bool(e.result.early_stopped),
+                    division_factor=float(e.result.division_factor), delta_norm=float(e.result.delta_norm),
+                    verify_error=e.result.verify_error, weights_hash=e.weights_hash or None)
+        for i, e in enumerate(result.edits)
+    ]
 
 
 def _delta_meta(model, job, base_hash: str) -> dict[str, str]:

@@ -122,14 +122,38 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
     encoder_config = getattr(model.text_encoder, "config", None)
     if encoder_config is not None and hasattr(encoder_config, "to_dict"):
         config["text_encoder"] = _json_safe(encoder_config.to_dict())
+    config["family"] = str(getattr(model, "family", model.adapter.family))
+    config["slots"] = slot_defaults(model)
+    from refact_tui.services.state import model_weights_hash
+
     return BaseModelInfo(
         source=str(model_source),
         path=str(model.path),
         kind=model.kind,
         encoder_family=model.adapter.family,
-        encoder_hash=model.encoder_hash(),
+        encoder_hash=model_weights_hash(model),
         config=config,
     )
+
+
+def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
+    """Per encoder slot, what the workspace records and uses as defaults: its layer count, editable
+    range, token limit, readout, family, default layer (the paper's depth scaled, see docs/PIPELINES.md)
+    and its base encoder hash. Slot order is the model's."""
+    slots = getattr(model, "slots", None) or []
+    return {
+        s.name: {
+            "family": s.family,
+            "num_layers": s.num_layers,
+            "editable": [0, s.adapter.last_editable],
+            "max_length": s.max_length,
+            "readout": s.readout.spec(),
+            "default_layer": s.default_layer(),
+            "key_size": int(s.adapter.key_size),
+            "encoder_hash": s.encoder_hash(),
+        }
+        for s in slots
+    }
 
 
 def register_model(db: sqlite_utils.Database, base: BaseModelInfo) -> BaseModelRow:

@@ -14,6 +14,7 @@ from textual import on
 from textual.app import App
 from textual.worker import Worker, WorkerState
 
+from refact_tui.services.display import display_text, markup_escape
 from refact_tui.services.workspace import DB_NAME
 from refact_tui.tui.commands import RefactCommands
 from refact_tui.tui.errors import one_line
@@ -21,6 +22,7 @@ from refact_tui.tui.keys import APP_KEYS, bindings
 from refact_tui.tui.messages import ActionDone, StoreNudge
 from refact_tui.tui.poller import StorePoller
 from refact_tui.tui.screens.base import DashboardScreen
+from refact_tui.tui.screens.bench import BenchScreen
 from refact_tui.tui.screens.confirm import ConfirmModal
 from refact_tui.tui.screens.error import ErrorModal
 from refact_tui.tui.screens.help import HelpScreen
@@ -53,9 +55,11 @@ class RefactApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "refact-tui"
-    MODES = {"queue": QueueScreen, "live": LiveScreen, "metrics": MetricsScreen, "history": HistoryScreen}
+    MODES = {"queue": QueueScreen, "live": LiveScreen, "metrics": MetricsScreen, "history": HistoryScreen,
+             "bench": BenchScreen}
     DEFAULT_MODE = "queue"
     COMMANDS = App.COMMANDS | {RefactCommands}
+    # "5": the Bench screen (kept out of the footer and help table so the other screens stay as they were)
     BINDINGS = bindings(APP_KEYS)
 
     def __init__(self, workspace_root: Path, *, clock: Callable[[], float] = time.time,
@@ -129,7 +133,7 @@ class RefactApp(App[None]):
                 view = getattr(screen, "view", None)
                 hist = getattr(view, "history", None)
                 if hist is not None:
-                    self.sub_title = f"{self.workspace_root.name} · history '{hist.name}'"
+                    self.sub_title = display_text(f"{self.workspace_root.name} · history '{hist.name}'")
         except (sqlite3.Error, Exception) as exc:  # noqa: BLE001 - a bad read must not kill the UI
             message = f"cannot read the workspace: {one_line(exc)}"
             if message != self._last_poll_error:  # once, not at every tick
@@ -150,6 +154,13 @@ class RefactApp(App[None]):
     def action_show_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Notifications often carry user text (errors naming a prompt): never parsed as markup,
+        control characters shown as escapes."""
+        text = markup_escape(message) if markup else display_text(message)
+        super().notify(text, title=display_text(title), severity=severity, timeout=timeout, markup=markup)
 
     def confirm(self, title: str, body: str, on_yes: Callable[[], None]) -> None:
         """Ask first; run ``on_yes`` only when confirmed."""

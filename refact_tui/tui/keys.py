@@ -31,6 +31,8 @@ APP_KEYS: tuple[Key, ...] = (
         "Efficacy, generality, specificity, F1, retention, CLIP score", group=SCREENS),
     Key("4", "switch_mode('history')", "History", "Show history",
         "The edit log with rollback, replay, fork and export", group=SCREENS),
+    Key("5", "switch_mode('bench')", "Bench", "Show bench runs",
+        "Stored `refact bench` runs: paper-layout aggregates and per-row results", group=SCREENS),
     Key("w", "toggle_worker", "Worker", "Start / stop worker", "Run the queue inside the TUI"),
     Key("question_mark,f1", "show_help", "Help", "Help", "Every key"),
     Key("q", "quit", "Quit", "Quit", "Leave the TUI (a worker started here stops between steps)"),

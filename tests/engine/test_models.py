@@ -64,7 +64,7 @@ def test_encoder_only_load_matches_the_pipeline_load(pipeline_model):
 
 @needs_adapters
 def test_adapter_is_attached(pipeline_model, tmp_path_factory):
-    assert pipeline_model.adapter.family == "clip" and pipeline_model.family == "clip"
+    assert pipeline_model.adapter.family == "clip" and pipeline_model.family == "sd1" and pipeline_model.encoder_family == "clip"
     assert pipeline_model.adapter.num_layers == 4
     assert pipeline_model.adapter.model is pipeline_model.text_encoder
     bert = load_model(tiny_text_encoder_dir(tmp_path_factory, "bert"), device="cpu")
@@ -140,8 +140,8 @@ def test_folder_that_is_not_a_model_is_a_format_error(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelFormatError, match="safetensors"):
         load_model(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(ModelFormatError, match="'t5'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ModelFormatError, match="'gpt2'"):
         load_model(tmp_path)
 
 

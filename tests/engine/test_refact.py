@@ -133,8 +133,11 @@ def test_bad_requests_raise_clear_errors(tiny_clip, edit, request_, error, fragm
 
 
 def test_layer_out_of_range(tiny_clip, edit):
-    with pytest.raises(HParamsError, match="layers 0..2"):
+    with pytest.raises(HParamsError, match=r"layers 0\.\.1 of 3"):
         edit(tiny_clip, MOVING.with_overrides(layer=3))
+    # the last layer runs after EOS attended the subject: an edit there cannot reach the EOS feature
+    with pytest.raises(HParamsError, match="cannot reach its final readout"):
+        edit(tiny_clip, MOVING.with_overrides(layer=2))
 
 
 def test_tiny_division_is_refused_before_any_change(tiny_clip, edit):

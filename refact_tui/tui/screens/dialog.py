@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from refact_tui.services.display import plain
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,7 @@ class Dialog(ModalScreen[T]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.title_text, classes="dialog-title")
-            yield Static(self.body, id=self.body_id, classes="dialog-body")
+            yield Static(plain(self.title_text), classes="dialog-title")
+            yield Static(plain(self.body, multiline=True), id=self.body_id, classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield from self.buttons()

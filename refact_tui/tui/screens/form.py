@@ -10,6 +10,8 @@ from textual.containers import Horizontal
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from refact_tui.services.display import plain
+
 T = TypeVar("T")
 
 
@@ -37,7 +39,7 @@ class FormModal(ModalScreen[T]):
 
     def fail(self, reason: str) -> None:
         """Show why the form cannot be submitted (one line)."""
-        self.query_one("#form-error", Static).update(f"✗ {reason}")
+        self.query_one("#form-error", Static).update(plain(f"✗ {reason}"))
 
     def action_submit(self) -> None:
         raise NotImplementedError

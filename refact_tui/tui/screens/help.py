@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Everywhere", (
-        ("1 / 2 / 3 / 4", "Queue / Live / Metrics / History screen"),
+        ("1 / 2 / 3 / 4 / 5", "Queue / Live / Metrics / History / Bench screen"),
         ("w", "start or stop the worker inside the TUI (or run `refact run` in another terminal)"),
         ("ctrl+p", "command palette: every action by name"),
         ("? / f1", "this help"),

@@ -9,6 +9,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
+from refact_tui.services.display import display_text
+from refact_tui.services.batch_view import batch_detail_view
 from refact_tui.services.dashboard import HistoryView, edit_detail_view, history_view
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
 from refact_tui.tui.screens.base import DashboardScreen, titled
@@ -54,7 +56,7 @@ class HistoryScreen(DashboardScreen):
             status.append(f" · {applied} applied of {len(self.view.edits)} recorded")
             if hist.parent_id is not None:
                 parent = next((h.name for h in self.view.histories if h.id == hist.parent_id), "?")
-                status.append(f" · forked from '{parent}' at {hist.forked_at_seq}", style="dim")
+                status.append(f" · forked from '{display_text(parent)}' at {hist.forked_at_seq}", style="dim")
         self.query_one("#history-status", Static).update(status)
         self.query_one(HistoryTable).show(self.view)
         self._show_detail(db, force=True)
@@ -69,6 +71,7 @@ class HistoryScreen(DashboardScreen):
         self.shown_edit = edit_id
         detail = edit_detail_view(db, edit_id, root=self.refact.workspace_root) if edit_id is not None else None
         self.query_one(EditDetail).show(detail)
+        self.query_one(EditDetail).show_batch(batch_detail_view(db, edit_id) if edit_id is not None else None)
 
     def _selected(self):
         edit_id = self.query_one(HistoryTable).selected_edit_id

@@ -7,9 +7,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
+from refact_tui.services.batch_view import batch_live_view
 from refact_tui.services.dashboard import LiveView, live_view
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
 from refact_tui.tui.screens.base import DashboardScreen, titled
+from refact_tui.tui.widgets.batch_table import BatchTable
 from refact_tui.tui.widgets.event_log import EventLog
 from refact_tui.tui.widgets.hparams_view import HParamsView
 from refact_tui.tui.widgets.loss_plot import LossPlot, PTargetPlot
@@ -37,6 +39,7 @@ class LiveScreen(DashboardScreen):
         with Horizontal(id="live-plots"):
             yield LossPlot(id="loss-plot")
             yield PTargetPlot(id="p-plot")
+        yield BatchTable(id="live-batch", classes="panel")
         yield titled(EventLog(id="event-log", classes="panel"), "Events")
         yield Footer()
 
@@ -66,6 +69,14 @@ class LiveScreen(DashboardScreen):
         self.query_one(StepStats).show(view)
         self.query_one(HParamsView).show(view.job.hparams if view.job else None)
         self.query_one(EventLog).add_events(view.events)
+        self._show_batch(db, view, loss)
+
+    def _show_batch(self, db: sqlite_utils.Database, view: LiveView, loss: LossPlot) -> None:
+        """A running batch: its requests' table, and the loss plot shows the mean over its requests."""
+        batch = batch_live_view(db, view.job)
+        self.query_one(BatchTable).show_live(batch)
+        if batch is not None and batch.curve:
+            loss.set_points([s for s, _ in batch.curve], [v for _, v in batch.curve])
 
     def action_cancel_running(self) -> None:
         view = self.view

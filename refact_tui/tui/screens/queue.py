@@ -10,6 +10,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
 from refact_tui.services.dashboard import QueueView, queue_view
+from refact_tui.services.display import plain
 from refact_tui.tui.screens.add_edit import AddEditModal, NewEdit
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
 from refact_tui.tui.screens.base import DashboardScreen, titled
@@ -79,9 +80,9 @@ class QueueScreen(DashboardScreen):
                          f"at most {job.hparams.max_steps} steps, stop at P ≥ {job.hparams.prob_threshold:g}")
         for line in fmt.request_lines(job.request):
             key, _, value = line.partition(" ")
-            t.add_row(key, value.strip())
+            t.add_row(key, plain(value.strip()))
         if job.error:
-            t.add_row("error", Text(job.error, style="bold red"))
+            t.add_row("error", plain(job.error, style="bold red"))
         body.update(t)
 
     # --- actions ---------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
+from refact_tui.services.batch_view import BatchDetailView
 from refact_tui.services.dashboard import EditDetailView
+from refact_tui.services.display import plain
 from refact_tui.tui.widgets import fmt
+from refact_tui.tui.widgets.batch_table import BatchTable
 from refact_tui.tui.widgets.hparams_view import hparams_table
 from refact_tui.tui.widgets.image_preview import ImagePreview
 from refact_tui.tui.widgets.loss_plot import LossPlot
@@ -21,17 +24,17 @@ def _summary(d: EditDetailView) -> Table:
     t.add_column(style="bold")
     t.add_column()
     hist = d.history.name if d.history else "?"
-    t.add_row("edit", f"#{e.seq} of history '{hist}' (id {e.id}, job {e.job_id or '-'})")
-    t.add_row("status", e.status.replace("_", " ") + (f": {e.error}" if e.error else ""))
+    t.add_row("edit", plain(f"#{e.seq} of history '{hist}' (id {e.id}, job {e.job_id or '-'})"))
+    t.add_row("status", plain(e.status.replace("_", " ") + (f": {e.error}" if e.error else "")))
     for line in fmt.request_lines(e.request):
         key, _, value = line.partition(" ")
-        t.add_row(key, value.strip())
-    t.add_row("module", e.module)
+        t.add_row(key, plain(value.strip()))
+    t.add_row("module", plain(e.module))
     stop = "early stop" if e.early_stopped else "step budget"
     t.add_row("result", f"P(target) {fmt.num(e.p_target)} after {e.steps_run} steps ({stop}), "
                         f"||δ|| {fmt.num(e.delta_norm)}, k·u {fmt.num(e.division_factor)}")
     t.add_row("time", ", ".join(f"{k.removesuffix('_s')} {fmt.duration(v)}" for k, v in e.timings.items()) or "-")
-    t.add_row("delta", e.delta_path or "-")
+    t.add_row("delta", plain(e.delta_path or "-"))
     return t
 
 
@@ -42,7 +45,7 @@ def _metrics(d: EditDetailView) -> Table | Text:
     for col in ("space", "metric", "value", "n"):
         t.add_column(col, style="bold" if col == "metric" else None)
     for m in d.metrics:
-        t.add_row(m.space, m.name, fmt.num(m.value), f"{m.n}/{m.total}" if m.total else str(m.n))
+        t.add_row(plain(m.space), plain(m.name), fmt.num(m.value), f"{m.n}/{m.total}" if m.total else str(m.n))
     return t
 
 
@@ -51,6 +54,7 @@ class EditDetail(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-summary")
+        yield BatchTable(id="detail-batch")
         with Horizontal(id="detail-mid"):
             yield LossPlot(id="detail-loss")
             yield Static(id="detail-hparams")
@@ -72,3 +76,9 @@ class EditDetail(VerticalScroll):
         self.query_one("#detail-grid", ImagePreview).show(d.grid_path)
         rel = d.grid_relpath
         self.query_one("#detail-grid-path", Static).update(Text(f"grid: {rel}" if rel else "", style="dim"))
+
+    def show_batch(self, view: BatchDetailView | None) -> None:
+        """A batch edit's requests (hidden for a single edit); its loss plot is the mean over them."""
+        self.query_one(BatchTable).show_detail(view)
+        if view is not None and view.curve:
+            self.query_one("#detail-loss", LossPlot).set_points([s for s, _ in view.curve], [v for _, v in view.curve])

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import RichLog
 
 from store.records import EventRow
+from refact_tui.services.display import display_text
 from refact_tui.tui.widgets import fmt
 
 LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -27,5 +28,5 @@ class EventLog(RichLog):
             self.last_id = ev.id
             line = Text(f"{fmt.clock(ev.ts)} ", style="dim")
             line.append(f"{ev.source:<6} ", style="cyan")
-            line.append(ev.message, style=LEVEL_STYLE.get(ev.level, ""))
+            line.append(display_text(ev.message), style=LEVEL_STYLE.get(ev.level, ""))
             self.write(line)

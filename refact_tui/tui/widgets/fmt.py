@@ -6,6 +6,7 @@ import math
 import time
 
 from engine.request import EditRequest
+from refact_tui.services.display import display_text
 
 
 def num(value: float | None, digits: int = 4) -> str:
@@ -41,8 +42,8 @@ def clock(ts: float | None) -> str:
 
 
 def short(text: str | None, width: int) -> str:
-    """Single-line text cut to ``width`` characters with an ellipsis."""
-    t = " ".join((text or "").split())
+    """Single-line text cut to ``width`` characters with an ellipsis (controls shown as escapes)."""
+    t = display_text(" ".join((text or "").split()))
     return t if len(t) <= width else t[: max(0, width - 1)] + "…"
 
 

@@ -7,6 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.hparams import DEFAULT_TEMPLATES, ReFACTHParams
+from refact_tui.services.display import plain
 
 
 def hparams_table(hp: ReFACTHParams | None) -> Table | Text:
@@ -18,7 +19,7 @@ def hparams_table(hp: ReFACTHParams | None) -> Table | Text:
     for key, value in hp.to_dict().items():
         if key == "templates":
             value = "paper's 9" if tuple(hp.templates) == DEFAULT_TEMPLATES else f"{len(hp.templates)} custom"
-        t.add_row(key, str(value))
+        t.add_row(key, plain(value))
     return t
 
 

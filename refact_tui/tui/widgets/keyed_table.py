@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from rich.text import Text
 from textual.widgets import DataTable
+
+from refact_tui.services.display import plain
 
 
 class KeyedTable(DataTable):
@@ -18,11 +21,13 @@ class KeyedTable(DataTable):
         self.add_columns(*self.COLUMNS)
 
     def replace_rows(self, rows: Iterable[tuple[int, tuple[Any, ...]]]) -> None:
-        """Replace every row by ``(id, cells)`` pairs; the cursor stays on the selected id if still there."""
+        """Replace every row by ``(id, cells)`` pairs; the cursor stays on the selected id if still there.
+
+        Text cells are shown as plain text (DataTable would parse a str as markup), controls escaped."""
         keep = self.selected_id
         self.clear()
         for row_id, cells in rows:
-            self.add_row(*cells, key=str(row_id))
+            self.add_row(*(c if isinstance(c, Text) else plain(c) for c in cells), key=str(row_id))
         if keep is not None and str(keep) in self.rows:
             self.move_cursor(row=self.get_row_index(str(keep)))
 

@@ -7,6 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from refact_tui.services.dashboard import LiveView
+from refact_tui.services.display import plain
 from refact_tui.tui.widgets import fmt
 
 
@@ -22,7 +23,7 @@ def live_table(view: LiveView) -> Table | Text:
     if not view.running and job.state == "done" and last is not None and view.threshold is not None:
         state.append("  early stop" if last.p_target >= view.threshold else "  step budget used", style="dim")
     t.add_row("job", Text(f"#{job.id} (attempt {view.attempt})  ").append(state))
-    t.add_row("edit", f"{job.request.prompt}: {fmt.change(job.request)}")
+    t.add_row("edit", plain(f"{job.request.prompt}: {fmt.change(job.request)}"))
     if last is not None:
         step = f"{last.step + 1} / {view.max_steps}"
     else:  # the worker loads the model and computes C and k* before the first step
@@ -34,7 +35,7 @@ def live_table(view: LiveView) -> Table | Text:
     t.add_row("elapsed", f"{fmt.duration(view.opt_elapsed)} optimizing, {fmt.duration(view.wall_elapsed)} in all")
     t.add_row("ETA", fmt.duration(view.eta) if view.running else "-")
     if job.error:
-        t.add_row("error", Text(job.error, style="red"))
+        t.add_row("error", plain(job.error, style="red"))
     return t
 
 

@@ -1,0 +1,246 @@
+"""Vectorised v* optimisation for many requests at one layer: one padded batch, one delta per request.
+
+Each request contributes its rewriting prompts as rows of one batch; a (A, H) delta holds one
+shift per active request and a row -> request index spreads it over the rows (the adapters'
+per-row stepper contract). The per-request losses are summed, so each request's gradient is its
+own; Adam is element-wise and is written out here with per-row state, so each request follows the
+trajectory of its single-request run (``engine.optimize.optimize_value``) up to float rounding.
+
+Per request: early stop (its delta is snapshotted at the stop step and frozen), norm clamp, step
+events and P(target). Converged rows keep being computed until fewer than ``rebuild_at`` of the
+built rows are active; then the batch is rebuilt from the active requests alone (row compaction).
+Requests are sorted by token length and cut into chunks of at most ``batch`` requests, so padding
+stays small and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from engine.adapters.base import EncoderAdapter
+from engine.errors import EditCancelled
+from engine.events import StepEvent, StopCheck
+from engine.hparams import ReFACTHParams
+from engine.optimize import COSINE_SCALE, ValueResult
+from engine.tokens import LocatedText
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+DEFAULT_REBUILD_AT = 0.9
+
+# (request position in the caller's list, its step event)
+BatchStepCallback = Callable[[int, StepEvent], None]
+
+
+@dataclass
+class ValueTask:
+    """One request's inputs to the value optimisation (as ``optimize_value`` takes them)."""
+
+    located: Sequence[LocatedText]
+    targets: torch.Tensor  # (X, D); column 0 is the target text
+    v0: torch.Tensor  # (H)
+
+
+@dataclass
+class BatchStats:
+    """How the batch ran: chunks, rebuilds and evaluated prompt rows (the cost that matters)."""
+
+    chunks: int = 0
+    rebuilds: int = 0
+    row_steps: int = 0
+    token_steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchValueResult:
+    """Per-request results in the caller's order, plus batch statistics."""
+
+    values: list[ValueResult]
+    stats: BatchStats = field(default_factory=BatchStats)
+
+
+def _adam_update(
+    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, lr: float
+) -> None:
+    """torch.optim.Adam's single-tensor update (betas 0.9/0.999, eps 1e-8), row-wise state, in place."""
+    beta1, beta2 = ADAM_BETAS
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(ADAM_EPS)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _scores(features: torch.Tensor, targets: torch.Tensor, hparams: ReFACTHParams) -> torch.Tensor:
+    """Row r's similarity to each of its own targets: features (R, D), targets (R, X, D) -> (R, X)."""
+    if hparams.similarity == "cosine":
+        f = torch.nn.functional.normalize(features, dim=-1)
+        t = torch.nn.functional.normalize(targets, dim=-1)
+        scores = COSINE_SCALE * torch.bmm(t, f[:, :, None])[:, :, 0]
+    else:
+        scores = -torch.linalg.vector_norm(features[:, None, :] - targets, dim=-1)
+    return scores / hparams.temperature
+
+
+class _Built:
+    """The padded batch of ``members`` (request positions): stepper, row index, padded targets."""
+
+    def __init__(self, adapter: EncoderAdapter, tokenizer: Any, tasks: Sequence[ValueTask], members: list[int], layer: int):
+        self.members = members
+        self.per = len(tasks[members[0]].located)
+        located = [p for i in members for p in tasks[i].located]
+        batch = adapter.tokenize(tokenizer, [p.text for p in located])
+        device = adapter.device
+        with torch.no_grad():
+            state = adapter.prefix(batch, layer)
+            index = torch.tensor([p.index for p in located], device=state.mlp_out.device)
+            self.features_of = adapter.stepper(state, index)
+        self.row_req = torch.arange(len(members), device=device).repeat_interleave(self.per)
+        width = max(int(tasks[i].targets.shape[0]) for i in members)
+        dim = int(tasks[members[0]].targets.shape[-1])
+        targets = torch.zeros(len(members), width, dim, dtype=tasks[members[0]].targets.dtype, device=device)
+        valid = torch.zeros(len(members), width, dtype=torch.bool, device=device)
+        for j, i in enumerate(members):
+            x = tasks[i].targets.shape[0]
+            targets[j, :x] = tasks[i].targets.detach().to(device)
+            valid[j, :x] = True
+        self.row_targets = targets[self.row_req]
+        self.row_valid = valid[self.row_req]
+        self.tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+
+
+def _sort_by_length(tasks: Sequence[ValueTask]) -> list[int]:
+    return sorted(range(len(tasks)), key=lambda i: (max(p.length for p in tasks[i].located), i))
+
+
+def optimize_values(
+    adapter: EncoderAdapter,
+    tokenizer: Any,
+    tasks: Sequence[ValueTask],
+    layer: int,
+    hparams: ReFACTHParams,
+    *,
+    batch: int | None = None,
+    rebuild_at: float = DEFAULT_REBUILD_AT,
+    on_step: BatchStepCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> BatchValueResult:
+    """Optimise one delta per task, vectorised; results in ``tasks`` order.
+
+    Every task must have the same number of rewriting prompts (one ``hparams``). ``batch`` caps the
+    requests per padded batch (None: all at once); ``rebuild_at``: rebuild the batch when at most
+    this fraction of its rows is still active.
+    """
+    if not tasks:
+        return BatchValueResult(values=[])
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    per = {len(t.located) for t in tasks}
+    if len(per) != 1:
+        raise ValueError("every request of a batch needs the same number of rewriting prompts (one template set)")
+    order = _sort_by_length(tasks)
+    size = batch or len(order)
+    results: list[ValueResult | None] = [None] * len(tasks)
+    stats = BatchStats()
+    start = time.perf_counter()
+    for c in range(0, len(order), size):
+        stats.chunks += 1
+        _run_chunk(adapter, tokenizer, tasks, order[c : c + size], layer, hparams, results, stats, rebuild_at, on_step, should_stop)
+    stats.seconds = time.perf_counter() - start
+    return BatchValueResult(values=[r for r in results if r is not None], stats=stats)
+
+
+def _run_chunk(
+    adapter: EncoderAdapter,
+    tokenizer: Any,
+    tasks: Sequence[ValueTask],
+    chunk: list[int],
+    layer: int,
+    hparams: ReFACTHParams,
+    results: list[ValueResult | None],
+    stats: BatchStats,
+    rebuild_at: float,
+    on_step: BatchStepCallback | None,
+    should_stop: StopCheck | None,
+) -> None:
+    device = adapter.device
+    dtype = tasks[chunk[0]].v0.dtype
+    n = len(chunk)
+    pos = {req: j for j, req in enumerate(chunk)}  # request -> row of the chunk's state tensors
+    v0 = torch.stack([tasks[i].v0.detach().to(device) for i in chunk])
+    v0_sq = torch.stack([torch.norm(v0[j]) ** 2 for j in range(n)])
+    max_norm = torch.stack([hparams.clamp_factor * torch.norm(v0[j]) for j in range(n)])
+    delta = torch.zeros(n, adapter.hidden_size, dtype=dtype, device=device)
+    exp_avg, exp_avg_sq = torch.zeros_like(delta), torch.zeros_like(delta)
+    for i in chunk:
+        results[i] = ValueResult(delta=delta[pos[i]])
+    done: set[int] = set()
+    built = _Built(adapter, tokenizer, tasks, list(chunk), layer)
+    stats.rebuilds += 1
+    t0 = time.perf_counter()
+    for step in range(hparams.max_steps):
+        if should_stop is not None and should_stop():
+            raise EditCancelled(f"batch cancelled at step {step}; the model was not changed")
+        live = [i for i in built.members if i not in done]
+        rows = torch.tensor([pos[i] for i in built.members], device=device)
+        d = delta[rows].clone().requires_grad_(True)
+        features = built.features_of(d[built.row_req])
+        scores = _scores(features, built.row_targets, hparams).masked_fill(~built.row_valid, -math.inf)
+        log_p = torch.log_softmax(scores, dim=-1)[:, 0].view(len(built.members), built.per)
+        nll = -log_p.mean(dim=1)
+        wd = hparams.weight_decay * torch.linalg.vector_norm(d, dim=1) / v0_sq[rows]
+        loss = nll + wd
+        p_target = log_p.exp().mean(dim=1)
+        stats.row_steps += built.row_req.shape[0]
+        stats.token_steps += built.tokens
+        elapsed = time.perf_counter() - t0
+        with torch.no_grad():
+            norms = torch.linalg.vector_norm(d, dim=1).tolist()
+        loss_l, nll_l, wd_l, p_l = loss.tolist(), nll.tolist(), wd.tolist(), p_target.tolist()
+        member_row = {req: j for j, req in enumerate(built.members)}
+        finished: list[int] = []
+        for req in live:
+            j = member_row[req]
+            event = StepEvent(step=step, loss=loss_l[j], nll=nll_l[j], wd=wd_l[j], p_target=p_l[j], delta_norm=norms[j], elapsed=elapsed)
+            res = results[req]
+            res.steps.append(event)
+            res.steps_run = step + 1
+            res.p_target = event.p_target
+            if on_step is not None:
+                on_step(req, event)
+            if event.p_target > hparams.prob_threshold:
+                res.early_stopped = True
+                finished.append(req)
+            elif step == hparams.max_steps - 1:
+                finished.append(req)
+        for req in finished:  # snapshot at the stop step: later updates of others never touch it
+            results[req].delta = delta[pos[req]].clone()
+            done.add(req)
+        still = [req for req in live if req not in done]
+        if not still:
+            break
+        # only the live requests' losses enter the gradient; each one's gradient is its own
+        live_rows = torch.tensor([member_row[r] for r in still], device=device)
+        loss[live_rows].sum().backward(inputs=[d])
+        grad = d.grad[live_rows]
+        upd = torch.tensor([pos[r] for r in still], device=device)
+        with torch.no_grad():
+            p, m, v = delta[upd], exp_avg[upd], exp_avg_sq[upd]
+            _adam_update(p, grad, m, v, step + 1, hparams.lr)
+            for k, req in enumerate(still):
+                norm = torch.norm(p[k])
+                if norm > max_norm[pos[req]]:
+                    p[k] = p[k] * max_norm[pos[req]] / torch.norm(p[k])
+                    if results[req].first_clamped_step is None:
+                        results[req].first_clamped_step = step + 1
+                results[req].optimizer_updates += 1
+            delta[upd], exp_avg[upd], exp_avg_sq[upd] = p, m, v
+        if len(still) <= rebuild_at * len(built.members):
+            built = _Built(adapter, tokenizer, tasks, still, layer)
+            stats.rebuilds += 1

@@ -1,0 +1,157 @@
+"""TIME (Orgad, Kawar, Belinkov 2023): closed-form edit of the UNet's cross-attention projections.
+
+Every ``attn2.to_v`` (and with ``with_to_k`` every ``attn2.to_k``) whose input is the text width gets
+W' = (lam W + sum v* c^T)(lam I + sum c c^T)^-1, lam = 0.1. c runs over the final text-encoder token
+embeddings of the source prompt (the request's prompt) and its augmentations ("A photo of ...",
+"An image of ...", "A picture of ..."), all 77 positions (padding included) by default; v* = W c_new
+of the destination token aligned with each source token (destination = the request's oracle, else
+its target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time as _time
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+
+from engine.delta import EditDelta
+from engine.methods.base import EditMethod, MethodError, MethodResult, pipeline_component
+from engine.methods.closed_form import cross_attention_projections, low_rank_updates, text_width, token_embeddings
+from engine.request import EditRequest
+
+AUGMENTATIONS = ("A photo of {}", "An image of {}", "A picture of {}")
+
+
+@dataclass(frozen=True)
+class TimeHParams:
+    """TIME's settings (reference defaults)."""
+
+    lam: float = 0.1
+    with_to_k: bool = False
+    augment: bool = True
+    padding: bool = True     # all 77 positions as the reference; False = BOS..EOS only
+
+    def __post_init__(self) -> None:
+        if not self.lam > 0:
+            raise MethodError(f"TIME lam must be > 0, got {self.lam}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "TimeHParams":
+        return _from_dict(cls, data, "TIME")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _from_dict(cls, data: Mapping[str, Any] | None, label: str):
+    """``cls(**data)`` with each value checked against its field's default type (MethodError if wrong)."""
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise MethodError(f"unknown {label} hyperparameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name, value in data.items():
+        default = known[name].default if known[name].default is not MISSING else known[name].default_factory()
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif isinstance(default, float):
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            elif isinstance(default, tuple):
+                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                    raise ValueError
+                value = tuple(value)
+        except (TypeError, ValueError):
+            raise MethodError(f"{label} hyperparameter {name} must be a {type(default).__name__}, "
+                              f"got {value!r}") from None
+        data[name] = value
+    return cls(**data)
+
+
+def augment(text: str) -> list[str]:
+    """The text and its three augmentations, a leading "A"/"An" lower-cased inside them."""
+    first, _, rest = text.partition(" ")
+    inner = (first.lower() + " " + rest) if first in ("A", "An") and rest else text
+    return [text] + [t.format(inner) for t in AUGMENTATIONS]
+
+
+def _norm(token: str) -> str:
+    return "a</w>" if token == "an</w>" else token
+
+
+def align(src_tokens: list[str], dst_tokens: list[str]) -> list[int]:
+    """pi(i): each source position goes to the next identical destination token (greedy, "an" = "a");
+    positions without a match take the next destination position in order (clamped to the end)."""
+    out, j, last = [], 0, len(dst_tokens) - 1
+    for tok in src_tokens:
+        k = next((m for m in range(j, len(dst_tokens)) if _norm(dst_tokens[m]) == _norm(tok)), None)
+        if k is None:
+            k = min(j, last)
+        out.append(k)
+        j = min(k + 1, last + 1)
+    return out
+
+
+class TimeMethod(EditMethod):
+    name = "time"
+    component = "unet"
+
+    def default_hparams(self, model: Any = None) -> TimeHParams:
+        return TimeHParams()
+
+    def hparams_from_dict(self, data: Mapping[str, Any] | None, model: Any = None) -> TimeHParams:
+        return TimeHParams.from_dict(data)
+
+    def check(self, model: Any) -> None:
+        pipeline_component(model, self.component, "TIME")
+
+    def target_modules(self, model: Any, hparams: TimeHParams) -> dict[str, torch.nn.Module]:
+        unet = pipeline_component(model, self.component, "TIME")
+        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
+        return {f"unet:{k}": v for k, v in mods.items()}
+
+    def embeddings(self, model: Any, request: EditRequest, hparams: TimeHParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, aligned destination) rows [n, d] the closed form runs over."""
+        dest = request.oracle or request.target
+        src_texts = augment(request.prompt) if hparams.augment else [request.prompt]
+        dst_texts = augment(dest) if hparams.augment else [dest]
+        emb, mask, ids = token_embeddings(model, src_texts + dst_texts)
+        n = len(src_texts)
+        cs, gs = [], []
+        for i in range(n):
+            s_tok = model.tokenizer.convert_ids_to_tokens(ids[i])
+            d_tok = model.tokenizer.convert_ids_to_tokens(ids[n + i])
+            pi = align(s_tok, d_tok)
+            keep = range(len(s_tok)) if hparams.padding else range(int(mask[i].sum()))
+            rows = list(keep)
+            cs.append(emb[i, rows])
+            gs.append(emb[n + i, [pi[r] for r in rows]])
+        return torch.cat(cs), torch.cat(gs)
+
+    def compute(self, model: Any, request: EditRequest, hparams: TimeHParams, **_: Any) -> MethodResult:
+        t0 = _time.perf_counter()
+        request.validate()
+        unet = pipeline_component(model, self.component, "TIME")
+        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
+        if not mods:
+            raise MethodError("TIME found no cross-attention projection whose input is the text width")
+        c, g = self.embeddings(model, request, hparams)
+        updates = low_rank_updates(self.component, mods, c, g, None, hparams.lam)
+        meta = {
+            "method": self.name,
+            "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
+            "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
+            "n_embeddings": str(int(c.shape[0])),
+        }
+        return MethodResult(EditDelta(updates=updates, meta=meta), self.name, _time.perf_counter() - t0,
+                            numbers={"n_matrices": float(len(updates)), "n_embeddings": float(c.shape[0])})

@@ -1,0 +1,94 @@
+"""Readouts: which feature of an encoder's forward the v* loss compares, per encoder slot.
+
+The loss must look at what the denoiser reads (diffusers 0.42.1 ``encode_prompt``), not at whatever
+the encoder's own head returns. A readout names that feature; the adapter computes it from the
+outputs of a few layers (its *taps*). A layer after the last tap cannot change the feature, so it is
+not editable under that readout.
+
+Kinds:
+- ``final``: the encoder's own pooled feature (CLIP: final LN at EOS, then ``text_projection`` when the
+  model has one; BERT: its pooling). SD1/SD2 and plain text encoders.
+- ``pooler``: CLIP final LN at EOS without the projection (``pooler_output``; FLUX's CLIP-L).
+- ``penultimate``: ``hidden_states[-2]`` at EOS, no final LN (SDXL ``text_encoder``).
+- ``penultimate+embeds``: ``hidden_states[-2]`` at EOS joined with ``weight * text_embeds``
+  (SDXL ``text_encoder_2``, both SD3 CLIP encoders).
+- ``mean``: mean of ``last_hidden_state`` over the prompt's own tokens (T5 in SD3/FLUX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("final", "pooler", "penultimate", "penultimate+embeds", "mean")
+
+
+class ReadoutError(ValueError):
+    """A readout spec is malformed or does not fit the encoder."""
+
+
+@dataclass(frozen=True)
+class Readout:
+    """One slot's readout: ``kind`` (see module docstring) and the weight of ``text_embeds``."""
+
+    kind: str = "final"
+    embeds_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ReadoutError(f"unknown readout {self.kind!r}; use one of {', '.join(KINDS)}")
+        if not self.embeds_weight >= 0:
+            raise ReadoutError(f"readout weight must be >= 0, got {self.embeds_weight}")
+
+    def taps(self, num_layers: int) -> tuple[int, ...]:
+        """Layers whose outputs the feature is computed from (-1 is the embedding output)."""
+        last = num_layers - 1
+        if self.kind == "penultimate":
+            return (last - 1,)
+        if self.kind == "penultimate+embeds":
+            return (last - 1, last)
+        return (last,)
+
+    def last_editable(self, num_layers: int) -> int:
+        """The deepest layer whose edit can reach the feature.
+
+        An edit adds to the MLP output at the subject's token only. A readout taken at EOS sees that
+        change only through a later layer's attention, so its own tap layer is out of reach; a
+        ``mean`` readout averages the subject's token itself, so the tap layer still counts.
+        ``final`` is read at EOS on CLIP; an adapter whose pooling averages every token (BERT mean
+        pooling) widens its range itself.
+        """
+        deepest = max(self.taps(num_layers))
+        return deepest if self.kind == "mean" else deepest - 1
+
+    def spec(self) -> str:
+        """Text form, parsed back by ``parse``: ``kind`` or ``penultimate+embeds:<weight>``."""
+        if self.kind == "penultimate+embeds" and self.embeds_weight != 1.0:
+            return f"{self.kind}:{self.embeds_weight:g}"
+        return self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> "Readout":
+        kind, _, weight = str(text).strip().partition(":")
+        try:
+            return cls(kind, float(weight) if weight else 1.0)
+        except ValueError as exc:
+            raise ReadoutError(f"readout {text!r} is not valid ({exc}); use e.g. 'penultimate+embeds:0.5'") from None
+
+
+FINAL = Readout("final")
+
+# (family, slot) -> readout the denoiser's conditioning implies; unlisted slots use ``final``.
+DEFAULT_READOUTS: dict[tuple[str, str], Readout] = {
+    ("sdxl", "text_encoder"): Readout("penultimate"),
+    ("sdxl", "text_encoder_2"): Readout("penultimate+embeds"),
+    ("sd3", "text_encoder"): Readout("penultimate+embeds"),
+    ("sd3", "text_encoder_2"): Readout("penultimate+embeds"),
+    ("sd3", "text_encoder_3"): Readout("mean"),
+    ("flux", "text_encoder"): Readout("pooler"),
+    ("flux", "text_encoder_2"): Readout("mean"),
+}
+
+
+def default_readout(family: str, slot: str) -> Readout:
+    """The readout of ``slot`` in a ``family`` pipeline (``final`` for SD1/SD2 and plain encoders)."""
+    return DEFAULT_READOUTS.get((family, slot), FINAL)

@@ -1,0 +1,168 @@
+"""Encoder slots: the text encoders of one pipeline, each with its tokenizer, adapter and readout.
+
+A slot is named by its pipeline attribute (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``)
+and has the attributes a single-encoder model has (``.adapter``, ``.tokenizer``, ``.text_encoder``,
+``.base_fc2``), so every engine function written for one encoder (``compute_edit``, the second-moment
+store, ``base_weights``) takes a slot as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.errors import DeltaIntegrityError
+from engine.hashing import module_hash
+from engine.hparams import HParamsError
+from engine.readout import Readout
+
+# Pipeline family -> its encoder slots, in the order encode_prompt uses them.
+FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
+    "sd1": ("text_encoder",),
+    "sd2": ("text_encoder",),
+    "sdxl": ("text_encoder", "text_encoder_2"),
+    "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3"),
+    "flux": ("text_encoder", "text_encoder_2"),
+}
+# T5 input length each family's encode_prompt pads to (its max_sequence_length default).
+T5_LENGTH = {"sd3": 256, "flux": 512}
+
+
+def tokenizer_attr(slot: str) -> str:
+    """The pipeline attribute of a slot's tokenizer (text_encoder_2 -> tokenizer_2)."""
+    return slot.replace("text_encoder", "tokenizer")
+
+
+@dataclass
+class EncoderSlot:
+    """One text encoder of a model: what an edit of it needs."""
+
+    name: str
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    adapter: Any  # EncoderAdapter (its readout is this slot's)
+    base_fc2: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def component(self) -> str:
+        """The delta component this slot's updates carry (its pipeline attribute)."""
+        return self.name
+
+    @property
+    def readout(self) -> Readout:
+        return self.adapter.readout
+
+    @property
+    def family(self) -> str:
+        """Encoder family: "clip", "t5" or "bert"."""
+        return self.adapter.family
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.adapter.num_layers)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.adapter.max_length)
+
+    @property
+    def editable_layers(self) -> range:
+        """Layers whose edit reaches this slot's readout."""
+        return range(0, self.adapter.last_editable + 1)
+
+    def check_layer(self, layer: int) -> None:
+        """HParamsError naming the slot and its editable range unless ``layer`` is in it."""
+        check_slot_layer(self.adapter, layer, self.name)
+
+    def default_layer(self) -> int:
+        """The layer edited when none is given: the paper's depth (7 of 12) scaled to this encoder."""
+        return default_layer_for(self.adapter)
+
+    def component_module(self, name: str) -> torch.nn.Module:
+        """This slot's encoder when ``name`` is the slot (so a slot's own delta applies to it)."""
+        if name != self.name:
+            raise DeltaIntegrityError(f"delta edits {name!r}, not the encoder slot {self.name!r}")
+        return self.text_encoder
+
+    def encoder_hash(self) -> str:
+        """sha256 of the encoder's current state dict."""
+        return module_hash(self.text_encoder)
+
+    def fc2_modules(self) -> dict[str, torch.nn.Linear]:
+        """Every layer's editable matrix, keyed by its module name inside the encoder."""
+        wanted = [self.adapter.fc2(i) for i in range(self.adapter.num_layers)]
+        names = {id(m): n for n, m in self.text_encoder.named_modules()}
+        return {names[id(m)]: m for m in wanted}
+
+    def snapshot_fc2(self) -> dict[str, torch.Tensor]:
+        """CPU copies of all editable weights, keyed "<module>.weight"."""
+        return {f"{n}.weight": m.weight.detach().to("cpu", copy=True) for n, m in self.fc2_modules().items()}
+
+    @torch.no_grad()
+    def restore_fc2(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Copy a ``snapshot_fc2()`` back in place (the parameter objects stay the same)."""
+        current = {f"{n}.weight": m.weight for n, m in self.fc2_modules().items()}
+        if set(snapshot) != set(current):
+            raise DeltaIntegrityError(
+                f"the weight snapshot does not belong to {self.name} (different layers); take it from the same model"
+            )
+        for name, weight in current.items():
+            saved = snapshot[name]
+            if saved.shape != weight.shape:
+                raise DeltaIntegrityError(
+                    f"{self.name} snapshot {name} has shape {tuple(saved.shape)}, the model {tuple(weight.shape)}; "
+                    "take it from the same model"
+                )
+            weight.copy_(saved.to(device=weight.device, dtype=weight.dtype))
+
+    def restore_base(self) -> None:
+        """Put every editable weight of this slot back to what was loaded."""
+        self.restore_fc2(self.base_fc2)
+
+
+def check_slot_layer(adapter: Any, layer: int, slot: str = "text_encoder") -> None:
+    """HParamsError unless ``layer`` reaches the adapter's readout."""
+    last = adapter.last_editable
+    if not 0 <= layer <= last:
+        cut = ""
+        if last < adapter.num_layers - 1:
+            cut = f" (layers after {last} cannot reach its {adapter.readout.kind} readout)"
+        raise HParamsError(
+            f"layer {layer} is out of range for {slot} (editable: layers 0..{last} of {adapter.num_layers}{cut}); "
+            f"pick one with --layer {slot}=N"
+        )
+
+
+def default_layer_for(adapter: Any) -> int:
+    """The paper's layer 7 of 12 at the same relative depth, kept inside the editable range."""
+    n = int(adapter.num_layers)
+    return max(0, min(round(7 * n / 12), adapter.last_editable))
+
+
+def keep_editable_fp32(adapter: Any) -> None:
+    """Make every editable matrix float32 when the encoder is in fp16/bf16: a rank-one update of a
+    large bf16 matrix rounds away. Only for T5, whose feed-forward casts its input to ``wo``'s dtype
+    (transformers already keeps ``wo`` fp32 under fp16); CLIP's fc2 must match its input's dtype."""
+    if adapter.family != "t5":
+        return
+    for i in range(adapter.num_layers):
+        linear = adapter.fc2(i)
+        if linear.weight.dtype in (torch.float16, torch.bfloat16):
+            linear.weight = torch.nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+
+
+def combined_hash(hashes: dict[str, str]) -> str:
+    """One hash for several slots' weights; a single slot's hash is returned unchanged (SD1 compat)."""
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))
+    from hashlib import sha256
+
+    return sha256("|".join(f"{k}={v}" for k, v in hashes.items()).encode()).hexdigest()
+
+
+__all__ = [
+    "EncoderSlot", "FAMILY_SLOTS", "T5_LENGTH", "tokenizer_attr", "check_slot_layer", "default_layer_for",
+    "keep_editable_fp32", "combined_hash",
+]

@@ -1,0 +1,381 @@
+"""`refact bench`: every row of a request file edited independently on the unedited base, scored per
+row in text space, in the cross-attention proxy and (unless text-only) in image space, then reverted.
+
+Baseline (unedited) and oracle scores are computed once per (model, corpus, settings) key and shared
+by every run with that key, whatever its method. A run is stored with everything needed to rerun it
+(`bench_config.py`), in one transaction once every row is done: a failed or interrupted bench stores
+no run. Before every row the hash of the matrices the method edits must equal the base's.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import DeltaIntegrityError, EngineError
+from engine.evaluation.scoring import EditScores
+from engine.events import Progress, ProgressCallback
+from engine.files import file_sha256
+from engine.request import EditRequest
+from refact_tui.services.bench_config import BenchOptions, digest, library_versions
+from refact_tui.services.bench_scores import (
+    aggregate, failed_probes, from_json, oracle_request, row_metrics, to_json, with_specificity,
+)
+
+RowHook = Callable[[Any, int], None]   # (model, row index) before each row's edit, for tests
+
+
+class BenchError(EngineError):
+    """Bad bench input (one line; nothing was stored)."""
+
+
+@dataclass
+class BenchRow:
+    index: int
+    request: EditRequest
+    scores: dict[str, EditScores]
+    seconds: float
+    weights_hash: str
+    error: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {space: row_metrics(s) for space, s in self.scores.items()}
+
+    @property
+    def failed(self) -> dict[str, list[str]]:
+        out = {space: failed_probes(self.request, s) for space, s in self.scores.items()}
+        if self.error:
+            out["edit"] = [self.error]
+        return out
+
+
+@dataclass
+class BenchReport:
+    run_id: int
+    method: str
+    rows: list[BenchRow]
+    aggregates: dict[str, dict[str, dict[str, Any]]]  # space -> variant -> metric -> {value, std, n}
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+def read_rows(path: str | Path, tokenizer: Any, max_tokens: int, fmt: str = "auto",
+              limit: int | None = None) -> list[EditRequest]:
+    """The file's requests (any queue-importable format), length-checked; BenchError on any problem."""
+    from engine.importers import load_requests
+
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1, got {limit}")
+    result = load_requests(path, format=fmt, tokenizer=tokenizer, max_tokens=max_tokens)
+    if result.errors:
+        more = f" (and {len(result.errors) - 1} more problem(s))" if len(result.errors) > 1 else ""
+        raise BenchError(f"{result.errors[0]}{more}; fix the file, nothing was benchmarked")
+    requests = result.edit_requests()
+    if not requests:
+        raise BenchError(f"{path} has no requests to benchmark; add at least one row")
+    return requests[:limit] if limit else requests
+
+
+def _load(ws, options: BenchOptions):
+    from engine.models import detect_kind, load_model, resolve_source
+    from store.base_models import get_base_model
+
+    source = options.model
+    if source is None:
+        source = get_base_model(ws.db, ws.history().base_model_id).path
+    with_pipe = detect_kind(resolve_source(source)) == "sd-pipeline"
+    return load_model(source, device=options.device, with_pipeline=with_pipe)
+
+
+def _judge_provenance(spec: str | None) -> dict[str, Any]:
+    from engine.evaluation.judge import JUDGE_ENV, _cached_pretrained, parse_judge_spec
+    import os
+
+    js = parse_judge_spec(spec or os.environ.get(JUDGE_ENV) or None)
+    path = js.checkpoint if js.checkpoint is not None else _cached_pretrained(js.model, js.pretrained_tag, None)
+    return {"name": js.label, "checkpoint": str(path), "checkpoint_sha256": file_sha256(Path(path))}
+
+
+def _provenance(model, options: BenchOptions, method, hparams, corpus_sha: str, n_rows: int,
+                judge_info: dict | None) -> dict[str, Any]:
+    from engine.hashing import module_hash
+
+    pipe = model.pipeline
+    out: dict[str, Any] = {
+        "options": {**options.to_dict(), "hparams": hparams.to_dict()},
+        "method": method.name, "hparams": hparams.to_dict(),
+        "model": {"source": model.source, "path": str(model.path), "kind": model.kind,
+                  "encoder_hash": model.encoder_hash(),
+                  "unet_hash": module_hash(pipe.unet) if pipe is not None and hasattr(pipe, "unet") else None},
+        "corpus": {"path": str(Path(options.file).expanduser().resolve()), "sha256": corpus_sha, "rows": n_rows},
+        "versions": library_versions(), "device": str(model.device),
+        "text": {"similarity": "l2", "temperature": 1.0},
+    }
+    if not options.text_only and pipe is not None:
+        from engine.evaluation.generation import resolution
+
+        cfg = options.image_config()
+        h, w = resolution(pipe, cfg.generation)
+        fp16 = model.device.type == "cuda" and cfg.generation.fp16
+        out["image"] = {"seeds": cfg.seed_list, "steps": cfg.generation.steps, "guidance": cfg.generation.guidance,
+                        "scheduler": type(pipe.scheduler).__name__, "size": [h, w],
+                        "dtype": "float16" if fp16 else "float32", "judge": judge_info,
+                        "captions": str(options.captions_path()), "n_captions": options.n_captions,
+                        "captions_sha256": file_sha256(options.captions_path()) if options.quality and options.n_captions
+                        else None}
+    out["dtype"] = str(next(model.text_encoder.parameters()).dtype).removeprefix("torch.")
+    return out
+
+
+# ----------------------------------------------------------------------------------- references
+
+
+def _reference_key(config: dict[str, Any], space: str) -> str:
+    """Baseline/oracle scores depend on the model, the rows and the space's settings, not the method."""
+    shared = {"model": config["model"], "corpus": config["corpus"], "space": space,
+              "settings": config.get("image") if space in ("image", "quality") else config["text"]}
+    shared["device"] = config["device"]
+    return digest(shared)
+
+
+def _references(ws, key: str, space: str, compute: Callable[[], tuple[list[EditScores], list[EditScores]]],
+                n: int) -> tuple[list[EditScores], list[EditScores]]:
+    from store.bench_runs import get_references, put_references
+
+    base, orc = get_references(ws.db, key, space, "baseline"), get_references(ws.db, key, space, "oracle")
+    if len(base) == n and len(orc) == n:
+        return [from_json(base[i]) for i in range(n)], [from_json(orc[i]) for i in range(n)]
+    b, o = compute()
+    put_references(ws.db, key, space, "baseline", {i: to_json(s) for i, s in enumerate(b)})
+    put_references(ws.db, key, space, "oracle", {i: to_json(s) for i, s in enumerate(o)})
+    return b, o
+
+
+# ----------------------------------------------------------------------------------- the run
+
+
+class _Progress:
+    """Two bars: rows done, images rendered (every image-producing step goes through ``images_step``)."""
+
+    def __init__(self, cb: ProgressCallback | None, n_rows: int, n_images: int):
+        self.cb, self.n_rows, self.n_images, self.images = cb, n_rows, n_images, 0
+
+    def row(self, done: int, detail: str) -> None:
+        if self.cb:
+            self.cb(Progress("rows", done, self.n_rows, detail))
+
+    def _emit(self, done: int, detail: str = "") -> None:
+        self.images = done
+        if self.cb and self.n_images:
+            self.cb(Progress("images", min(done, self.n_images), self.n_images, detail))
+
+    def images_step(self, count: int, fn: Callable[[ProgressCallback], Any]) -> Any:
+        start = self.images
+        out = fn(lambda p: self._emit(start + p.done, p.detail))
+        self._emit(start + count)
+        return out
+
+
+def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None = None,
+              on_row_start: RowHook | None = None, rerun_of: int | None = None) -> BenchReport:
+    """Benchmark ``options.method`` on every row of ``options.file``; stores and returns the run."""
+    from engine.evaluation import cross_attn
+    from engine.evaluation.bench_images import images_per_request, request_image_scores
+    from engine.evaluation.text_metrics import FeatureCache, text_scores
+    from engine.methods import applied, get_method
+    from engine.models import load_tokenizer, token_limit
+    from store.base_models import get_base_model
+    from store.bench_runs import insert_bench_run
+
+    t_start = time.perf_counter()
+    method = get_method(options.method)
+    options = _resolve_stats(ws, options)
+    if options.seeds < 1 or options.steps < 1:
+        raise BenchError("--seeds and --steps must be >= 1")
+    source = options.model or get_base_model(ws.db, ws.history().base_model_id).path
+    tok = load_tokenizer(source)
+    requests = read_rows(options.file, tok, token_limit(tok), options.format, options.limit)
+    corpus_sha = file_sha256(Path(options.file).expanduser())
+    model = _load(ws, options)
+    hparams = method.hparams_from_dict(options.hparams, model)
+    method.check(model)
+    images = not options.text_only
+    if images and model.pipeline is None:
+        raise BenchError(f"{model.path} is a text encoder only; image space needs a pipeline (use --text-only)")
+    judge = judge_info = None
+    if images:
+        from engine.evaluation.distributed import eval_device
+        from engine.evaluation.judge import load_judge
+
+        judge = load_judge(options.judge, eval_device(options.device))
+        judge_info = _judge_provenance(options.judge)
+    config = _provenance(model, options, method, hparams, corpus_sha, len(requests), judge_info)
+    notes: list[str] = []
+    n = len(requests)
+    img_cfg = options.image_config()
+    captions: list[str] = []
+    if images and options.quality and options.n_captions > 0:
+        from engine.evaluation.quality import load_captions
+
+        captions = load_captions(options.captions_path(), options.n_captions)
+    n_images = 0
+    if images:
+        n_images = sum(images_per_request(r, options.seeds) for r in requests) + len(captions) * (n + 1)
+        n_images += sum(images_per_request(r, options.seeds, oracle=True) for r in requests)
+    progress = _Progress(on_progress, n, n_images)
+
+    # Everything the unedited model says, before any edit: frozen features and the references.
+    spaces = ["text"]
+    text_frozen = FeatureCache.frozen(model, None)
+    all_texts = [t for r in requests for t in cross_attn.request_texts(r)]
+    text_frozen.get(all_texts)
+    kv_frozen = None
+    if cross_attn.available(model):
+        spaces.append("xattn")
+        kv_frozen = cross_attn.frozen_kv(model)
+        kv_frozen.get(all_texts)
+    else:
+        notes.append("cross-attention proxy skipped: the model has no UNet cross-attention")
+    scorers: dict[str, Callable[[EditRequest], EditScores]] = {
+        "text": lambda r: text_scores(model, text_frozen, r),
+    }
+    if kv_frozen is not None:
+        scorers["xattn"] = lambda r: cross_attn.cross_attn_scores(model, kv_frozen, r)
+
+    def text_like_refs(space: str):
+        def compute():
+            base = [scorers[space](r) for r in requests]
+            orc = [with_specificity(scorers[space](oracle_request(r)), b) for r, b in zip(requests, base)]
+            return base, orc
+        return compute
+
+    refs = {s: _references(ws, _reference_key(config, s), s, text_like_refs(s), n) for s in spaces}
+    if images:
+        spaces.append("image")
+
+        n_ref = sum(images_per_request(r, options.seeds, oracle=True) for r in requests)
+        refs["image"] = progress.images_step(n_ref, lambda cb: _references(
+            ws, _reference_key(config, "image"), "image",
+            lambda: request_image_scores(model, requests, img_cfg, judge, oracle=True, on_progress=cb), n))
+    quality = None
+    if captions:
+        from refact_tui.services.bench_quality import CaptionQuality
+
+        quality = CaptionQuality(ws, _reference_key(config, "quality"), model, judge, captions, options,
+                                 progress.images_step)
+        quality.before()
+
+    base_hash = method.weights_hash(model, hparams)
+    precomputed, shared_s = _vectorised(method, model, requests, hparams, options, ws, notes)
+    rows: list[BenchRow] = []
+    for i, req in enumerate(requests):
+        if on_row_start is not None:
+            on_row_start(model, i)
+        h = method.weights_hash(model, hparams)
+        if h != base_hash:
+            raise DeltaIntegrityError(f"before row {i + 1} the edited weights differ from the base; "
+                                      "an earlier row's edit leaked (bug); nothing was stored")
+        t0 = time.perf_counter()
+        error = None
+        try:
+            delta = precomputed[i] if precomputed is not None else _compute(method, model, req, hparams, options, ws)
+        except (EngineError, ValueError) as exc:  # a refused row is scored unedited and marked
+            delta, error = None, f"edit failed: {' '.join(str(exc).split())}"
+        seconds = time.perf_counter() - t0 + shared_s
+        scores: dict[str, EditScores] = {}
+        with (applied(model, delta) if delta is not None else nullcontext()):
+            for space, score in scorers.items():
+                scores[space] = score(req)
+            if images:
+                scores["image"] = progress.images_step(images_per_request(req, options.seeds), lambda cb: (
+                    request_image_scores(model, [req], img_cfg, judge, on_progress=cb)[0][0]))
+                if quality is not None:
+                    quality.after_row()
+        rows.append(BenchRow(i, req, scores, seconds, h, error))
+        progress.row(i + 1, req.prompt)
+
+    aggregates = {s: {"method": aggregate([r.scores[s] for r in rows]), "baseline": aggregate(refs[s][0]),
+                      "oracle": aggregate(refs[s][1])} for s in spaces}
+    quality_out = quality.result(notes) if quality is not None else {}
+    summary = {"aggregates": aggregates, "notes": notes, "quality": quality_out,
+               "edit_seconds": [r.seconds for r in rows]}
+    total = time.perf_counter() - t_start
+    stored = insert_bench_run(
+        ws.db, method=method.name, hparams=hparams.to_dict(), config=config,
+        corpus_path=config["corpus"]["path"], corpus_sha256=corpus_sha, summary=summary, seconds=total,
+        rows=[{"row_index": r.index, "request": r.request.to_dict(), "metrics": r.metrics, "failed": r.failed,
+               "scores": {s: to_json(v) for s, v in r.scores.items()}, "seconds": r.seconds,
+               "weights_hash": r.weights_hash} for r in rows],
+        rerun_of=rerun_of,
+    )
+    return BenchReport(stored.id, method.name, rows, aggregates, config, notes, quality_out, total)
+
+
+def _resolve_stats(ws, options: BenchOptions) -> BenchOptions:
+    from refact_tui.services.runner import stats_settings
+
+    corpus, samples = stats_settings(ws)
+    return replace(options, stats_samples=options.stats_samples if options.stats_samples is not None else samples,
+                   stats_corpus=options.stats_corpus or (str(corpus) if corpus else None))
+
+
+def _stats_kwargs(ws, options: BenchOptions) -> dict[str, Any]:
+    corpus = Path(options.stats_corpus) if options.stats_corpus else None
+    return {"stats": _stats(ws), "corpus": corpus, "n_samples": options.stats_samples}
+
+
+def _stats(ws):
+    from engine.covariance import SecondMomentStore
+
+    return SecondMomentStore(Path(ws.stats_dir))
+
+
+def _compute(method, model, req, hparams, options: BenchOptions, ws):
+    kwargs = {}
+    if method.name == "refact":
+        kwargs = _stats_kwargs(ws, options)
+    return method.compute(model, req, hparams, **kwargs).delta
+
+
+def _vectorised(method, model, requests, hparams, options: BenchOptions, ws, notes: list[str]):
+    """All ReFACT deltas at once on the base model with the batch helper, when it is installed."""
+    if method.name != "refact" or not options.vectorised or len(requests) < 2:
+        return None, 0.0
+    try:
+        from engine.batch_edit import compute_values
+    except ImportError:
+        return None, 0.0
+    t0 = time.perf_counter()
+    try:
+        values = compute_values(model, requests, hparams, **_stats_kwargs(ws, options))
+    except (EngineError, ValueError) as exc:
+        notes.append(f"vectorised v* not used ({' '.join(str(exc).split())}); rows edited one by one")
+        return None, 0.0
+    notes.append("ReFACT v* vectorised over all rows (engine.batch_edit); seconds per row = batch time / rows")
+    return [r.delta for r in values.results], (time.perf_counter() - t0) / len(requests)
+
+
+# ----------------------------------------------------------------------------------- stored runs
+
+
+def rerun_bench(ws, run_id: int, *, on_progress: ProgressCallback | None = None) -> BenchReport:
+    """Run a stored bench again with its stored options and full hyperparameters."""
+    from store.bench_runs import get_bench_run
+
+    rec = get_bench_run(ws.db, run_id)
+    opts = BenchOptions.from_dict(rec.config.get("options", {}))
+    path = Path(opts.file).expanduser()
+    if not path.is_file():
+        raise BenchError(f"bench run {run_id} read {path}, which is gone; restore it to rerun")
+    if file_sha256(path) != rec.corpus_sha256:
+        raise BenchError(f"{path} changed since bench run {run_id} (sha256 differs); restore it to rerun exactly")
+    return run_bench(ws, replace(opts, hparams=dict(rec.hparams)), on_progress=on_progress, rerun_of=run_id)

@@ -1,0 +1,154 @@
+"""`refact layers`: edit one request at every editable layer of a slot and measure each, in text space.
+
+Each layer's edit is inserted into the in-memory working model, measured, and taken out again
+(weights restored bit for bit), so nothing in the workspace changes except cached statistics. Per
+layer: P(target) of the optimisation, text-space efficacy (the edit prompt's P(target) against the
+frozen base's source/target features), generality / specificity when probes are given, and drift:
+the mean relative change of the slot's readout over unrelated corpus captions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from engine.request import EditRequest
+
+DRIFT_CAPTIONS = 24
+
+
+@dataclass
+class LayerRow:
+    """One layer's edit, measured."""
+
+    slot: str
+    layer: int
+    p_target: float | None = None       # the optimisation's own P(target)
+    efficacy: float | None = None       # text-space efficacy of the edit prompt
+    generality: float | None = None
+    specificity: float | None = None
+    drift: float | None = None          # mean ||f' - f|| / ||f|| over unrelated captions
+    steps_run: int = 0
+    seconds: float = 0.0
+    error: str | None = None            # why this layer could not be edited
+
+
+@dataclass
+class SlotSweep:
+    """Every editable layer of one slot."""
+
+    slot: str
+    readout: str
+    rows: list[LayerRow] = field(default_factory=list)
+
+    @property
+    def best(self) -> LayerRow | None:
+        """Highest efficacy, then least drift."""
+        ok = [r for r in self.rows if r.error is None and r.efficacy is not None]
+        return max(ok, key=lambda r: (round(r.efficacy, 3), -(r.drift or 0.0))) if ok else None
+
+
+def drift_texts(request: EditRequest, n: int = DRIFT_CAPTIONS, corpus: Path | None = None) -> list[str]:
+    """Corpus captions that do not mention the request's subject (the unrelated set drift is measured on)."""
+    from engine.covariance import default_corpus_path, read_corpus
+
+    subject = request.subject_text.lower()
+    lines = read_corpus(corpus or default_corpus_path())
+    return [ln for ln in lines if subject not in ln.lower()][:n]
+
+
+def sweep_layers(
+    model: Any,
+    request: EditRequest,
+    hparams: Any,
+    *,
+    slots: Sequence[str] = (),
+    layers: Sequence[int] = (),
+    stats: Any = None,
+    corpus: Path | None = None,
+    n_samples: int | None = None,
+    unrelated: Sequence[str] | None = None,
+    on_row: Callable[[LayerRow], None] | None = None,
+) -> list[SlotSweep]:
+    """Edit ``request`` at every editable layer (or ``layers``) of each slot (or ``slots``); see module doc."""
+    from engine.covariance import SecondMomentStore
+    from engine.evaluation.text_metrics import FeatureCache, encode_texts, text_metrics
+    from engine.insertion import insert
+    from engine.refact import compute_edit
+    from engine.slot_edit import SlotSelectionError, slot_list
+
+    request.validate()
+    all_slots = slot_list(model)
+    names = [getattr(s, "component", "text_encoder") for s in all_slots]
+    for wanted in slots:
+        if wanted not in names:
+            raise SlotSelectionError(f"this model has no encoder slot {wanted!r}; its slots are {', '.join(names)}")
+    stats = stats if stats is not None else SecondMomentStore(None)
+    unrelated = list(unrelated) if unrelated is not None else drift_texts(request, corpus=None)
+    out: list[SlotSweep] = []
+    for slot, name in zip(all_slots, names):
+        if slots and name not in slots:
+            continue
+        sweep = SlotSweep(slot=name, readout=slot.adapter.readout.spec())
+        frozen = FeatureCache.frozen(slot, getattr(slot, "base_fc2", None))
+        base_drift = encode_texts(slot, unrelated) if unrelated else None
+        editable = range(0, slot.adapter.last_editable + 1)
+        for layer in (layers or editable):
+            row = LayerRow(slot=name, layer=int(layer))
+            t0 = time.perf_counter()
+            if layer not in editable:
+                row.error = f"not editable (layers 0..{editable[-1]} reach the {sweep.readout} readout)"
+            else:
+                weight = slot.adapter.fc2(layer).weight
+                backup = weight.detach().clone()
+                try:
+                    res = compute_edit(slot, request, replace(hparams, layer=int(layer), slots=(), slot_layers=()),
+                                       stats=stats, corpus=corpus, n_samples=n_samples)
+                    insert(slot.adapter, res.delta, res.tensors["k_e"], res.tensors["v_star"])
+                    m = text_metrics(slot, frozen, request, similarity=hparams.similarity,
+                                     temperature=hparams.temperature)
+                    row.p_target, row.efficacy, row.steps_run = res.p_target, m.efficacy, res.steps_run
+                    row.generality, row.specificity = m.generality, m.specificity
+                    if base_drift is not None:
+                        now = encode_texts(slot, unrelated)
+                        rel = (now - base_drift).norm(dim=-1) / base_drift.norm(dim=-1).clamp_min(1e-12)
+                        row.drift = float(rel.mean())
+                except Exception as exc:  # an engine refusal at one layer is a result, not a crash
+                    from engine.errors import EngineError
+
+                    if not isinstance(exc, (EngineError, ValueError)):
+                        raise
+                    row.error = " ".join(str(exc).split())
+                finally:
+                    with torch.no_grad():
+                        weight.copy_(backup)
+            row.seconds = time.perf_counter() - t0
+            sweep.rows.append(row)
+            if on_row is not None:
+                on_row(row)
+        out.append(sweep)
+    return out
+
+
+def sweep_workspace(ws, request: EditRequest, hparams: Any, *, slots: Sequence[str] = (),
+                    layers: Sequence[int] = (), device: str = "auto",
+                    on_row: Callable[[LayerRow], None] | None = None) -> list[SlotSweep]:
+    """``sweep_layers`` on the current history's model at its head (the workspace's statistics cache
+    and corpus settings; nothing else is written)."""
+    from engine.covariance import SecondMomentStore
+    from refact_tui.services.queue import resolve_hparams
+    from refact_tui.services.runner import STATS_CORPUS_KEY, STATS_SAMPLES_KEY
+    from refact_tui.services.state import working_model
+    from store.db import get_meta
+
+    hp = resolve_hparams(ws, hparams)
+    corpus = get_meta(ws.db, STATS_CORPUS_KEY) or None
+    samples = get_meta(ws.db, STATS_SAMPLES_KEY) or None
+    model = working_model(ws, device)
+    return sweep_layers(model, request, hp, slots=slots, layers=layers, stats=SecondMomentStore(Path(ws.stats_dir)),
+                        corpus=Path(corpus) if corpus else None, n_samples=int(samples) if samples else None,
+                        on_row=on_row)
