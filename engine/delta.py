@@ -13,7 +13,7 @@ one rank-one fc2 update of ``text_encoder``) still load.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 

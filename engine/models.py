@@ -8,7 +8,7 @@ Nothing is ever downloaded: weights are read as safetensors only and no remote c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from engine.errors import DeltaIntegrityError, EngineError, ModelFormatError, ModelNotFoundError  # noqa: E402
 from engine.model_files import (  # noqa: E402,F401  (read_pooling is public here)
-    _has_weights, _load_text_encoder, _one_line, _read_json, _require_safetensors, _transformer_folder, read_pooling,
+    _load_text_encoder, _one_line, _read_json, _require_safetensors, _transformer_folder, read_pooling,
 )
 from engine.readout import Readout, default_readout  # noqa: E402
 from engine.slots import (  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from refact_tui.cli.common import (
-    JSON_OPTION, console, err_console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
+    JSON_OPTION, console, err_console, open_workspace, print_json, print_table, short, with_hparam_options,
 )
 
 from refact_tui.services.display import plain, quoted

@@ -10,7 +10,7 @@ from textual.widgets import Footer, Header, Static
 
 from refact_tui.services.dashboard import METRICS, MetricsView, metrics_view
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
-from refact_tui.tui.screens.base import DashboardScreen, titled
+from refact_tui.tui.screens.base import DashboardScreen
 from refact_tui.tui.widgets.metric_panel import MetricPanel
 
 

@@ -14,7 +14,6 @@ from refact_tui.services.display import plain
 from refact_tui.tui.screens.add_edit import AddEditModal, NewEdit
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
 from refact_tui.tui.screens.base import DashboardScreen, titled
-from refact_tui.tui.screens.confirm import ConfirmModal
 from refact_tui.tui.screens.import_file import ImportChoice, ImportFileModal
 from refact_tui.tui.widgets import fmt
 from refact_tui.tui.widgets.queue_table import QueueTable
