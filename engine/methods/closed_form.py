@@ -13,12 +13,64 @@ numerical rank (<= min(n, d)) as left = W U S, right = V.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import torch
 
-from engine.delta import MatrixUpdate
+from engine.delta import EditDelta, MatrixUpdate
+from engine.methods.base import EditMethod, MethodError, MethodResult, pipeline_component
+from engine.request import EditRequest
 from engine.tokens import check_length
+
+
+class CrossAttentionMethod(EditMethod):
+    """A closed-form edit of the UNet's cross-attention projections (TIME, UCE): the shared plumbing.
+
+    Subclasses set ``name``, ``label`` and ``hparams_type`` (a dataclass with ``from_dict``,
+    ``to_dict``, ``with_to_k`` and ``lam``) and implement ``compute``.
+    """
+
+    component = "unet"
+    label = ""
+    hparams_type: Any = None
+
+    def default_hparams(self, model: Any = None) -> Any:
+        return self.hparams_type()
+
+    def hparams_from_dict(self, data: Any, model: Any = None) -> Any:
+        return self.hparams_type.from_dict(data)
+
+    def check(self, model: Any) -> None:
+        pipeline_component(model, self.component, self.label)
+
+    def projections(self, model: Any, hparams: Any) -> dict[str, torch.nn.Linear]:
+        """The cross-attention projections whose input is the text width (MethodError if none)."""
+        unet = pipeline_component(model, self.component, self.label)
+        return cross_attention_projections(unet, text_width(model), hparams.with_to_k)
+
+    def target_modules(self, model: Any, hparams: Any) -> dict[str, torch.nn.Module]:
+        return {f"{self.component}:{k}": v for k, v in self.projections(model, hparams).items()}
+
+    def edit_projections(self, model: Any, request: EditRequest, hparams: Any) -> dict[str, torch.nn.Linear]:
+        """Validate ``request`` and return the projections to edit; MethodError when there are none."""
+        request.validate()
+        mods = self.projections(model, hparams)
+        if not mods:
+            raise MethodError(f"{self.label} found no cross-attention projection whose input is the text width")
+        return mods
+
+    def result(self, request: EditRequest, hparams: Any, updates: list[MatrixUpdate], seconds: float,
+               meta: dict[str, str] | None = None, numbers: dict[str, float] | None = None) -> MethodResult:
+        """The MethodResult of one closed-form edit, with the request and hyperparameters in its meta."""
+        full = {
+            "method": self.name,
+            "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
+            "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
+            **(meta or {}),
+        }
+        return MethodResult(EditDelta(updates=updates, meta=full), self.name, seconds,
+                            numbers={"n_matrices": float(len(updates)), **(numbers or {})})
 
 
 def cross_attention_projections(unet: torch.nn.Module, text_width: int, with_to_k: bool,

@@ -18,9 +18,8 @@ from typing import Any, Mapping
 
 import torch
 
-from engine.delta import EditDelta
-from engine.methods.base import EditMethod, MethodError, MethodResult, pipeline_component
-from engine.methods.closed_form import cross_attention_projections, low_rank_updates, text_width, token_embeddings
+from engine.methods.base import MethodError, MethodResult
+from engine.methods.closed_form import CrossAttentionMethod, low_rank_updates, token_embeddings
 from engine.request import EditRequest
 
 AUGMENTATIONS = ("A photo of {}", "An image of {}", "A picture of {}")
@@ -102,23 +101,10 @@ def align(src_tokens: list[str], dst_tokens: list[str]) -> list[int]:
     return out
 
 
-class TimeMethod(EditMethod):
+class TimeMethod(CrossAttentionMethod):
     name = "time"
-    component = "unet"
-
-    def default_hparams(self, model: Any = None) -> TimeHParams:
-        return TimeHParams()
-
-    def hparams_from_dict(self, data: Mapping[str, Any] | None, model: Any = None) -> TimeHParams:
-        return TimeHParams.from_dict(data)
-
-    def check(self, model: Any) -> None:
-        pipeline_component(model, self.component, "TIME")
-
-    def target_modules(self, model: Any, hparams: TimeHParams) -> dict[str, torch.nn.Module]:
-        unet = pipeline_component(model, self.component, "TIME")
-        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
-        return {f"unet:{k}": v for k, v in mods.items()}
+    label = "TIME"
+    hparams_type = TimeHParams
 
     def embeddings(self, model: Any, request: EditRequest, hparams: TimeHParams) -> tuple[torch.Tensor, torch.Tensor]:
         """(c, aligned destination) rows [n, d] the closed form runs over."""
@@ -140,18 +126,9 @@ class TimeMethod(EditMethod):
 
     def compute(self, model: Any, request: EditRequest, hparams: TimeHParams, **_: Any) -> MethodResult:
         t0 = _time.perf_counter()
-        request.validate()
-        unet = pipeline_component(model, self.component, "TIME")
-        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
-        if not mods:
-            raise MethodError("TIME found no cross-attention projection whose input is the text width")
+        mods = self.edit_projections(model, request, hparams)
         c, g = self.embeddings(model, request, hparams)
         updates = low_rank_updates(self.component, mods, c, g, None, hparams.lam)
-        meta = {
-            "method": self.name,
-            "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
-            "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
-            "n_embeddings": str(int(c.shape[0])),
-        }
-        return MethodResult(EditDelta(updates=updates, meta=meta), self.name, _time.perf_counter() - t0,
-                            numbers={"n_matrices": float(len(updates)), "n_embeddings": float(c.shape[0])})
+        return self.result(request, hparams, updates, _time.perf_counter() - t0,
+                           meta={"n_embeddings": str(int(c.shape[0]))},
+                           numbers={"n_embeddings": float(c.shape[0])})

@@ -16,9 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from engine.delta import EditDelta
-from engine.methods.base import EditMethod, MethodError, MethodResult, pipeline_component
-from engine.methods.closed_form import cross_attention_projections, low_rank_updates, text_width, token_embeddings
+from engine.methods.base import MethodError, MethodResult
+from engine.methods.closed_form import CrossAttentionMethod, low_rank_updates, text_width, token_embeddings
 from engine.methods.time import _from_dict
 from engine.request import EditRequest, clean_text
 
@@ -64,40 +63,17 @@ def last_content(model: Any, texts: Sequence[str]) -> torch.Tensor:
     return emb[torch.arange(len(texts)), idx]
 
 
-class UCEMethod(EditMethod):
+class UCEMethod(CrossAttentionMethod):
     name = "uce"
-    component = "unet"
-
-    def default_hparams(self, model: Any = None) -> UCEHParams:
-        return UCEHParams()
-
-    def hparams_from_dict(self, data: Mapping[str, Any] | None, model: Any = None) -> UCEHParams:
-        return UCEHParams.from_dict(data)
-
-    def check(self, model: Any) -> None:
-        pipeline_component(model, self.component, "UCE")
-
-    def target_modules(self, model: Any, hparams: UCEHParams) -> dict[str, torch.nn.Module]:
-        unet = pipeline_component(model, self.component, "UCE")
-        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
-        return {f"unet:{k}": v for k, v in mods.items()}
+    label = "UCE"
+    hparams_type = UCEHParams
 
     def compute(self, model: Any, request: EditRequest, hparams: UCEHParams, **_: Any) -> MethodResult:
         t0 = _time.perf_counter()
-        request.validate()
-        unet = pipeline_component(model, self.component, "UCE")
-        mods = cross_attention_projections(unet, text_width(model), hparams.with_to_k)
-        if not mods:
-            raise MethodError("UCE found no cross-attention projection whose input is the text width")
+        mods = self.edit_projections(model, request, hparams)
         both = last_content(model, [request.prompt, request.target])
         c, g = both[:1], both[1:]
         keep = last_content(model, [p for p in hparams.preserve if p.lower() != request.prompt.lower()])
         updates = low_rank_updates(self.component, mods, c, g, keep, hparams.lam,
                                    hparams.edit_scale, hparams.preserve_scale)
-        meta = {
-            "method": self.name,
-            "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
-            "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
-        }
-        return MethodResult(EditDelta(updates=updates, meta=meta), self.name, _time.perf_counter() - t0,
-                            numbers={"n_matrices": float(len(updates))})
+        return self.result(request, hparams, updates, _time.perf_counter() - t0)
