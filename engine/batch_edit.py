@@ -8,7 +8,6 @@ padded batch (engine.batch_optimize). It never modifies weights. Each request's 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from engine.hparams import HParamsError, ReFACTHParams
 from engine.insertion import right_vector
 from engine.keys import _cholesky, keys_at
 from engine.optimize import encode_texts
-from engine.refact import EditResult, EditTimings, _cpu, default_store, earlier_keys
+from engine.refact import EditResult, EditTimings, _cpu, default_store, delta_meta, earlier_keys
 from engine.request import EditRequest
 from engine.tokens import LocatedText, check_length, locate_all, rewriting_templates
 
@@ -149,16 +148,7 @@ def compute_values(
         v0 = tasks[i].v0
         v_star = v0 + value.delta
         r, division = right_vector(v_star, v_e[i], k_e[i], u[i], hparams.min_division)
-        meta = {
-            "family": adapter.family,
-            "upstream_hash": upstream,
-            "request": json.dumps(req.to_dict(), ensure_ascii=False, sort_keys=True),
-            "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
-            "hparams_fingerprint": hparams.fingerprint(),
-            "division_factor": repr(division),
-            "p_target": repr(value.p_target),
-            "steps_run": str(value.steps_run),
-        }
+        meta = delta_meta(adapter, layer, req, hparams, division, value.p_target, value.steps_run, upstream)
         results.append(
             EditResult(
                 delta=EditDelta(layer=layer, module=module, u=u[i], r=r, meta=meta),

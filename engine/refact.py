@@ -150,14 +150,7 @@ def compute_edit(
     meta = {
         "slot": component,
         "readout": adapter.readout.spec(),
-        "family": adapter.family,
-        "upstream_hash": adapter.upstream_hash(layer),
-        "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
-        "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
-        "hparams_fingerprint": hparams.fingerprint(),
-        "division_factor": repr(division),
-        "p_target": repr(value.p_target),
-        "steps_run": str(value.steps_run),
+        **delta_meta(adapter, layer, request, hparams, division, value.p_target, value.steps_run),
     }
     delta = EditDelta(layer=layer, module=adapter.fc2_name(layer), u=u, r=r, meta=meta, component=component)
     timings.insert_s = time.perf_counter() - t0
@@ -190,6 +183,21 @@ def compute_edit(
         prompts=[p.text for p in rewriting],
         lookup_indices=[p.index for p in rewriting],
     )
+
+
+def delta_meta(adapter: Any, layer: int, request: EditRequest, hparams: ReFACTHParams, division: float,
+               p_target: float, steps_run: int, upstream_hash: str | None = None) -> dict[str, str]:
+    """The metadata every ReFACT delta carries: encoder, request, hyperparameters and the edit's outcome."""
+    return {
+        "family": adapter.family,
+        "upstream_hash": upstream_hash if upstream_hash is not None else adapter.upstream_hash(layer),
+        "request": json.dumps(request.to_dict(), ensure_ascii=False, sort_keys=True),
+        "hparams": json.dumps(hparams.to_dict(), sort_keys=True),
+        "hparams_fingerprint": hparams.fingerprint(),
+        "division_factor": repr(division),
+        "p_target": repr(p_target),
+        "steps_run": str(steps_run),
+    }
 
 
 def earlier_keys(model: Any, requests: Sequence[EditRequest], hparams: ReFACTHParams) -> torch.Tensor:
