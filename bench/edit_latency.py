@@ -15,6 +15,7 @@ child process). Writes a section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import datetime as dt
 import json
 import os
@@ -43,7 +44,6 @@ from engine.insertion import insert  # noqa: E402
 from engine.keys import left_vector  # noqa: E402
 from engine.refact import compute_edit  # noqa: E402
 from engine.request import EditRequest  # noqa: E402
-from engine.slots import default_layer_for  # noqa: E402
 from latency_models import build_bench_model, describe  # noqa: E402
 from naive_loop import naive_seconds_per_step, sync  # noqa: E402
 
@@ -76,7 +76,7 @@ def _t5_scale(slot, layer: int, real_blocks: int) -> tuple[int, float, float]:
 
 
 def bench_slot(bench, slot, layer: int, args: argparse.Namespace, store: SecondMomentStore,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, *, warm: bool = True) -> dict[str, Any]:
     """Time one slot's edit; returns its row (times already scaled for a cut T5)."""
     is_t5 = slot.family == "t5"
     steps = args.t5_steps if is_t5 else (args.timed_steps or args.steps)
@@ -91,7 +91,7 @@ def bench_slot(bench, slot, layer: int, args: argparse.Namespace, store: SecondM
     stats_first = time.perf_counter() - t0
     weight = slot.adapter.fc2(layer).weight
     saved = weight.detach().clone()
-    if not is_t5:  # warm-up (allocator, kernels); a T5 step costs minutes on CPU
+    if warm and not is_t5:  # warm-up (allocator, kernels); a T5 step costs minutes on CPU
         compute_edit(slot, REQUEST, hp.with_overrides(max_steps=1), second_moment=second_moment)
     sync(device)
     t0 = time.perf_counter()
@@ -104,13 +104,19 @@ def bench_slot(bench, slot, layer: int, args: argparse.Namespace, store: SecondM
     insert_s = time.perf_counter() - t0
     with torch.no_grad():
         weight.copy_(saved)
-    per_step = res.timings.optimize_s / res.steps_run
+    # The v* phase is a fixed part (frozen target features, the prefix forward up to the layer) and a
+    # per-step part; only the per-step part scales with the step count. Each step's event carries the
+    # time since the loop started, so the per-step cost is the mean spacing of those events.
+    events = res.steps
+    loop_s = events[-1].elapsed if len(events) > 1 else res.timings.optimize_s
+    per_step = loop_s / max(len(events) - 1, 1)
+    setup_s = max(res.timings.optimize_s - per_step * res.steps_run, 0.0)
     # tokenization, checks and the right vector: not scaled for a cut T5
     overhead_s = compute_s - res.timings.key_s - res.timings.optimize_s
-    optimize_s, key_s, real_layer, note = per_step * args.steps, res.timings.key_s, layer, ""
+    optimize_s, key_s, real_layer, note = setup_s + per_step * args.steps, res.timings.key_s, layer, ""
     if is_t5:
         real_layer, opt_factor, key_factor = _t5_scale(slot, layer, bench.real_layers[slot.name])
-        optimize_s *= opt_factor
+        optimize_s = setup_s * key_factor + per_step * args.steps * opt_factor
         key_s *= key_factor
         per_step *= opt_factor
         note = (f"est.: {res.steps_run} step(s) timed with {slot.num_layers - layer - 1} block(s) after layer {layer} "
@@ -124,28 +130,55 @@ def bench_slot(bench, slot, layer: int, args: argparse.Namespace, store: SecondM
     }
 
 
-def bench_arch(spec: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    """One family built once for every repeat: its slots, their layers and the C cache."""
+
+    spec: str
+    arch: str
+    bench: Any
+    plan: list[tuple[Any, int]]
+    store: SecondMomentStore
+    build_s: float
+
+
+def prepare_arch(spec: str, args: argparse.Namespace, device: torch.device) -> Prepared:
     arch, layers = parse_spec(spec)
     t0 = time.perf_counter()
     bench = build_bench_model(arch, device, t5_blocks=args.t5_blocks, seed=args.seed)
     build_s = time.perf_counter() - t0
-    store = SecondMomentStore(None)
-    rows = []
+    plan = []
     for i, slot in enumerate(bench.model.slots):
         if slot.family == "t5":
             layer = layers.get(slot.name, slot.num_layers - 2)
         else:
-            layer = layers.get(slot.name, args.layer if i == 0 else default_layer_for(slot.adapter))
+            first = args.layer if i == 0 and args.layer is not None else slot.default_layer()
+            layer = layers.get(slot.name, first)
         slot.check_layer(layer)
-        rows.append(bench_slot(bench, slot, layer, args, store, device))
-    out = {"spec": spec, "arch": arch, "build_s": build_s, "slots": rows, "describe": describe(bench),
+        plan.append((slot, layer))
+    return Prepared(spec, arch, bench, plan, SecondMomentStore(None), build_s)
+
+
+def bench_arch(prep: Prepared, args: argparse.Namespace, device: torch.device, *, first: bool) -> dict[str, Any]:
+    """One timed edit of every slot of ``prep`` (the warm-up and the naive loop only when ``first``)."""
+    rows = [bench_slot(prep.bench, slot, layer, args, prep.store, device, warm=first) for slot, layer in prep.plan]
+    out = {"spec": prep.spec, "arch": prep.arch, "build_s": prep.build_s, "slots": rows, "describe": describe(prep.bench),
            "seconds_per_edit": sum(r["seconds_per_edit"] for r in rows),
            "estimated": any(r["estimated"] for r in rows)}
-    if arch == "sd1" and args.naive_steps > 0:
+    if first and prep.arch == "sd1" and args.naive_steps > 0:
         hp = ReFACTHParams(layer=rows[0]["layer"], weight_decay=0.0, prob_threshold=1.0)
-        out["naive_seconds_per_step"] = naive_seconds_per_step(bench.model.slots[0], REQUEST, hp, args.naive_steps, device)
-    del bench, store
+        out["naive_seconds_per_step"] = naive_seconds_per_step(prep.bench.model.slots[0], REQUEST, hp, args.naive_steps, device)
     return out
+
+
+def combine(runs: list[dict[str, Any]], sd1_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median total, plus the median and range of the per-repeat ratio to SD1
+    (each repeat times SD1 and this family back to back, so slow drifts of a shared CPU cancel)."""
+    ratios = sorted(r["seconds_per_edit"] / s["seconds_per_edit"] for r, s in zip(runs, sd1_runs))
+    totals = sorted(r["seconds_per_edit"] for r in runs)
+    mid = next(r for r in runs if r["seconds_per_edit"] == totals[(len(totals) - 1) // 2])
+    return {**mid, "repeats": len(runs), "ratio": ratios[(len(ratios) - 1) // 2],
+            "ratio_range": (ratios[0], ratios[-1]), "all_seconds": [r["seconds_per_edit"] for r in runs]}
 
 
 def _peak_rss_kib() -> int:
@@ -195,11 +228,11 @@ def _timed_note(summary: dict[str, Any]) -> str:
     n = summary.get("timed_steps") or 0
     if not n or n >= summary["steps"]:
         return ""
-    return f"; CLIP slots: {n} steps timed after a 1-step warm-up, scaled to {summary['steps']}"
+    return (f"; CLIP slots: {n} steps timed after a 1-step warm-up, the per-step cost scaled to {summary['steps']} "
+            "steps and the fixed part (keys and prefix forward, target features) counted once")
 
 
 def write_section(results: list[dict[str, Any]], mom: dict[str, Any] | None, summary: dict[str, Any], path: Path) -> None:
-    sd1 = results[0]["seconds_per_edit"]
     lines = [
         SECTION_START,
         f"{SECTION_HEADING} (`bench/edit_latency.py`)",
@@ -215,13 +248,18 @@ def write_section(results: list[dict[str, Any]], mom: dict[str, Any] | None, sum
         "edited layer and scaled to the real default layer (14 of 24: 9 blocks after it, all 256/512 padded "
         "positions run, since SD3/FLUX read T5 unmasked). On this CPU a T5 slot is hours per edit: use a GPU.",
         "",
+        f"- {summary['repeats']} repeat(s), families interleaved; each row is the repeat with the median total, the ratio is "
+        "the median of the per-repeat ratios to that repeat's SD1 edit (range in brackets).",
+        "",
         "| run | slots (layer: s per edit) | total s per edit | ratio to SD1 | s/step of the slowest slot |",
         "|---|---|---|---|---|",
     ]
     for r in results:
         slow = max(r["slots"], key=lambda s: s["seconds_per_step"])
+        low, high = r["ratio_range"]
+        spread = f" ({low:.2f}-{high:.2f})" if r["repeats"] > 1 else ""
         lines.append(f"| {r['spec']} | {_fmt_slots(r)} | {r['seconds_per_edit']:.2f}{' est.' if r['estimated'] else ''} | "
-                     f"{r['seconds_per_edit'] / sd1:.2f}x | {slow['seconds_per_step'] * 1000:.0f} ms ({slow['slot']}) |")
+                     f"{r['ratio']:.2f}x{spread} | {slow['seconds_per_step'] * 1000:.0f} ms ({slow['slot']}) |")
     if "naive_seconds_per_step" in results[0]:
         naive = results[0]["naive_seconds_per_step"]
         lines += ["", f"- SD1 reference-shaped loop (full forward padded to 77, targets re-encoded each step): "
@@ -247,7 +285,8 @@ def main() -> None:
     parser.add_argument("--arch", nargs="+", default=["sd1", "sdxl"],
                         help="families to time, each optionally with slot layers: sdxl:text_encoder_2=26 (sd1 always first)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--layer", type=int, default=7, help="layer of each family's first slot (paper: 7)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="layer of each family's first slot (default: the slot's own default; SD1: the paper's 7)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--timed-steps", type=int, default=0,
                         help="v* steps actually run on a CLIP slot, scaled to --steps (0: run all --steps)")
@@ -257,6 +296,8 @@ def main() -> None:
     parser.add_argument("--naive-steps", type=int, default=0, help="steps of the SD1 reference-shaped loop (0: skip)")
     parser.add_argument("--mom-width", type=int, default=10240, help="key width of the second-moment row (0: skip)")
     parser.add_argument("--mom-tokens", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every family this many times, interleaved; report the median (use 5 on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -280,13 +321,16 @@ def main() -> None:
         "date": dt.date.today().isoformat(), "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "load": load, "steps": args.steps, "t5_steps": args.t5_steps,
-        "t5_blocks": args.t5_blocks, "timed_steps": args.timed_steps,
+        "t5_blocks": args.t5_blocks, "timed_steps": args.timed_steps, "repeats": args.repeats,
     }
-    for spec in specs:
-        results.append(bench_arch(spec, args, device))
-        print(f"{spec}: {_fmt_slots(results[-1])}", flush=True)
-        if not args.no_write:  # partial results survive an interrupted run
-            write_section(results, None, summary, args.output)
+    preps = [prepare_arch(spec, args, device) for spec in specs]
+    runs: list[list[dict[str, Any]]] = [[] for _ in specs]
+    for rep in range(args.repeats):
+        for i, prep in enumerate(preps):
+            runs[i].append(bench_arch(prep, args, device, first=rep == 0))
+            print(f"repeat {rep + 1}/{args.repeats} {prep.spec}: {_fmt_slots(runs[i][-1])}", flush=True)
+    results = [combine(r, runs[0]) for r in runs]
+    del preps
     mom = run_second_moment_child(args.mom_width, args.mom_tokens) if args.mom_width > 0 else None
 
     sd1 = results[0]["seconds_per_edit"]
@@ -297,7 +341,7 @@ def main() -> None:
         for s in r["slots"]:
             table.add_row(r["spec"], s["slot"], str(s["layer"]), str(s["key_size"]), f"{s['stats_first_s']:.1f}",
                           f"{s['seconds_per_edit']:.2f}", f"{s['seconds_per_step'] * 1000:.0f}", s["note"][:40])
-        table.add_row(r["spec"], "total", "", "", "", f"{r['seconds_per_edit']:.2f}", f"{r['seconds_per_edit'] / sd1:.2f}x SD1", "")
+        table.add_row(r["spec"], "total", "", "", "", f"{r['seconds_per_edit']:.2f}", f"{r['ratio']:.2f}x SD1", "")
     Console().print(table)
     if mom is not None:
         print(f"second moment, key {mom['width']}: accumulate {mom['accumulate_s']:.1f} s over {mom['tokens']} rows, "
@@ -307,7 +351,8 @@ def main() -> None:
     print(json.dumps({
         "device": device.type, "steps": args.steps,
         "seconds_per_edit": {r["spec"]: r["seconds_per_edit"] for r in results},
-        "ratio_to_sd1": {r["spec"]: r["seconds_per_edit"] / sd1 for r in results},
+        "ratio_to_sd1": {r["spec"]: r["ratio"] for r in results},
+        "ratio_range": {r["spec"]: r["ratio_range"] for r in results}, "repeats": args.repeats,
         "slots": {r["spec"]: r["slots"] for r in results}, "second_moment": mom,
     }))
 

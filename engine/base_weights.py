@@ -43,8 +43,14 @@ def fc2_weights(model, weights: dict | None) -> Iterator[None]:
         with torch.no_grad():
             for layer, w in weights.items():
                 param = _weight_param(model, layer)
+                w = w.to(param.device, param.dtype)
+                # Unedited layers already hold w: skipping them saves a clone and two copies per
+                # matrix (bigG: 32 x 26 MB) and keeps their version counters, so upstream hashes
+                # memoised on them stay valid.
+                if torch.equal(param, w):
+                    continue
                 saved[layer] = param.detach().clone()
-                param.copy_(w.to(param.device, param.dtype))
+                param.copy_(w)
         yield
     finally:
         with torch.no_grad():

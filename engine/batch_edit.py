@@ -134,7 +134,8 @@ def compute_values(
         encoded = encode_texts(adapter, tokenizer, [t for group in texts for t in group])
     tasks, start = [], 0
     for i, group in enumerate(texts):
-        tasks.append(ValueTask(located=rewriting[i], targets=encoded[start : start + len(group)], v0=v_e[i].clone()))
+        tasks.append(ValueTask(located=rewriting[i], targets=encoded[start : start + len(group)], v0=v_e[i].clone(),
+                               target_texts=group))
         start += len(group)
     values = optimize_values(
         adapter, tokenizer, tasks, layer, hparams, batch=batch, on_step=on_step, should_stop=should_stop

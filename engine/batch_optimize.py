@@ -27,6 +27,7 @@ from engine.errors import EditCancelled
 from engine.events import StepEvent, StopCheck
 from engine.hparams import ReFACTHParams
 from engine.optimize import COSINE_SCALE, ValueResult
+from engine.self_targets import anchor_scores, close_pairs, same_token_pairs
 from engine.tokens import LocatedText
 
 ADAM_BETAS = (0.9, 0.999)
@@ -44,6 +45,7 @@ class ValueTask:
     located: Sequence[LocatedText]
     targets: torch.Tensor  # (X, D); column 0 is the target text
     v0: torch.Tensor  # (H)
+    target_texts: Sequence[str] | None = None  # the texts of ``targets`` (see engine.self_targets)
 
 
 @dataclass
@@ -77,21 +79,26 @@ def _adam_update(
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
-def _scores(features: torch.Tensor, targets: torch.Tensor, hparams: ReFACTHParams) -> torch.Tensor:
-    """Row r's similarity to each of its own targets: features (R, D), targets (R, X, D) -> (R, X)."""
+def _scores(features: torch.Tensor, targets: torch.Tensor, hparams: ReFACTHParams,
+            anchors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Row r's similarity to each of its own targets: features (R, D), targets (R, X, D) -> (R, X).
+    ``anchors`` as in ``engine.optimize.similarity`` (targets that are the row's prompt itself)."""
     if hparams.similarity == "cosine":
         f = torch.nn.functional.normalize(features, dim=-1)
         t = torch.nn.functional.normalize(targets, dim=-1)
         scores = COSINE_SCALE * torch.bmm(t, f[:, :, None])[:, :, 0]
     else:
         scores = -torch.linalg.vector_norm(features[:, None, :] - targets, dim=-1)
+    if anchors is not None:
+        scores = anchor_scores(scores, features, anchors[1], anchors[0], hparams.similarity)
     return scores / hparams.temperature
 
 
 class _Built:
     """The padded batch of ``members`` (request positions): stepper, row index, padded targets."""
 
-    def __init__(self, adapter: EncoderAdapter, tokenizer: Any, tasks: Sequence[ValueTask], members: list[int], layer: int):
+    def __init__(self, adapter: EncoderAdapter, tokenizer: Any, tasks: Sequence[ValueTask], members: list[int], layer: int,
+                 pairs: Sequence[torch.Tensor | None] = ()):
         self.members = members
         self.per = len(tasks[members[0]].located)
         located = [p for i in members for p in tasks[i].located]
@@ -112,6 +119,18 @@ class _Built:
             valid[j, :x] = True
         self.row_targets = targets[self.row_req]
         self.row_valid = valid[self.row_req]
+        # targets that are a row's own prompt: scored against the row's unedited feature in this batch
+        self.anchors = None
+        if pairs and any(pairs[i] is not None for i in members):
+            mask = torch.zeros(len(located), width, dtype=torch.bool)
+            for j, i in enumerate(members):
+                if pairs[i] is not None:
+                    mask[j * self.per:(j + 1) * self.per, : pairs[i].shape[1]] = pairs[i]
+            with torch.no_grad():
+                unedited = self.features_of(torch.zeros(len(located), adapter.hidden_size,
+                                                        dtype=state.mlp_out.dtype, device=device))
+                kept = close_pairs(mask.to(device), unedited, self.row_targets)
+            self.anchors = None if kept is None else (kept, unedited)
         self.tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
 
 
@@ -146,12 +165,14 @@ def optimize_values(
         raise ValueError("every request of a batch needs the same number of rewriting prompts (one template set)")
     order = _sort_by_length(tasks)
     size = batch or len(order)
+    pairs = [same_token_pairs(adapter, tokenizer, [p.text for p in t.located], t.target_texts) for t in tasks]
     results: list[ValueResult | None] = [None] * len(tasks)
     stats = BatchStats()
     start = time.perf_counter()
     for c in range(0, len(order), size):
         stats.chunks += 1
-        _run_chunk(adapter, tokenizer, tasks, order[c : c + size], layer, hparams, results, stats, rebuild_at, on_step, should_stop)
+        _run_chunk(adapter, tokenizer, tasks, order[c : c + size], layer, hparams, results, stats, rebuild_at, on_step,
+                   should_stop, pairs)
     stats.seconds = time.perf_counter() - start
     return BatchValueResult(values=[r for r in results if r is not None], stats=stats)
 
@@ -168,6 +189,7 @@ def _run_chunk(
     rebuild_at: float,
     on_step: BatchStepCallback | None,
     should_stop: StopCheck | None,
+    pairs: Sequence[torch.Tensor | None] = (),
 ) -> None:
     device = adapter.device
     dtype = tasks[chunk[0]].v0.dtype
@@ -181,7 +203,7 @@ def _run_chunk(
     for i in chunk:
         results[i] = ValueResult(delta=delta[pos[i]])
     done: set[int] = set()
-    built = _Built(adapter, tokenizer, tasks, list(chunk), layer)
+    built = _Built(adapter, tokenizer, tasks, list(chunk), layer, pairs)
     stats.rebuilds += 1
     t0 = time.perf_counter()
     for step in range(hparams.max_steps):
@@ -191,7 +213,7 @@ def _run_chunk(
         rows = torch.tensor([pos[i] for i in built.members], device=device)
         d = delta[rows].clone().requires_grad_(True)
         features = built.features_of(d[built.row_req])
-        scores = _scores(features, built.row_targets, hparams).masked_fill(~built.row_valid, -math.inf)
+        scores = _scores(features, built.row_targets, hparams, built.anchors).masked_fill(~built.row_valid, -math.inf)
         log_p = torch.log_softmax(scores, dim=-1)[:, 0].view(len(built.members), built.per)
         nll = -log_p.mean(dim=1)
         wd = hparams.weight_decay * torch.linalg.vector_norm(d, dim=1) / v0_sq[rows]
@@ -242,5 +264,5 @@ def _run_chunk(
                 results[req].optimizer_updates += 1
             delta[upd], exp_avg[upd], exp_avg_sq[upd] = p, m, v
         if len(still) <= rebuild_at * len(built.members):
-            built = _Built(adapter, tokenizer, tasks, still, layer)
+            built = _Built(adapter, tokenizer, tasks, still, layer, pairs)
             stats.rebuilds += 1

@@ -24,7 +24,7 @@ from engine.model_files import (  # noqa: E402,F401  (read_pooling is public her
 )
 from engine.readout import Readout, default_readout  # noqa: E402
 from engine.slots import (  # noqa: E402
-    FAMILY_SLOTS, T5_LENGTH, EncoderSlot, combined_hash, keep_editable_fp32, tokenizer_attr,
+    FAMILY_SLOTS, T5_LENGTH, EncoderSlot, combined_hash, default_depth, keep_editable_fp32, tokenizer_attr,
 )
 
 
@@ -291,7 +291,8 @@ def make_slot(name: str, encoder: torch.nn.Module, tokenizer: Any, family: str |
     except ReadoutError as exc:
         raise ModelFormatError(f"{name}: {exc}") from None
     keep_editable_fp32(adapter)
-    slot = EncoderSlot(name=name, text_encoder=encoder, tokenizer=tokenizer, adapter=adapter)
+    slot = EncoderSlot(name=name, text_encoder=encoder, tokenizer=tokenizer, adapter=adapter,
+                       default_depth=default_depth(family, name))
     slot.base_fc2 = slot.snapshot_fc2()
     return slot
 

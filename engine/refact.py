@@ -114,21 +114,23 @@ def compute_edit(
     timings.stats_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # k* averages the context templates only; with no templates the bare prompt stands in.
+    # One prefix pass serves the keys and the v* loop: the rewriting prompts are the bare prompt
+    # (k_e, v_e) followed by the context templates (k* averages those; with none, the bare prompt).
+    with torch.no_grad():
+        state = adapter.prefix(adapter.tokenize(tokenizer, [p.text for p in rewriting]), layer)
     key_prompts = (
         locate_all(tokenizer, list(hparams.templates), request.prompt, request.subject, max_len)
         if hparams.templates
         else [rewriting[0]]
     )
-    k_templates = keys_at(adapter, tokenizer, key_prompts, layer)
+    row_of = {p.text: i for i, p in enumerate(rewriting)}
+    k_templates = state.key[[row_of[p.text] for p in key_prompts], [p.index for p in key_prompts]]
     k_star = k_templates.mean(dim=0)
     if hparams.preserve > 0 and preserve_requests:
         earlier = earlier_keys(model, preserve_requests, hparams)
         second_moment = second_moment.to(torch.float64) + hparams.preserve * earlier.T @ earlier
     u = left_vector(second_moment, k_star, hparams.ridge)
     bare = rewriting[0]
-    with torch.no_grad():
-        state = adapter.prefix(adapter.tokenize(tokenizer, [bare.text]), layer)
     k_e = state.key[0, bare.index].clone()
     v_e = state.mlp_out[0, bare.index].clone()
     v0 = v_e.clone()
@@ -138,9 +140,11 @@ def compute_edit(
     # Targets come from the frozen base encoder, as in the paper's sequential setting: later edits
     # aim at the original model's features, not at features already moved by earlier edits.
     with fc2_weights(model, base_fc2_of(model)):
-        targets = encode_texts(adapter, tokenizer, [request.target, request.source, *request.contrastive])
+        target_texts = [request.target, request.source, *request.contrastive]
+        targets = encode_texts(adapter, tokenizer, target_texts)
     value = optimize_value(
-        adapter, tokenizer, rewriting, layer, targets, v0, hparams, on_step=on_step, should_stop=should_stop
+        adapter, tokenizer, rewriting, layer, targets, v0, hparams, on_step=on_step, should_stop=should_stop,
+        state=state, target_texts=target_texts,
     )
     v_star = v0 + value.delta
     timings.optimize_s = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
@@ -26,6 +26,15 @@ from engine.refact import EditResult, EditTimings
 from engine.request import EditRequest
 
 SlotStepCallback = Callable[[str, StepEvent], None]
+# Earlier edits to protect (--preserve): per slot name, or one sequence for every slot (one-slot models).
+PreserveRequests = Union[Sequence[EditRequest], Mapping[str, Sequence[EditRequest]]]
+
+
+def preserve_for(preserve: PreserveRequests, slot: str) -> Sequence[EditRequest]:
+    """The earlier requests slot ``slot`` protects: its entry of a mapping (none if absent), else all."""
+    if isinstance(preserve, Mapping):
+        return tuple(preserve.get(slot, ()))
+    return tuple(preserve)
 
 
 class SlotSelectionError(HParamsError):
@@ -119,9 +128,16 @@ def _name(slot: Any) -> str:
     return str(getattr(slot, "component", getattr(slot, "name", "text_encoder")))
 
 
+def _default_layer(slot: Any) -> int:
+    from engine.slots import default_layer_for
+
+    own = getattr(slot, "default_layer", None)
+    return own() if callable(own) else default_layer_for(slot.adapter)
+
+
 def plan_slots(model: Any, hparams: ReFACTHParams) -> list[tuple[Any, int]]:
     """(slot, layer) for every slot the edit touches, in slot order; one-line errors for bad names/layers."""
-    from engine.slots import check_slot_layer, default_layer_for
+    from engine.slots import check_slot_layer
 
     slots = slot_list(model)
     names = [_name(s) for s in slots]
@@ -134,7 +150,7 @@ def plan_slots(model: Any, hparams: ReFACTHParams) -> list[tuple[Any, int]]:
         name = _name(slot)
         layer = hparams.layer_for(name)
         if layer is None:
-            layer = hparams.layer if slot is slots[0] else default_layer_for(slot.adapter)
+            layer = hparams.layer if slot is slots[0] else _default_layer(slot)
         check_slot_layer(slot.adapter, layer, name)
         plan.append((slot, layer))
     return plan
@@ -153,12 +169,14 @@ def compute_model_edit(
     on_step: StepCallback | None = None,
     on_slot_step: SlotStepCallback | None = None,
     should_stop: StopCheck | None = None,
-    preserve_requests: Sequence[EditRequest] = (),
+    preserve_requests: PreserveRequests = (),
     compute: Callable[..., EditResult] | None = None,
 ) -> ModelEditResult:
     """The edit of every planned slot (never modifies weights); see the module docstring.
 
-    ``on_step`` gets the first slot's steps (the edit's step rows), ``on_slot_step`` every slot's.
+    ``on_step`` gets the first slot's steps, ``on_slot_step`` every slot's (with the slot name).
+    ``preserve_requests``: a mapping slot -> earlier requests edited at that slot's layer (each slot
+    protects its own), or one sequence given to every slot.
     Errors name the slot they come from. ``compute`` replaces ``engine.refact.compute_edit`` (tests).
     """
     from engine import refact
@@ -181,7 +199,8 @@ def compute_model_edit(
             result = compute(
                 slot, request, replace(hparams, layer=layer, slots=(), slot_layers=()),
                 second_moment=(second_moments or {}).get(name), stats=stats, corpus=corpus, n_samples=n_samples,
-                progress=progress, on_step=step_cb, should_stop=should_stop, preserve_requests=preserve_requests,
+                progress=progress, on_step=step_cb, should_stop=should_stop,
+                preserve_requests=preserve_for(preserve_requests, name),
             )
         except TokenizationError as exc:
             if not many:

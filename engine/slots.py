@@ -26,6 +26,17 @@ FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
     "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3"),
     "flux": ("text_encoder", "text_encoder_2"),
 }
+# Default edit depth, as a fraction of an encoder's layers. The paper edits layer 7 of SD1's 12. For
+# SDXL's encoders (penultimate readouts) the one published text-encoder editor, EMCID, edits CLIP-L
+# layers 8-10 and bigG layers 26-30: the defaults are the centres of those ranges (9 of 12, 28 of 32).
+# SD3 carries the same two CLIP encoders with penultimate readouts. Every other slot: the paper's depth.
+PAPER_DEPTH = 7 / 12
+FAMILY_DEPTHS: dict[tuple[str, str], float] = {
+    ("sdxl", "text_encoder"): 9 / 12,
+    ("sdxl", "text_encoder_2"): 28 / 32,
+    ("sd3", "text_encoder"): 9 / 12,
+    ("sd3", "text_encoder_2"): 28 / 32,
+}
 # T5 input length each family's encode_prompt pads to (its max_sequence_length default).
 T5_LENGTH = {"sd3": 256, "flux": 512}
 
@@ -44,6 +55,7 @@ class EncoderSlot:
     tokenizer: Any
     adapter: Any  # EncoderAdapter (its readout is this slot's)
     base_fc2: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    default_depth: float = PAPER_DEPTH  # see FAMILY_DEPTHS
 
     @property
     def component(self) -> str:
@@ -77,8 +89,8 @@ class EncoderSlot:
         check_slot_layer(self.adapter, layer, self.name)
 
     def default_layer(self) -> int:
-        """The layer edited when none is given: the paper's depth (7 of 12) scaled to this encoder."""
-        return default_layer_for(self.adapter)
+        """The layer edited when none is given: this slot's default depth scaled to its encoder."""
+        return default_layer_for(self.adapter, self.default_depth)
 
     def component_module(self, name: str) -> torch.nn.Module:
         """This slot's encoder when ``name`` is the slot (so a slot's own delta applies to it)."""
@@ -135,10 +147,15 @@ def check_slot_layer(adapter: Any, layer: int, slot: str = "text_encoder") -> No
         )
 
 
-def default_layer_for(adapter: Any) -> int:
-    """The paper's layer 7 of 12 at the same relative depth, kept inside the editable range."""
+def default_layer_for(adapter: Any, depth: float = PAPER_DEPTH) -> int:
+    """The layer at relative ``depth`` (default: the paper's 7 of 12), kept inside the editable range."""
     n = int(adapter.num_layers)
-    return max(0, min(round(7 * n / 12), adapter.last_editable))
+    return max(0, min(round(depth * n), adapter.last_editable))
+
+
+def default_depth(family: str | None, slot: str) -> float:
+    """A slot's default edit depth in a ``family`` pipeline (FAMILY_DEPTHS, else the paper's)."""
+    return FAMILY_DEPTHS.get((family or "", slot), PAPER_DEPTH)
 
 
 def keep_editable_fp32(adapter: Any) -> None:
@@ -163,6 +180,6 @@ def combined_hash(hashes: dict[str, str]) -> str:
 
 
 __all__ = [
-    "EncoderSlot", "FAMILY_SLOTS", "T5_LENGTH", "tokenizer_attr", "check_slot_layer", "default_layer_for",
+    "EncoderSlot", "FAMILY_SLOTS", "T5_LENGTH", "tokenizer_attr", "check_slot_layer", "default_depth", "default_layer_for",
     "keep_editable_fp32", "combined_hash",
 ]

@@ -154,24 +154,16 @@ def _step_writer_class():
         """One StepWriter (one thread, one connection) for the step rows of every job of a batch."""
 
         def add_for(self, job_id: int, attempt: int, event) -> None:
-            row = (job_id, attempt, int(event.step), real(event.loss), real(event.nll), real(event.wd),
+            row = (job_id, attempt, self.slot, int(event.step), real(event.loss), real(event.nll), real(event.wd),
                    real(event.p_target), real(event.delta_norm), float(event.elapsed))
-            with self._cond:
-                if self._closing:
-                    raise StoreError("this step writer is closed")
-                self._pending.append(row)
-                if self._oldest is None:
-                    self._oldest = __import__("time").monotonic()
-                    self._cond.notify()
-                elif len(self._pending) >= self.flush_every:
-                    self._cond.notify()
+            self._queue(row)
 
     return BatchStepWriter
 
 
-def batch_step_writer(db_path, first_job_id: int):
-    """A step writer for a batch (``add_for(job_id, attempt, event)``)."""
-    return _step_writer_class()(db_path, first_job_id, 0, flush_every=200)
+def batch_step_writer(db_path, first_job_id: int, slot: str = "text_encoder"):
+    """A step writer for a batch (``add_for(job_id, attempt, event)``) whose rows are encoder ``slot``'s."""
+    return _step_writer_class()(db_path, first_job_id, 0, flush_every=200, slot=slot)
 
 
 def copy_batch(db: sqlite_utils.Database, from_edit: int, to_edit: int) -> None:

@@ -33,6 +33,17 @@ class NotFoundError(StoreError):
     """A row looked up by id or name does not exist."""
 
 
+class OutdatedSchemaError(StoreError):
+    """A read-only open found a database made by an older refact-tui (reads never migrate)."""
+
+    def __init__(self, path: str, found: int, expected: int) -> None:
+        self.found, self.expected = found, expected
+        super().__init__(
+            f"the workspace database {path} was made by an older refact-tui (schema {found} < {expected}); "
+            "run `refact migrate` (or any write command) to upgrade it"
+        )
+
+
 class CorruptDatabaseError(StoreError):
     """The workspace database is damaged or breaks an invariant the code relies on."""
 
@@ -82,37 +93,47 @@ def _error(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(_describe(exc, path))
 
 
-def open_db(path: Path, create: bool = False, check: bool = True) -> sqlite_utils.Database:
+def open_db(path: Path, create: bool = False, check: bool = True, read_only: bool = False) -> sqlite_utils.Database:
     """Open (and with ``create`` make) a workspace database and apply pending migrations.
 
     Raises StoreError when the file is missing (without ``create``), unreadable, read-only, or was
     written by a newer refact-tui, and CorruptDatabaseError (with ``check``) when it is damaged or
     breaks an invariant (see :func:`check_database`). Without ``create`` nothing is ever created: an
     empty file or one without refact tables is refused, not initialised.
+
+    With ``read_only`` the file is opened ``mode=ro`` and never written (no WAL switch, no
+    migration): a database of an older schema raises :class:`OutdatedSchemaError` instead.
     """
     path = Path(path)
+    if read_only and create:
+        raise ValueError("open_db: read_only and create exclude each other")
     if not create and not path.is_file():
         raise StoreError(f"no workspace database at {path}; run `refact init --model PATH` first")
     if not create and path.stat().st_size == 0:
         raise CorruptDatabaseError(f"{path} is an empty (0-byte) file")
     try:
         # Legacy transaction control (the default isolation_level) is what sqlite-utils expects.
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        target, uri = (path.absolute().as_uri() + "?mode=ro", True) if read_only else (str(path), False)
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, uri=uri)
     except sqlite3.Error as exc:
         raise StoreError(_describe(exc, str(path))) from None
     try:
         db = sqlite_utils.Database(conn)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(
-                f"cannot switch {path} to WAL mode (got {mode!r}); keep the workspace on a local disk"
-            )
-        conn.execute("PRAGMA synchronous = NORMAL")
+        if not read_only:  # a read-only connection keeps whatever journal mode the file has
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"cannot switch {path} to WAL mode (got {mode!r}); keep the workspace on a local disk"
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
         if not create and schema_version(db) == 0:
             raise CorruptDatabaseError(f"{path} has no refact-tui tables")
-        migrate(db)
+        if read_only:
+            _require_current(db, str(path))
+        else:
+            migrate(db)
         if check:
             problems = check_database(db, first_only=True)
             if problems:
@@ -232,15 +253,27 @@ def schema_version(db: sqlite_utils.Database) -> int:
         raise CorruptDatabaseError(f"schema_version is {row[0]!r}, not a number") from None
 
 
-def migrate(db: sqlite_utils.Database) -> int:
-    """Apply every pending migration in one transaction; returns the resulting version."""
-    path = db_path_of(db)
-    current = schema_version(db)
+def _refuse_newer(current: int, path: str) -> None:
     if current > SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {current} but this refact-tui knows only up to "
             f"{SCHEMA_VERSION}; upgrade refact-tui"
         )
+
+
+def _require_current(db: sqlite_utils.Database, path: str) -> None:
+    """For read-only opens: refuse a newer schema (upgrade refact-tui) and an older one (migrate)."""
+    current = schema_version(db)
+    _refuse_newer(current, path)
+    if current < SCHEMA_VERSION:
+        raise OutdatedSchemaError(path, current, SCHEMA_VERSION)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every pending migration in one transaction; returns the resulting version."""
+    path = db_path_of(db)
+    current = schema_version(db)
+    _refuse_newer(current, path)
     if current == SCHEMA_VERSION:
         return current
     with transaction(db):

@@ -65,8 +65,10 @@ def record_metric(
     n: int,
     total: int,
     final: bool,
+    slot: str = "",
 ) -> MetricRow:
-    """Append a metric value (partial while ``final`` is False); the panels read the newest one."""
+    """Append a metric value (partial while ``final`` is False); the panels read the newest one.
+    ``slot`` '' is the whole edit's value, an encoder slot's name that slot's alone."""
     if space not in SPACES:
         raise StoreError(f"metric space must be one of {SPACES}, got {space!r}")
     if value is None or math.isnan(float(value)):
@@ -75,21 +77,36 @@ def record_metric(
         std = None
     with transaction(db):
         cur = db.execute(
-            "INSERT INTO metrics (eval_run_id, edit_id, space, name, value, std, n, total, final, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [eval_run_id, edit_id, space, name, float(value), std, int(n), int(total), int(bool(final)), now()],
+            "INSERT INTO metrics (eval_run_id, edit_id, space, name, value, std, n, total, final, created_at, slot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [eval_run_id, edit_id, space, name, float(value), std, int(n), int(total), int(bool(final)), now(),
+             str(slot)],
         )
         row = fetch_one(db, "SELECT * FROM metrics WHERE id = ?", [cur.lastrowid])
     return MetricRow.from_row(row)
 
 
-def latest_metrics(db: sqlite_utils.Database, edit_id: int | None = None) -> list[MetricRow]:
-    """Newest row per (edit, space, name); only one edit's when ``edit_id`` is given."""
+def latest_metrics(db: sqlite_utils.Database, edit_id: int | None = None, slot: str | None = "") -> list[MetricRow]:
+    """Newest row per (edit, space, name) of ``slot`` ('' = the whole edit's values, None = every
+    slot's rows too); only one edit's when ``edit_id`` is given."""
+    where, params = ("1", []) if slot is None else ("slot = ?", [slot])
     if edit_id is None:
-        rows = fetch_all(db, "SELECT * FROM latest_metrics ORDER BY edit_id, space, name")
+        rows = fetch_all(db, f"SELECT * FROM latest_metrics WHERE {where} ORDER BY edit_id, space, name, slot", params)
     else:
-        rows = fetch_all(db, "SELECT * FROM latest_metrics WHERE edit_id = ? ORDER BY space, name", [edit_id])
+        rows = fetch_all(db, f"SELECT * FROM latest_metrics WHERE edit_id = ? AND {where} ORDER BY space, name, slot",
+                         [edit_id, *params])
     return [MetricRow.from_row(r) for r in rows]
+
+
+def slot_metrics(db: sqlite_utils.Database, edit_id: int) -> dict[str, list[MetricRow]]:
+    """An edit's per-slot metric values (slot -> newest row per space and name); {} for a one-slot edit."""
+    from store.steps import slot_rank
+
+    out: dict[str, list[MetricRow]] = {}
+    for r in fetch_all(db, "SELECT * FROM latest_metrics WHERE edit_id = ? AND slot != '' ORDER BY space, name",
+                       [edit_id]):
+        out.setdefault(r["slot"], []).append(MetricRow.from_row(r))
+    return {k: out[k] for k in sorted(out, key=lambda s: (slot_rank(s), s))}
 
 
 def metrics_for_run(db: sqlite_utils.Database, eval_run_id: int) -> list[MetricRow]:
@@ -108,7 +125,7 @@ def metric_series(db: sqlite_utils.Database, history_id: int, space: str, name: 
         FROM metrics m
         LEFT JOIN edits e ON e.id = m.edit_id
         LEFT JOIN eval_runs r ON r.id = m.eval_run_id
-        WHERE m.space = ? AND m.name = ?
+        WHERE m.space = ? AND m.name = ? AND m.slot = ''
           AND ((m.edit_id IS NOT NULL AND e.history_id = ?)
                OR (m.edit_id IS NULL AND r.history_id = ?))
         ORDER BY m.id

@@ -172,6 +172,7 @@ class StepRow(_Row):
     p_target: float
     delta_norm: float
     elapsed: float
+    slot: str = "text_encoder"  # the encoder slot whose optimisation the row records
 
     _columns = {name: (name, _nan) for name in ("loss", "nll", "wd", "p_target", "delta_norm")}
 
@@ -206,6 +207,7 @@ class MetricRow(_Row):
     total: int
     final: bool
     created_at: float
+    slot: str = ""  # '' = the whole edit; else the value of that encoder slot alone
 
     _columns = {"final": ("final", bool)}
 

@@ -257,6 +257,43 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (edit_id, slot)
     ) STRICT;
     """,
+    # per-slot metrics and steps (issue 8): metrics.slot '' is the whole edit (for a multi-slot edit the
+    # mean over its edited slots), a slot name is that encoder's own value. steps.slot names the encoder
+    # slot whose v* optimisation a row records (every slot's steps are kept); the key gains the slot, so
+    # the table is rebuilt. Rows written before held the first edited slot's steps only: they get that
+    # slot's name from edit_slots (idx 0), else 'text_encoder' (the slot of every single-encoder model).
+    """
+    ALTER TABLE metrics ADD COLUMN slot TEXT NOT NULL DEFAULT '';
+    DROP VIEW latest_metrics;
+    CREATE VIEW latest_metrics AS
+        SELECT m.* FROM metrics m
+        JOIN (SELECT MAX(id) AS id FROM metrics GROUP BY COALESCE(edit_id, -1), space, name, slot) last
+          ON m.id = last.id;
+
+    CREATE TABLE steps_by_slot (
+        edit_id INTEGER,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL DEFAULT 1,
+        slot TEXT NOT NULL DEFAULT 'text_encoder',
+        step INTEGER NOT NULL,
+        loss REAL,
+        nll REAL,
+        wd REAL,
+        p_target REAL,
+        delta_norm REAL,
+        elapsed REAL NOT NULL,
+        PRIMARY KEY (job_id, attempt, slot, step)
+    ) STRICT;
+    INSERT INTO steps_by_slot (edit_id, job_id, attempt, slot, step, loss, nll, wd, p_target, delta_norm, elapsed)
+        SELECT s.edit_id, s.job_id, s.attempt,
+               COALESCE((SELECT es.slot FROM edit_slots es WHERE es.edit_id = s.edit_id AND es.idx = 0),
+                        'text_encoder'),
+               s.step, s.loss, s.nll, s.wd, s.p_target, s.delta_norm, s.elapsed
+        FROM steps s;
+    DROP TABLE steps;
+    ALTER TABLE steps_by_slot RENAME TO steps;
+    CREATE INDEX steps_edit ON steps (edit_id, slot, step);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

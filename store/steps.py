@@ -19,9 +19,17 @@ from store.db import StoreError, fetch_all, fetch_one, open_db, transaction
 from store.records import StepRow
 
 _INSERT = (
-    "INSERT OR REPLACE INTO steps (edit_id, job_id, attempt, step, loss, nll, wd, p_target, delta_norm, elapsed) "
-    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO steps (edit_id, job_id, attempt, slot, step, loss, nll, wd, p_target, delta_norm, "
+    "elapsed) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+DEFAULT_SLOT = "text_encoder"  # the encoder slot of every single-encoder model
+
+
+def slot_rank(slot: str) -> int:
+    """Position of an encoder slot in its pipeline (text_encoder 1, text_encoder_N N): the order the
+    slots of an edit are optimised in, so the lowest-ranked slot of an edit's rows is its first."""
+    head, _, tail = slot.rpartition("_")
+    return int(tail) if head and tail.isdigit() else 1
 
 
 def _real(x: float) -> float | None:
@@ -39,11 +47,13 @@ class StepWriter:
     """
 
     def __init__(
-        self, db_path: Path, job_id: int, attempt: int, flush_every: int = 20, flush_interval: float = 0.25
+        self, db_path: Path, job_id: int, attempt: int, flush_every: int = 20, flush_interval: float = 0.25,
+        slot: str = DEFAULT_SLOT,
     ) -> None:
         self.db_path = Path(db_path)
         self.job_id = job_id
         self.attempt = attempt
+        self.slot = slot  # the rows' slot when ``add`` names none
         self.flush_every = max(1, int(flush_every))
         self.flush_interval = float(flush_interval)
         self.commits = 0  # transactions written (tests check the batching with it)
@@ -60,10 +70,16 @@ class StepWriter:
         self._thread = threading.Thread(target=self._run, name=f"steps-job{job_id}", daemon=True)
         self._thread.start()
 
-    def add(self, event: StepEvent) -> None:
-        """Queue one step row (never blocks on the database)."""
-        row = (self.job_id, self.attempt, int(event.step), _real(event.loss), _real(event.nll), _real(event.wd),
-               _real(event.p_target), _real(event.delta_norm), float(event.elapsed))
+    def add(self, event: StepEvent, slot: str | None = None) -> None:
+        """Queue one step row of encoder slot ``slot`` (default: the writer's; never blocks on the database)."""
+        self._queue(self._row(self.job_id, self.attempt, slot or self.slot, event))
+
+    @staticmethod
+    def _row(job_id: int, attempt: int, slot: str, event: StepEvent) -> tuple:
+        return (job_id, attempt, slot, int(event.step), _real(event.loss), _real(event.nll), _real(event.wd),
+                _real(event.p_target), _real(event.delta_norm), float(event.elapsed))
+
+    def _queue(self, row: tuple) -> None:
         with self._cond:
             if self._closing:
                 raise StoreError("this StepWriter is closed; create a new one for the next job")
@@ -169,22 +185,49 @@ def attach_steps(db: sqlite_utils.Database, job_id: int, attempt: int, edit_id: 
         ).rowcount
 
 
-def steps_for_edit(db: sqlite_utils.Database, edit_id: int) -> list[StepRow]:
-    """The step rows of an edit in step order."""
-    rows = fetch_all(db, "SELECT * FROM steps WHERE edit_id = ? ORDER BY step", [edit_id])
+def _first_slot(db: sqlite_utils.Database, where: str, params: list) -> str | None:
+    slots = [r["slot"] for r in fetch_all(db, f"SELECT DISTINCT slot FROM steps WHERE {where}", params)]
+    return min(slots, key=lambda s: (slot_rank(s), s)) if slots else None
+
+
+def steps_for_edit(db: sqlite_utils.Database, edit_id: int, slot: str | None = None) -> list[StepRow]:
+    """The step rows of an edit's slot ``slot`` in step order (default: its first slot, the only one
+    of a single-encoder edit; a batch's rows of every request)."""
+    if slot is None:
+        slot = _first_slot(db, "edit_id = ?", [edit_id])
+    rows = fetch_all(db, "SELECT * FROM steps WHERE edit_id = ? AND slot = ? ORDER BY step, job_id", [edit_id, slot])
     return [StepRow.from_row(r) for r in rows]
 
 
+def slot_steps_for_edit(db: sqlite_utils.Database, edit_id: int) -> dict[str, list[StepRow]]:
+    """Every slot's step rows of an edit (slot -> rows in step order), slots in optimisation order."""
+    rows = [StepRow.from_row(r) for r in fetch_all(
+        db, "SELECT * FROM steps WHERE edit_id = ? ORDER BY step, job_id", [edit_id])]
+    return group_by_slot(rows)
+
+
+def group_by_slot(rows) -> dict[str, list]:
+    """Step rows (anything with ``.slot``) grouped by slot, slots in optimisation order."""
+    out: dict[str, list] = {}
+    for r in rows:
+        out.setdefault(r.slot, []).append(r)
+    return {k: out[k] for k in sorted(out, key=lambda s: (slot_rank(s), s))}
+
+
 def steps_for_job(
-    db: sqlite_utils.Database, job_id: int, since_step: int = -1, attempt: int | None = None
+    db: sqlite_utils.Database, job_id: int, since_step: int = -1, attempt: int | None = None,
+    slot: str | None = None,
 ) -> list[StepRow]:
-    """Step rows of a job with step > since_step (default attempt: the job's latest)."""
+    """Step rows of a job's slot with step > since_step (default attempt: the job's latest; default
+    slot: the first slot of that attempt)."""
     if attempt is None:
         row = fetch_one(db, "SELECT attempts FROM jobs WHERE id = ?", [job_id])
         attempt = int(row["attempts"]) if row else 1
+    if slot is None:
+        slot = _first_slot(db, "job_id = ? AND attempt = ?", [job_id, attempt])
     rows = fetch_all(
         db,
-        "SELECT * FROM steps WHERE job_id = ? AND attempt = ? AND step > ? ORDER BY step",
-        [job_id, attempt, since_step],
+        "SELECT * FROM steps WHERE job_id = ? AND attempt = ? AND slot = ? AND step > ? ORDER BY step",
+        [job_id, attempt, slot, since_step],
     )
     return [StepRow.from_row(r) for r in rows]

@@ -11,6 +11,8 @@ ground truth.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -39,11 +41,47 @@ def available(model: Any) -> bool:
         return False
 
 
+# Position-mean token embeddings by exact batch of texts, per text encoder and weights state. A UNet
+# edit (TIME, UCE) leaves the text encoder as it is, so the edited model's prompts reuse the batches the
+# unedited pass (the baseline) encoded: the same texts in the same batch give the same bits, so no
+# number changes. Any in-place change of an encoder weight (a ReFACT delta, an fc2 swap) bumps its
+# version counter and misses.
+_MEANS: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.WeakKeyDictionary()
+_MEANS_MAX = 512  # batches kept per encoder (<= 32 x d float64 each: 100 MB at most for d = 768)
+
+
+def _encoder_state(encoder: torch.nn.Module) -> tuple:
+    """Storage, version counter and a strided value sample of every weight (the sample also sees an
+    edit made through ``.data``, which bypasses the counter), as ``EncoderAdapter.upstream_hash``."""
+    from engine.adapters.base import _sample_sum
+
+    with torch.no_grad():
+        return tuple((p.data_ptr(), p._version, _sample_sum(p)) for p in encoder.parameters())
+
+
+def _mean_embeddings(model: Any, texts: list[str]) -> torch.Tensor:
+    """[N, d] float64 cpu: ``token_embeddings(model, texts)`` averaged over the positions (cached)."""
+    from engine.methods.closed_form import token_embeddings
+
+    encoder = model.text_encoder
+    key = (_encoder_state(encoder), int(model.adapter.max_length), id(model.tokenizer), str(model.device),
+           tuple(texts))
+    cache = _MEANS.setdefault(encoder, OrderedDict())
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    emb, _, _ = token_embeddings(model, texts)
+    mean = emb.mean(dim=1)  # the projections are linear: mean_t(W e_t) = W mean_t(e_t), 77x cheaper
+    cache[key] = mean
+    while len(cache) > _MEANS_MAX:
+        cache.popitem(last=False)
+    return mean
+
+
 @torch.no_grad()
 def kv_features(model: Any, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
     """[N, F] float32 cpu: position-mean K and V of every cross-attention projection, concatenated."""
-    from engine.methods.closed_form import token_embeddings
-
     mods = projections(model)
     if mods is None:
         raise ValueError("this model has no UNet cross-attention; the proxy needs a diffusion pipeline")
@@ -51,8 +89,7 @@ def kv_features(model: Any, texts: Sequence[str], batch_size: int = 32) -> torch
     out = []
     weights = [mod.weight.detach().to("cpu", torch.float64) for mod in mods.values()]
     for i in range(0, len(texts), batch_size):
-        emb, _, _ = token_embeddings(model, texts[i : i + batch_size])
-        mean = emb.mean(dim=1)  # the projections are linear: mean_t(W e_t) = W mean_t(e_t), 77x cheaper
+        mean = _mean_embeddings(model, texts[i : i + batch_size])
         out.append(torch.cat([mean @ w.T for w in weights], dim=-1).float())
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -87,12 +87,12 @@ def run(
 def _finish(ctx, run_id: int, json_out: bool, csv_out: Path | None) -> None:
     from refact_tui.services.bench_view import view_run, write_csv
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         view = view_run(ws, run_id)
     if csv_out is not None:
         write_csv(view, csv_out)
     if json_out:
-        print_json(view)
+        print_json(view.to_dict())
         return
     print_view(view)
     if csv_out is not None:
@@ -142,7 +142,7 @@ def ls(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     from refact_tui.services.bench_view import headline, list_runs
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         runs = list_runs(ws)
     if json_out:
         print_json([{"id": r.id, "method": r.method, "rows": r.n_rows, "headline": headline(r), "seconds": r.seconds,
@@ -172,7 +172,7 @@ def compare(ctx: typer.Context, run_a: int = typer.Argument(...), run_b: int = t
     """Two runs side by side, with every config difference called out."""
     from refact_tui.services.bench_view import compare_runs, space_title
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         cmp = compare_runs(ws, run_a, run_b)
     if json_out:
         print_json({"a": cmp.a.id, "b": cmp.b.id, "lines": cmp.lines, "differences": cmp.differences})

@@ -77,11 +77,12 @@ def workspace_root(ctx: typer.Context) -> Path:
     return resolve_root(obj.get("workspace"))
 
 
-def open_workspace(ctx: typer.Context):
-    """Open the workspace of this invocation (WorkspaceError if there is none)."""
+def open_workspace(ctx: typer.Context, read_only: bool = False):
+    """Open the workspace of this invocation (WorkspaceError if there is none). Commands that only
+    read pass ``read_only``: they never write the database, so they never migrate it either."""
     from refact_tui.services.workspace import Workspace
 
-    return Workspace.open(workspace_root(ctx))
+    return Workspace.open(workspace_root(ctx), read_only=read_only)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -1,4 +1,5 @@
-"""`refact doctor`: check a workspace and clean up what crashed workers left behind."""
+"""`refact doctor`: check a workspace and clean up what crashed workers left behind; `refact migrate`:
+upgrade a workspace made by an older refact-tui."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from refact_tui.services.display import plain
 
 def register(app: typer.Typer) -> None:
     app.command("doctor", rich_help_panel="Workspace")(doctor)
+    app.command("migrate", rich_help_panel="Workspace")(migrate)
+
+
+def migrate(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
+    """Upgrade the workspace database to this refact-tui's schema (read commands never do it)."""
+    from refact_tui.services.workspace import migrate_workspace
+
+    res = migrate_workspace(workspace_root(ctx))
+    if json_out:
+        print_json({"root": res.root, "before": res.before, "after": res.after, "upgraded": res.upgraded})
+    elif res.upgraded:
+        console.print(plain(f"workspace {res.root} upgraded from schema {res.before} to {res.after}"))
+    else:
+        console.print(plain(f"workspace {res.root} is already at schema {res.after}; nothing to do"))
 
 
 def doctor(

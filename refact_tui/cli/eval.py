@@ -61,6 +61,11 @@ def print_report(report) -> None:
     print_table(f"{where} at head {report.head_seq} of {report.history} ({len(report.edit_ids)} edit(s) evaluated)",
                 ["metric", "text", "image", "std", "n"],
                 [(m.name, fmt_float(m.text), fmt_float(m.image), fmt_float(m.std, 3), m.n) for m in report.lines])
+    if report.per_slot:  # several encoder slots: each one's text values (the table above is their mean)
+        slots = list(report.per_slot)
+        names = [m.name for m in report.lines if any(m.name in v for v in report.per_slot.values())]
+        print_table("text space per encoder slot", ["metric", *slots],
+                    [(n, *(fmt_float(report.per_slot[s].get(n)) for s in slots)) for n in names])
     for path in report.grids:
         console.print(f"grid  {path}", markup=False)
     for note in report.notes:

@@ -35,7 +35,7 @@ def history(ctx: typer.Context, name: str = typer.Option(None, "--history", help
     from refact_tui.services.history import list_history
     from refact_tui.services.state import resolve_history
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         h = resolve_history(ws, name)
         edits = list_history(ws, h.id)
     if json_out:
@@ -49,11 +49,12 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
     """One edit: request, hyperparameters, loss curve, metrics, artifacts."""
     from refact_tui.services.history import edit_detail
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         d = edit_detail(ws, edit_id)
     if json_out:
         out = {"edit": d.edit, "history": d.history_name, "curve": d.curve, "metrics": d.metrics,
-               "artifacts": d.artifacts, "slots": d.slots}
+               "artifacts": d.artifacts, "slots": d.slots, "slot_curves": d.slot_curves,
+               "slot_metrics": {k: {f"{m.space}/{m.name}": m.value for m in v} for k, v in d.slot_metrics.items()}}
         print_json(out)
         return
     e = d.edit
@@ -71,6 +72,9 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
                       f"{fmt_float(sl.p_target, 4)}, steps {sl.steps_run}{' (early stop)' if sl.early_stopped else ''}, "
                       f"‖δ‖ {fmt_float(sl.delta_norm)}, W k_e = v* to {fmt_float(sl.verify_error, 2)}, "
                       f"weights {str(sl.weights_hash)[:12]}")
+        if sl.slot in d.slot_curves and d.slot_curves[sl.slot]:
+            c = d.slot_curves[sl.slot]
+            console.print(f"          loss {fmt_float(c.first_loss)} → {fmt_float(c.last_loss)} over {c.steps} step rows")
     if d.curve:
         c = d.curve
         console.print(f"  loss    first {fmt_float(c.first_loss)}, last {fmt_float(c.last_loss)}, "
@@ -78,8 +82,12 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
                       f"{fmt_float(c.p_target_start, 3)} → {fmt_float(c.p_target_end, 3)}")
     if e.timings:
         console.print("  timings " + ", ".join(f"{k} {v:.2f}s" for k, v in e.timings.items()))
-    for m in d.metrics:
-        console.print(f"  metric  {m.space}/{m.name} = {fmt_float(m.value)} ({m.n}/{m.total})")
+    per_slot = {(k, m.space, m.name): m.value for k, rows in d.slot_metrics.items() for m in rows}
+    for m in d.metrics:  # with several slots the value is their mean; each slot's follows
+        each = ", ".join(f"{k} {fmt_float(per_slot[(k, m.space, m.name)])}" for k in d.slot_metrics
+                         if (k, m.space, m.name) in per_slot)
+        console.print(f"  metric  {m.space}/{m.name} = {fmt_float(m.value)} ({m.n}/{m.total})"
+                      + (f"  [per slot: {each}]" if each else ""), markup=False)
     for a in d.artifacts:
         console.print(f"  file    {esc(a.kind)}: {esc(a.path)}")
     console.print(f"  weights {e.weights_hash}")
@@ -151,7 +159,7 @@ def histories(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """All histories of the workspace."""
     from refact_tui.services.history import list_all_histories
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         rows = list_all_histories(ws)
     if json_out:
         print_json(rows)

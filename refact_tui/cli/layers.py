@@ -45,7 +45,7 @@ def layers(
     request = EditRequest(prompt=prompt, source=source, target=target, subject=subject,
                           positives=tuple(Probe(p, source, target) for p in positive),
                           negatives=tuple(Probe(n, source, target) for n in negative))
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         with console.status("editing every layer", spinner="dots") if not json_out else _null():
             sweeps = sweep_workspace(ws, request, hp, slots=tuple(slot), layers=chosen, device=device)
     if json_out:

@@ -77,15 +77,22 @@ def import_(
                                          help="Also queue requests already queued or applied."),
     encoding_errors: str = typer.Option("strict", "--encoding-errors",
                                         help="strict (refuse invalid UTF-8) | replace (read bad bytes as U+FFFD)."),
+    method: str = typer.Option(None, "--method", help="Queue every row with this edit method: refact, time or uce "
+                               "(default: refact, or the method a row's extra names)."),
+    method_hp: list[str] = typer.Option([], "--hp", help="TIME/UCE hyperparameter KEY=VALUE (repeatable), "
+                                        "e.g. lam=0.1, with_to_k=true."),
     json_out: bool = JSON_OPTION,
     hparams: dict | None = None,  # filled in by with_hparam_options
 ) -> None:
     """Queue every request of a file (nothing is queued if a row is invalid, unless --skip-invalid)."""
+    from refact_tui.cli.bench import _parse_hp
     from refact_tui.services.queue import import_requests
 
+    method_hparams = _parse_hp(method_hp)
     with open_workspace(ctx) as ws:
         report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hparams,
-                                 allow_duplicates=allow_duplicate, encoding_errors=encoding_errors)
+                                 allow_duplicates=allow_duplicate, encoding_errors=encoding_errors,
+                                 method=method, method_hparams=method_hparams or None)
     if json_out:
         print_json({"added": [j.id for j in report.added], "errors": [str(e) for e in report.errors],
                     "skipped_invalid": report.skipped_invalid, "duplicates": report.duplicates})
@@ -112,7 +119,7 @@ def ls(
     """List jobs in queue order."""
     from refact_tui.services.queue import list_queue
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         jobs = list_queue(ws, states=state or None, all_histories=all_histories)
     if json_out:
         print_json(jobs)

@@ -54,7 +54,7 @@ def ls(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """List cached statistics."""
     from refact_tui.services.stats import list_stats
 
-    with open_workspace(ctx) as ws:
+    with open_workspace(ctx, read_only=True) as ws:
         entries = list_stats(ws)
     if json_out:
         print_json(entries)

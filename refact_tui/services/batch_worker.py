@@ -238,7 +238,8 @@ class BatchWorker(Worker):
 
     def _compute_batch(self, model, batch: _Claimed, config: BatchInsertConfig):
         jobs = batch.jobs
-        writer = batch_step_writer(self.config.db_path, jobs[0].id)
+        slots = getattr(model, "slots", None)  # a batch edits the first slot
+        writer = batch_step_writer(self.config.db_path, jobs[0].id, slots[0].name if slots else "text_encoder")
 
         def on_step(index: int, ev: StepEvent) -> None:
             writer.add_for(jobs[index].id, jobs[index].attempts, ev)
@@ -262,9 +263,15 @@ class BatchWorker(Worker):
         edited layers, for protection (``preserve`` > 0 or the null-space projection)."""
         if hp.preserve <= 0 and not config.null_space:
             return []
+        from refact_tui.services.worker_records import touched_slots
+
         history_id, head = self._model_key
-        layers = set(config.edit_layers(hp))
-        return requests_of_edits(self._db, [e for e in applied_edits(self._db, history_id, head) if e.layer in layers])
+        slots = getattr(self._model, "slots", None)  # a batch edits the first slot
+        first = slots[0].name if slots else "text_encoder"
+        wanted = {(first, layer) for layer in config.edit_layers(hp)}
+        applied = applied_edits(self._db, history_id, head)
+        touched = touched_slots(self._db, applied, first)
+        return requests_of_edits(self._db, [e for e in applied if touched[e.id] & wanted])
 
     def _commit_batch(self, model, batch: _Claimed, result):
         cfg = self.config
@@ -363,6 +370,7 @@ def record_batch_text_metrics(db, model, edit) -> dict[str, float]:
     run = start_eval_run(db, edit.history_id, edit.seq, "text", {"trigger": "after_edit", "edit_id": edit.id,
                                                                   "batch": len(rows)})
     frozen = frozen_features(model)
+    slots = list(getattr(model, "slots", None) or [])
     sums: dict[str, list[float]] = {}
     for r in rows:
         tm = text_metrics(model, frozen, r.request, similarity=edit.hparams.similarity,
@@ -377,6 +385,9 @@ def record_batch_text_metrics(db, model, edit) -> dict[str, float]:
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
         record_metric(db, eval_run_id=run.id, edit_id=edit.id, space="text", name=name, value=mean, std=std,
                       n=len(vals), total=len(rows), final=True)
+        if len(slots) > 1:  # a batch edits the first slot: its per-slot row (as single edits store)
+            record_metric(db, eval_run_id=run.id, edit_id=edit.id, space="text", name=name, value=mean, std=std,
+                          n=len(vals), total=len(rows), final=True, slot=slots[0].name)
         means[name] = mean
     finish_eval_run(db, run.id, "done")
     return means

@@ -347,12 +347,18 @@ def _compute(method, model, req, hparams, options: BenchOptions, ws):
 
 
 def _vectorised(method, model, requests, hparams, options: BenchOptions, ws, notes: list[str]):
-    """All ReFACT deltas at once on the base model with the batch helper, when it is installed."""
-    if method.name != "refact" or not options.vectorised or len(requests) < 2:
+    """All ReFACT deltas at once on the base model with the batch helper, when it is installed; a
+    ReFACT run's notes say which path computed its v* (both agree to 1e-5, docs/BENCH.md)."""
+    if method.name != "refact":
+        return None, 0.0
+    single = "ReFACT v* computed row by row (engine.refact.compute_edit, as single edits)"
+    if not options.vectorised or len(requests) < 2:
+        notes.append(single + ("" if options.vectorised else "; vectorised v* switched off"))
         return None, 0.0
     try:
         from engine.batch_edit import compute_values
     except ImportError:
+        notes.append(single + "; engine.batch_edit is not installed")
         return None, 0.0
     t0 = time.perf_counter()
     try:

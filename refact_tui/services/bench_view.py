@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
 from refact_tui.services.bench_config import config_differences
 from refact_tui.services.bench_scores import REPORT_METRICS, SPACE_TITLES, SPACES, VARIANTS
+from store.bench_runs import BenchRunRecord
 
 
 @dataclass(frozen=True)
@@ -31,21 +33,47 @@ class RowLine:
     seconds: float
 
 
+_RECORD_FIELDS = frozenset(f.name for f in fields(BenchRunRecord))
+
+
 @dataclass
 class BenchView:
-    id: int
-    method: str
-    hparams: dict[str, Any]
-    config: dict[str, Any]
-    n_rows: int
-    seconds: float
-    created_at: float
-    rerun_of: int | None
-    paper: list[PaperLine] = field(default_factory=list)
+    """A stored run as the CLI and the TUI show it: the record itself (its fields read through,
+    ``view.id``, ``view.method``, ``view.config``, ...), what its summary holds, and its rows."""
+
+    record: BenchRunRecord
     rows: list[RowLine] = field(default_factory=list)
-    quality: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    edit_seconds: list[float] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _RECORD_FIELDS:  # only called when normal lookup fails: the record's fields
+            return getattr(self.record, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @cached_property
+    def paper(self) -> list[PaperLine]:
+        return paper_lines(self.record.method, self.record.summary.get("aggregates", {}))
+
+    @property
+    def quality(self) -> dict[str, Any]:
+        return dict(self.record.summary.get("quality", {}))
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.record.summary.get("notes", []))
+
+    @property
+    def edit_seconds(self) -> list[float]:
+        return list(self.record.summary.get("edit_seconds", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` form: the run's fields, its paper table, rows, quality, notes and edit times."""
+        from dataclasses import asdict
+
+        r = self.record
+        return {"id": r.id, "method": r.method, "hparams": r.hparams, "config": r.config, "n_rows": r.n_rows,
+                "seconds": r.seconds, "created_at": r.created_at, "rerun_of": r.rerun_of,
+                "paper": [asdict(p) for p in self.paper], "rows": [asdict(x) for x in self.rows],
+                "quality": self.quality, "notes": self.notes, "edit_seconds": self.edit_seconds}
 
     @property
     def spaces(self) -> list[str]:
@@ -76,11 +104,7 @@ def view_run(ws, run_id: int, with_rows: bool = True) -> BenchView:
     """A stored run as tables (``ws``: a Workspace or its database)."""
     from store.bench_runs import bench_rows, get_bench_run
 
-    rec = get_bench_run(_db(ws), run_id)
-    view = BenchView(rec.id, rec.method, rec.hparams, rec.config, rec.n_rows, rec.seconds, rec.created_at,
-                     rec.rerun_of, paper_lines(rec.method, rec.summary.get("aggregates", {})),
-                     quality=dict(rec.summary.get("quality", {})), notes=list(rec.summary.get("notes", [])),
-                     edit_seconds=list(rec.summary.get("edit_seconds", [])))
+    view = BenchView(get_bench_run(_db(ws), run_id))
     if with_rows:
         for r in bench_rows(_db(ws), run_id):
             q = r.request
@@ -93,10 +117,7 @@ def list_runs(ws) -> list[BenchView]:
     """Every stored run (without rows), newest first (``ws``: a Workspace or its database)."""
     from store.bench_runs import list_bench_runs
 
-    return [BenchView(r.id, r.method, r.hparams, r.config, r.n_rows, r.seconds, r.created_at, r.rerun_of,
-                      paper_lines(r.method, r.summary.get("aggregates", {})), quality=dict(r.summary.get("quality", {})),
-                      notes=list(r.summary.get("notes", [])), edit_seconds=list(r.summary.get("edit_seconds", [])))
-            for r in list_bench_runs(_db(ws))]
+    return [BenchView(r) for r in list_bench_runs(_db(ws))]
 
 
 def headline(view: BenchView) -> dict[str, float | None]:

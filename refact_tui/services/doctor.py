@@ -5,7 +5,8 @@ the schema version, the invariants every command relies on (see ``store.db.check
 edit's delta file (present, sha256 as recorded), and the lease. Lists, and with ``clean`` removes,
 the leftovers of attempts that never committed: delta files no edit refers to, and step rows of jobs
 that are no longer running. Cleaning is refused while a live worker holds the lease (its delta may be
-about to commit).
+about to commit). Without ``clean`` the database is opened read-only: a workspace of an older
+schema is reported (a warning: `refact migrate` upgrades it), not migrated.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ RESTORE = "restore refact.db from a backup"
 def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
     """Check the workspace at ``root``; with ``clean`` remove orphan delta files and stray step rows."""
     from refact_tui.services.workspace import DB_NAME
-    from store.db import StoreError, check_database, open_db
+    from store.db import OutdatedSchemaError, StoreError, check_database, open_db
 
     root = Path(root).expanduser().absolute()
     report = DoctorReport(root)
@@ -59,7 +60,10 @@ def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
         report.findings.append(Finding("error", f"{db_path} is an empty (0-byte) file", RESTORE))
         return report
     try:
-        db = open_db(db_path, check=False)
+        db = open_db(db_path, check=False, read_only=not clean)  # a check alone never writes (or migrates)
+    except OutdatedSchemaError as exc:
+        report.findings.append(Finding("warning", str(exc).split(";")[0], "run `refact migrate` to upgrade it"))
+        return report
     except StoreError as exc:
         report.findings.append(Finding("error", str(exc), RESTORE))
         return report

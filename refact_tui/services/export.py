@@ -38,9 +38,11 @@ def weights_hashes(model) -> dict[str, str]:
 
 
 def combined_weights_hash(model) -> str:
-    """One hash over every slot; equals ``encoder_hash()`` for a single-encoder model."""
-    fn = getattr(model, "weights_hash", None)
-    return fn() if callable(fn) else model.encoder_hash()
+    """The history's weights hash: every slot (``encoder_hash()`` for a single-encoder model), plus the
+    UNet matrices TIME / UCE deltas applied with ``apply_delta`` changed."""
+    from refact_tui.services.state import model_weights_hash
+
+    return model_weights_hash(model)
 
 
 def _prepare_out(out: Path) -> Path:
@@ -69,7 +71,9 @@ def save_model(model, out: Path) -> str:
 
 def _edit_entry(e, file: str, sha: str, before_hash: str | None = None) -> dict[str, Any]:
     entry = {
-        "seq": e.seq, "file": file, "sha256": sha, "layer": e.layer, "module": e.module,
+        # a TIME / UCE edit has no encoder layer (recorded as -1): null in the manifest
+        "seq": e.seq, "file": file, "sha256": sha, "layer": e.layer if e.layer is not None and e.layer >= 0 else None,
+        "module": e.module,
         "request": e.request.to_dict(), "hparams": e.hparams.to_dict(),
         # the weights before and after this delta: apply-deltas checks both at every step
         "before_hash": before_hash, "weights_hash": e.weights_hash,
@@ -176,8 +180,10 @@ def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: b
             f"{model} is not the base these deltas were made for (encoder hash {base_hash[:12]}, manifest "
             f"{want_base[:12]}); pass the original base model"
         )
+    from refact_tui.services.state import apply_delta
+
     for entry, d in zip(checked.entries, deltas):
-        d.apply(loaded)  # each update goes to the encoder slot its `component` names
+        apply_delta(loaded, d)  # each update goes to the component (encoder slot, UNet) it names
         if not force:  # every step must give the weights recorded when that edit was made
             verify_step(checked, entry, combined_weights_hash(loaded), weights_hashes(loaded))
     final = combined_weights_hash(loaded)

@@ -38,6 +38,9 @@ class EditDetail:
     metrics: list = field(default_factory=list)     # MetricRow (latest per name)
     artifacts: list = field(default_factory=list)   # ArtifactRow
     slots: list = field(default_factory=list)       # EditSlotRow per edited encoder slot (store.edit_slots)
+    # multi-slot edits: each slot's latest metrics (MetricRow) and loss-curve summary, slot -> value
+    slot_metrics: dict = field(default_factory=dict)
+    slot_curves: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,12 @@ def edit_detail(ws, edit_id: int) -> EditDetail:
     from store.edit_slots import edit_slots
     from store.edits import get_edit
     from store.histories import get_history
-    from store.metrics import latest_metrics
-    from store.steps import steps_for_edit
+    from store.metrics import latest_metrics, slot_metrics
+    from store.steps import slot_steps_for_edit, steps_for_edit
 
     edit = get_edit(ws.db, edit_id)
     steps = steps_for_edit(ws.db, edit.id)
+    by_slot = slot_steps_for_edit(ws.db, edit.id)
     return EditDetail(
         edit=edit,
         history_name=get_history(ws.db, edit.history_id).name,
@@ -144,6 +148,8 @@ def edit_detail(ws, edit_id: int) -> EditDetail:
         metrics=latest_metrics(ws.db, edit_id=edit.id),
         artifacts=list_artifacts(ws.db, "edit", edit.id),
         slots=edit_slots(ws.db, edit.id),
+        slot_metrics=slot_metrics(ws.db, edit.id),
+        slot_curves={k: summarize_curve(v) for k, v in by_slot.items()} if len(by_slot) > 1 else {},
     )
 
 
@@ -293,13 +299,18 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             f"({base.encoder_hash[:12]} vs {src_base.encoder_hash[:12]}); pass --force to apply the deltas anyway"
         )
     deltas = load_deltas(ws, edits)
+    from refact_tui.services.methods import ensure_pipeline, needs_pipeline
+    from refact_tui.services.state import apply_delta
+
     if loaded is None:
         from engine.models import load_model
 
-        loaded = load_model(base.path, device="cpu", with_pipeline=False)
+        loaded = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas))
+    elif needs_pipeline(deltas):  # TIME / UCE deltas edit the UNet of the other model's pipeline
+        ensure_pipeline(loaded)
     hashes = []
     for d in deltas:
-        d.apply(loaded)  # DeltaIntegrityError if the shapes do not fit this model
+        apply_delta(loaded, d)  # DeltaIntegrityError if the shapes do not fit this model
         hashes.append(model_weights_hash(loaded))
     with transaction(ws.db):
         new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-replay"), parent_id=src.id,
@@ -330,7 +341,8 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
     the restored edits were made on another line of edits; nothing changes then).
     """
     from engine.models import load_model
-    from refact_tui.services.state import load_deltas, model_weights_hash
+    from refact_tui.services.methods import needs_pipeline
+    from refact_tui.services.state import apply_delta, load_deltas, model_weights_hash, recorded_hash_matches
     from store.base_models import get_base_model
     from store.db import transaction
     from store.edits import list_edits, mark_rolled_forward
@@ -357,11 +369,11 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
         raise DeltaIntegrityError(f"edit {target} has no recorded weights hash; it cannot be verified")
     deltas = load_deltas(ws, chain)  # each file checked against its sha256
     base = get_base_model(ws.db, hist.base_model_id)
-    model = load_model(base.path, device="cpu", with_pipeline=False)
+    model = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas))
     for d in deltas:
-        d.apply(model)
+        apply_delta(model, d)
     got = model_weights_hash(model)
-    if got != want:
+    if not recorded_hash_matches(model, want, got):
         raise DeltaIntegrityError(
             f"re-applying edits up to {target} of {hist.name!r} does not give the weights recorded for edit "
             f"{target}; those edits were made on another line of edits (pick an earlier seq, or use "

@@ -17,10 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 
 from engine.request import EditRequest
+from refact_tui.services.state import TEXT_COMPONENTS  # the components ReFACT edits
 
 METHOD_KEY = "method"
 HPARAMS_KEY = "method_hparams"
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def method_of(request: EditRequest) -> str:
@@ -40,6 +40,51 @@ def with_method(request: EditRequest, method: str, hparams: Mapping[str, Any] | 
     h = m.hparams_from_dict(hparams)
     extra = {**(request.extra or {}), METHOD_KEY: m.name, HPARAMS_KEY: json.dumps(h.to_dict(), sort_keys=True)}
     return replace(request, extra=extra)
+
+
+def check_method_for_base(method: str, kind: str, path: str) -> None:
+    """Refuse at queue time (MethodRefusedError, one line) a method that cannot edit the base model,
+    judged from its folder without loading it: a UNet method on a bare text encoder or on a pipeline
+    whose model_index.json lists no UNet (FLUX, SD3). A folder that cannot be read is let through
+    (the worker refuses it when it loads the model)."""
+    from pathlib import Path
+
+    from engine.methods import MethodRefusedError, get_method
+
+    m = get_method(method)
+    if m.name == "refact":
+        return
+    label = getattr(m, "label", m.name)
+    if kind != "sd-pipeline":
+        raise MethodRefusedError(f"{label} edits a diffusion pipeline's {m.component}; this workspace's model is a "
+                                 "text encoder only (use --method refact or a pipeline folder)")
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(index, dict) or m.component in index:
+        return
+    has = [n for n in ("transformer", "prior") if n in index]
+    where = f"it has a {has[0]}, not a {m.component}" if has else f"it has no {m.component}"
+    raise MethodRefusedError(f"{label} edits a {m.component}'s cross-attention and cannot edit "
+                             f"{index.get('_class_name', 'this pipeline')}: {where}; use --method refact")
+
+
+def method_hparams_of(request: EditRequest) -> dict[str, Any] | None:
+    """The method hyperparameters a request carries in ``extra`` (None when it names none); MethodError
+    when they are not a JSON object."""
+    from engine.methods import MethodError
+
+    raw = (request.extra or {}).get(HPARAMS_KEY)
+    if raw in (None, ""):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise MethodError(f"{HPARAMS_KEY} is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise MethodError(f"{HPARAMS_KEY} must be a JSON object of hyperparameters")
+    return value
 
 
 def needs_pipeline(deltas) -> bool:
@@ -109,10 +154,16 @@ def insert_result(model, result) -> Callable[[], None]:
     engine.insertion.insert (W k_e == v* checked); another method's delta is applied as is."""
     if isinstance(result, MethodEdit):
         from engine.methods import WeightSnapshot
+        from refact_tui.services.state import apply_delta, forget_edited
 
         snap = WeightSnapshot(model, result.delta)
-        result.delta.apply(model)
-        return snap.restore
+        added = apply_delta(model, result.delta)  # the recorded weights hash now covers these matrices
+
+        def undo_method() -> None:
+            snap.restore()
+            forget_edited(model, added)
+
+        return undo_method
     if hasattr(result, "edits"):  # a multi-slot ReFACT edit: W k_e == v* checked per slot
         from engine.slot_edit import insert_model_edit, slot_list
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from engine.errors import EngineError
 from engine.hparams import HParamsError, ReFACTHParams
 from engine.admission import RequestChecker, TokenLimit
 from engine.request import EditRequest, RequestError
+from engine.slots import PAPER_DEPTH
 from refact_tui.services.workspace import Workspace
 from store import jobs as job_store
 from store.base_models import get_base_model
@@ -51,9 +53,10 @@ PAPER_LAYER = ReFACTHParams().layer
 def default_hparams(ws: Workspace) -> ReFACTHParams:
     """The workspace's default hyperparameters: the paper's, with the layer moved into range.
 
-    Layer 7 is the paper's choice for the 12-layer SD text encoder; encoders where it is out of the
-    first slot's editable range (the tiny test models) get that slot's default depth instead, so a
-    plain `queue add` works on every model.
+    Layer 7 is the paper's choice for the 12-layer SD text encoder. A first slot whose family has its
+    own default depth (SDXL's CLIP-L: 9; engine.slots.FAMILY_DEPTHS, recorded at `refact init`) gets
+    that layer; encoders where 7 is out of the first slot's editable range (the tiny test models) get
+    the slot's default depth instead, so a plain `queue add` works on every model.
     """
     base = get_base_model(ws.db, ws.history().base_model_id)
     first = next(iter((base.config.get("slots") or {}).values()), None)
@@ -61,7 +64,8 @@ def default_hparams(ws: Workspace) -> ReFACTHParams:
         # the first slot's readout bounds its layers (SDXL's penultimate readout stops two short)
         editable = first["editable"]
         fits = int(editable[0]) <= PAPER_LAYER <= int(editable[1])
-        return ReFACTHParams() if fits else ReFACTHParams(layer=int(first["default_layer"]))
+        own_depth = float(first.get("default_depth", PAPER_DEPTH)) != PAPER_DEPTH
+        return ReFACTHParams(layer=int(first["default_layer"])) if own_depth or not fits else ReFACTHParams()
     num_layers = base.config.get("num_layers")
     if num_layers is not None and PAPER_LAYER >= int(num_layers):
         return ReFACTHParams(layer=int(num_layers) // 2)
@@ -125,6 +129,7 @@ def add_edit(ws: Workspace, request: EditRequest,
     request.validate()
     hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
+    check_method(ws, request)
     checker = checker if checker is not None else request_checker(ws, hparams)
     if checker is not None:
         problems = checker.problems(request)
@@ -138,6 +143,19 @@ def add_edit(ws: Workspace, request: EditRequest,
         job = job_store.enqueue(ws.db, ws.history().id, request, hparams)
         log_event(ws.db, "queue", f"queued job {job.id}: {request.prompt!r} -> {request.target!r}", job_id=job.id)
     return job
+
+
+def check_method(ws: Workspace, request: EditRequest) -> None:
+    """The request's edit method (a TIME / UCE tag in ``extra``) is known, its hyperparameters are
+    valid and it can edit the current history's base model (MethodError / MethodRefusedError)."""
+    from refact_tui.services.methods import check_method_for_base, method_hparams_of, method_of, with_method
+
+    method = method_of(request)
+    if method == "refact" and not (request.extra or {}).get("method_hparams"):
+        return
+    with_method(request, method, method_hparams_of(request))  # validates name and hyperparameters
+    base = get_base_model(ws.db, ws.history().base_model_id)
+    check_method_for_base(method, base.kind, base.path)
 
 
 def _base_tokenizer(ws: Workspace) -> Any | None:
@@ -209,6 +227,8 @@ def import_requests(
     allow_duplicates: bool = False,
     tokenizer: Any | None = None,
     encoding_errors: str = "strict",
+    method: str | None = None,
+    method_hparams: Mapping[str, Any] | None = None,
 ) -> ImportReport:
     """Queue every request of a file (RoAD / TIMED CSV, JSONL, JSON) in one transaction.
 
@@ -218,14 +238,19 @@ def import_requests(
     tokenizer (or ``tokenizer``): the prompt inside every template, the subject lookup, each limit,
     so such a row is reported with its row and column instead of failing its job later.
     A JSON row may carry its own ``hparams`` object (overrides onto ``hparams``), checked like the
-    CLI options. ``encoding_errors="replace"`` reads invalid UTF-8 as U+FFFD. Raises ImportFileError for an
-    unreadable / unknown / non-UTF-8 file, HParamsError for bad hparams.
+    CLI options. ``encoding_errors="replace"`` reads invalid UTF-8 as U+FFFD. ``method`` ("time", "uce")
+    queues every row as that method's job with ``method_hparams`` (like `queue add --method --hp`); a
+    row whose ``extra`` names a method of its own is checked like one (and must agree with ``method``).
+    Raises ImportFileError for an unreadable / unknown / non-UTF-8 file, HParamsError for bad hparams,
+    MethodError / MethodRefusedError for a bad method or one that cannot edit the base model (nothing
+    is read or queued then).
     """
     from engine.importers import ImportProblem, load_requests  # lazy: only the import command needs it
 
     path = Path(path)
     hparams = resolve_hparams(ws, hparams)
     check_hparams(ws, hparams)
+    tag = _import_method(ws, method, method_hparams)
     checker = request_checker(ws, hparams, tokenizer)
     result = load_requests(path, format=format, skip_invalid=skip_invalid, checker=checker,
                            encoding_errors=encoding_errors)
@@ -240,15 +265,24 @@ def import_requests(
 
     # a JSON row's own "hparams" apply onto the import's; the layer is checked against the model here
     row_hparams: dict[int, ReFACTHParams] = {}
+    tagged = []
     for row in rows:
         try:
             row_hparams[row.row] = hparams.with_overrides(**row.hparams) if row.hparams else hparams
             check_hparams(ws, row_hparams[row.row])
         except HParamsError as exc:
             report.errors.append(ImportProblem(str(path), row.row, "hparams", str(exc)))
+        try:  # the import's method tag, or the row's own one checked like `queue add` checks it
+            row = replace(row, request=tag(row.request)) if tag is not None else row
+            if tag is None:
+                check_method(ws, row.request)
+        except EngineError as exc:  # MethodError / MethodRefusedError
+            report.errors.append(ImportProblem(str(path), row.row, "extra.method", str(exc)))
+        tagged.append(row)
+    rows = tagged
     if report.errors and not skip_invalid:
         return report
-    bad_rows = {e.row for e in report.errors if getattr(e, "column", None) == "hparams"}
+    bad_rows = {e.row for e in report.errors if getattr(e, "column", None) in ("hparams", "extra.method")}
     report.skipped_invalid += sum(1 for row in rows if row.row in bad_rows)
     rows = [row for row in rows if row.row not in bad_rows]
 
@@ -270,6 +304,34 @@ def import_requests(
         if to_add:
             log_event(ws.db, "queue", f"imported {len(to_add)} edit(s) from {path.name}")
     return report
+
+
+def _import_method(ws: Workspace, method: str | None,
+                   method_hparams: Mapping[str, Any] | None) -> Callable[[EditRequest], EditRequest] | None:
+    """The tagger an import applies to each row for ``method`` (None: rows keep their own tags),
+    after refusing a bad method, bad hyperparameters or a base model the method cannot edit."""
+    from engine.methods import MethodError, get_method
+    from refact_tui.services.methods import METHOD_KEY, check_method_for_base, with_method
+
+    if method is None:
+        if method_hparams:
+            raise MethodError("method hyperparameters (--hp) need --method time or --method uce")
+        return None
+    name = get_method(method).name
+    probe = with_method(EditRequest(prompt="x", source="x", target="y"), name, method_hparams)
+    base = get_base_model(ws.db, ws.history().base_model_id)
+    check_method_for_base(name, base.kind, base.path)
+
+    def tag(request: EditRequest) -> EditRequest:
+        own = (request.extra or {}).get(METHOD_KEY)
+        if own is not None and str(own).strip().lower() != name:
+            raise MethodError(f"the row names edit method {own!r} but the import asks for {name}; "
+                              "drop one of them")
+        if name == "refact":
+            return request
+        return replace(request, extra={**(request.extra or {}), **(probe.extra or {})})
+
+    return tag
 
 
 def list_queue(ws: Workspace, states: list[str] | tuple[str, ...] | None = None, all_histories: bool = False) -> list[JobRow]:

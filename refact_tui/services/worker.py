@@ -26,16 +26,17 @@ from engine.slot_edit import compute_model_edit
 from store.artifacts import add_artifact
 from store.edit_slots import record_edit_slots
 from store.db import open_db, transaction
-from store.edits import applied_edits, record_edit
+from store.edits import record_edit
 from store.events import log_event
 from store.histories import get_history
-from store.jobs import (
-    claim_next, finish_job, heartbeat_job, is_cancel_requested, peek_next, recover_orphans, requeue_job, set_phase,
-)
-from store.leases import Fence, LeaseLostError, acquire_fence, check_lease, release_lease, renew_lease
+from store.jobs import finish_job, recover_orphans, requeue_job, set_phase
+from store.leases import Fence, LeaseLostError, acquire_fence, check_lease, release_lease
 from store.steps import StepWriter, attach_steps
 
-LEASE_NAME = "worker"
+from refact_tui.services.worker_lease import LEASE_NAME, LeaseKeeping
+from refact_tui.services.worker_records import delta_meta, earlier_requests, slot_rows  # noqa: F401 (re-exported)
+
+_delta_meta = delta_meta  # the name services.batch_worker imports
 
 
 def compute_edit(slot, request, hparams, **kwargs):
@@ -56,7 +57,7 @@ class _HeadMoved(Exception):
     """The history head changed (rollback) while the edit was computed on the old state."""
 
 
-class Worker:
+class Worker(LeaseKeeping):
     """Runs queued edit jobs one after another on one in-memory working model."""
 
     def __init__(
@@ -152,78 +153,6 @@ class Worker:
                 db.close()
                 self._db = None
         return summary
-
-    def _claim(self):
-        """Load the model for the next job first (so a model that cannot load charges nothing), then
-        claim it under the lease fence (LeaseLostError when the lease was taken over)."""
-
-        nxt = peek_next(self._db)
-        if nxt is None:
-            return None
-        if self._lease_lost.is_set():
-            check_lease(self._db, self._fence)
-        self._model_for(nxt.history_id)
-        return claim_next(self._db, self.config.worker_id, fence=self._fence)
-
-    def _lost(self, summary: WorkerSummary, exc: LeaseLostError, job_id: int | None) -> None:
-        """This worker's lease was taken over: drop the uncommitted delta and stop, writing nothing."""
-
-        self._drop_pending_delta()
-        summary.lease_lost = str(exc)
-        summary.stopped = True
-        self._emit(WorkerNotice(f"stopped: {exc}"))
-        if job_id is not None:
-            self._emit(JobFailed(job_id, "lease lost; the worker that took over redoes this job", requeued=True))
-
-    def running_job_ids(self) -> list[int]:
-        """Jobs this worker runs now (heartbeat hook; services.batch_worker runs several at once)."""
-        return [] if self._current_job is None else [self._current_job]
-
-    def _remove_orphan_deltas(self, job_ids: list[int]) -> None:
-        """Delete the delta files (and half-written temporaries) that dead workers' attempts of these
-        jobs left: no edit refers to them, and holding the lease, no one else can be writing them."""
-
-        from store.db import fetch_all
-
-        if not job_ids or not self.config.deltas_dir.is_dir():
-            return
-        referenced = {r["delta_path"] for r in fetch_all(self._db, "SELECT delta_path FROM edits "
-                                                                   "WHERE delta_path IS NOT NULL")}
-        for job_id in job_ids:
-            for path in self.config.deltas_dir.glob(f"*-job{job_id:05d}-a*"):
-                rel = path.relative_to(self.config.root).as_posix() if path.is_relative_to(self.config.root) \
-                    else str(path)
-                if rel not in referenced and str(path) not in referenced:
-                    path.unlink(missing_ok=True)
-
-    def _drop_pending_delta(self) -> None:
-        path, self._pending_delta = self._pending_delta, None
-        if path is not None:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # left for `refact doctor` to list
-                pass
-
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        """Renew the lease and the running job's heartbeat from a separate connection; a renewal that
-        finds the lease taken over sets ``_lease_lost`` (the job stops at its next step)."""
-
-        db = None
-        fence = self._fence
-        try:
-            db = open_db(self.config.db_path, check=False)  # run() checked it already
-            while not stop.wait(self.config.heartbeat_interval):
-                try:
-                    if not renew_lease(db, LEASE_NAME, fence.holder, fence.generation):
-                        self._lease_lost.set()
-                        return
-                    for job_id in self.running_job_ids():
-                        heartbeat_job(db, job_id, worker_id=fence.holder)
-                except Exception:  # a busy database now and then must not kill the heartbeat
-                    pass
-        finally:
-            if db is not None:
-                db.close()
 
     # ------------------------------------------------------------------ one job
 
@@ -343,17 +272,17 @@ class Worker:
             return compute_method_edit(model, request)
         writer = StepWriter(self.config.db_path, job.id, attempt)
 
-        def on_step(ev: StepEvent) -> None:
-            writer.add(ev)
-            self._emit(ev)
+        def on_slot_step(slot: str, ev: StepEvent) -> None:
+            writer.add(ev, slot)  # every slot's steps are step rows
 
         try:
-            # one sub-edit per encoder slot (SD1: the one slot); the first slot's steps are the step rows
+            # one sub-edit per encoder slot (SD1: the one slot); the first slot's steps are also emitted
             result = compute_model_edit(model, request, hparams, stats=self._stats_store(),
                                         corpus=self.config.stats_corpus, n_samples=self.config.stats_samples,
-                                        on_step=on_step, should_stop=self._stop_check(job.id),
-                                        preserve_requests=self._earlier_requests(hparams), compute=compute_edit,
-                                        progress=self._emit)
+                                        on_step=self._emit, on_slot_step=on_slot_step,
+                                        should_stop=self._stop_check(job.id),
+                                        preserve_requests=self._earlier_requests(model, hparams),
+                                        compute=compute_edit, progress=self._emit)
         finally:
             writer.close()
         delta = result.delta
@@ -364,38 +293,12 @@ class Worker:
             raise InsertionRefusedError("P(target) is not finite; model left untouched; try a smaller --lr")
         return result
 
-    def _stop_check(self, job_id: int) -> StopCheck:
-        """Stop between steps on a worker stop, or when the job is cancelled (polled twice a second)."""
-
-        last = [0.0]
-
-        def check() -> bool:
-            if self._should_stop() or self._lease_lost.is_set():
-                return True
-            t = time.monotonic()
-            if t - last[0] >= 0.5:
-                last[0] = t
-                try:
-                    self._cancelled = is_cancel_requested(self._db, job_id)
-                except Exception:  # busy database: ask again at the next step
-                    pass
-            return self._cancelled
-
-        return check
-
     def _delta_path(self, job, attempt: int) -> Path:
         return self.config.deltas_dir / f"h{job.history_id:04d}-job{job.id:05d}-a{attempt}-{uuid.uuid4().hex[:6]}.safetensors"
 
-    def _earlier_requests(self, hparams) -> list:
-        """Requests of the edits applied at the model's head on the same layer (for --preserve)."""
-        if hparams.preserve <= 0:
-            return []
-
-        history_id, head = self._model_key
-        from store.batches import requests_of_edits  # a batch edit protects every one of its requests
-
-        return requests_of_edits(self._db, [e for e in applied_edits(self._db, history_id, head)
-                                            if e.layer == hparams.layer])
+    def _earlier_requests(self, model, hparams) -> dict[str, list]:
+        """For --preserve: per slot, the requests of the earlier edits it protects (worker_records)."""
+        return earlier_requests(self._db, model, hparams, *self._model_key)
 
     def _commit(self, model, job, attempt: int, result):
         """Save the delta, then record everything in one transaction, keeping memory == database."""
@@ -403,7 +306,7 @@ class Worker:
         cfg = self.config
         delta = result.delta
         history_id, built_head = self._model_key
-        delta.meta = {**(delta.meta or {}), **_delta_meta(model, job, self._base_hash)}
+        delta.meta = {**(delta.meta or {}), **delta_meta(model, job, self._base_hash)}
         set_phase(self._db, job.id, "committing", worker_id=cfg.worker_id, fence=self._fence)
         path = self._delta_path(job, attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +325,9 @@ class Worker:
             self._drop_pending_delta()
             raise
         try:
-            weights_hash = model.weights_hash() if hasattr(model, "weights_hash") else model.encoder_hash()
+            from refact_tui.services.state import model_weights_hash  # text encoders + edited UNet matrices
+
+            weights_hash = model_weights_hash(model)
             t = result.timings
             timings = {k: float(getattr(t, k)) for k in ("stats_s", "key_s", "optimize_s", "insert_s", "total_s")
                        if hasattr(t, k)}
@@ -457,31 +362,3 @@ class Worker:
         self._pending_delta = None
         self._model_key = (history_id, edit.seq)
         return edit
-
-
-def slot_rows(edit_id: int, result) -> list:
-    """The edit_slots rows of a multi-slot result (weights hashes as inserted)."""
-    from store.edit_slots import EditSlotRow
-
-    return [
-        EditSlotRow(edit_id=edit_id, slot=e.slot, idx=i, layer=e.layer, module=e.delta.module,
-                    readout=e.delta.meta.get("readout", ""), p_target=float(e.result.p_target),
-                    steps_run=int(e.result.steps_run), early_stopped=bool(e.result.early_stopped),
-                    division_factor=float(e.result.division_factor), delta_norm=float(e.result.delta_norm),
-                    verify_error=e.result.verify_error, weights_hash=e.weights_hash or None)
-        for i, e in enumerate(result.edits)
-    ]
-
-
-def _delta_meta(model, job, base_hash: str) -> dict[str, str]:
-    import json
-
-    return {
-        "base_encoder_hash": base_hash,
-        "encoder_family": str(model.adapter.family),
-        "layer": str(job.hparams.layer),
-        "request": json.dumps(job.request.to_dict(), sort_keys=True),
-        "hparams": json.dumps(job.hparams.to_dict(), sort_keys=True),
-        "job_id": str(job.id),
-        "history_id": str(job.history_id),
-    }

@@ -54,13 +54,18 @@ class Workspace:
         return self.root / DB_NAME
 
     @classmethod
-    def open(cls, root: Path | str) -> "Workspace":
-        """Open an initialized workspace; WorkspaceError if there is none at ``root``."""
+    def open(cls, root: Path | str, read_only: bool = False) -> "Workspace":
+        """Open an initialized workspace; WorkspaceError if there is none at ``root``.
+
+        Commands that only read pass ``read_only``: the database is opened ``mode=ro`` and never
+        migrated, so a workspace of an older schema is refused (``refact migrate`` upgrades it)
+        instead of being rewritten by a look at it. Writers migrate it on open, in one transaction.
+        """
         root = Path(root).expanduser().absolute()
         if not (root / DB_NAME).is_file():
             raise WorkspaceError(f"no workspace at {root}; run `refact init --model PATH` first")
         try:
-            db = open_db(root / DB_NAME)
+            db = open_db(root / DB_NAME, read_only=read_only)
         except StoreError as exc:
             raise WorkspaceError(str(exc)) from None
         return cls._from(root, db)
@@ -94,6 +99,38 @@ class Workspace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What `refact migrate` did: the schema version before and after."""
+
+    root: Path
+    before: int
+    after: int
+
+    @property
+    def upgraded(self) -> bool:
+        return self.after != self.before
+
+
+def migrate_workspace(root: Path | str) -> MigrationResult:
+    """Upgrade the workspace database at ``root`` to this refact-tui's schema (one transaction)."""
+    from store.db import OutdatedSchemaError, schema_version
+
+    root = Path(root).expanduser().absolute()
+    if not (root / DB_NAME).is_file():
+        raise WorkspaceError(f"no workspace at {root}; run `refact init --model PATH` first")
+    before = None
+    try:
+        open_db(root / DB_NAME, read_only=True, check=False).close()
+    except OutdatedSchemaError as exc:
+        before = exc.found
+    except StoreError as exc:
+        raise WorkspaceError(str(exc)) from None
+    with Workspace.open(root) as ws:  # the writable open applies the pending migrations
+        after = schema_version(ws.db)
+    return MigrationResult(root, after if before is None else before, after)
 
 
 def resolve_root(option: Path | str | None = None) -> Path:
@@ -138,7 +175,7 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
 
 def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
     """Per encoder slot, what the workspace records and uses as defaults: its layer count, editable
-    range, token limit, readout, family, default layer (the paper's depth scaled, see docs/PIPELINES.md)
+    range, token limit, readout, family, default depth and layer (see docs/PIPELINES.md)
     and its base encoder hash. Slot order is the model's."""
     slots = getattr(model, "slots", None) or []
     return {
@@ -149,6 +186,7 @@ def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
             "max_length": s.max_length,
             "readout": s.readout.spec(),
             "default_layer": s.default_layer(),
+            "default_depth": s.default_depth,
             "key_size": int(s.adapter.key_size),
             "encoder_hash": s.encoder_hash(),
         }

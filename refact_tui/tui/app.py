@@ -268,5 +268,7 @@ def run_tui(workspace_root: Path) -> None:
     """
     from refact_tui.services.workspace import Workspace
 
+    # The TUI writes (queue, worker, rollback), so like any write command it upgrades an older schema
+    # here, in one transaction, before its read-only poller opens the file.
     Workspace.open(workspace_root).close()
     RefactApp(Path(workspace_root)).run()

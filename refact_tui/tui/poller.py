@@ -18,7 +18,7 @@ class StorePoller:
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
-        self.db: sqlite_utils.Database = open_db(self.db_path)
+        self.db: sqlite_utils.Database = open_db(self.db_path, read_only=True)
         self._seen: int | None = None
         self._forced = True
 

@@ -324,3 +324,55 @@ def test_second_moments_in_memory_stay_under_the_bound(pipeline_dir_for, tmp_pat
     store.get(slot, 1, n_samples=8)
     assert store.memory_bytes() == one  # layer 0 was dropped from memory ...
     torch.testing.assert_close(store.get(slot, 0, n_samples=8), first, rtol=0, atol=0)  # ... and read back from disk
+
+
+# ----------------------------------------------------------------------------- default layers
+
+
+class _Shape:
+    """Just what default_layer_for reads: a layer count and the readout's editable bound."""
+
+    def __init__(self, num_layers: int, readout: Readout):
+        self.num_layers, self.last_editable = num_layers, readout.last_editable(num_layers)
+
+
+@pytest.mark.parametrize("family, slot, layers, readout, expected", [
+    ("sd1", "text_encoder", 12, "final", 7),                     # the paper's layer
+    ("sdxl", "text_encoder", 12, "penultimate", 9),              # centre of EMCID's CLIP-L 8-10
+    ("sdxl", "text_encoder_2", 32, "penultimate+embeds", 28),    # centre of EMCID's bigG 26-30
+    ("sd3", "text_encoder_2", 32, "penultimate+embeds", 28),
+    ("sd3", "text_encoder_3", 24, "mean", 14),                   # T5-XXL: the paper's depth
+    ("flux", "text_encoder", 12, "pooler", 7),
+])
+def test_default_layer_per_family_at_full_size(family, slot, layers, readout, expected):
+    from engine.slots import default_depth, default_layer_for
+
+    assert default_layer_for(_Shape(layers, Readout(readout)), default_depth(family, slot)) == expected
+
+
+def test_loaded_slots_carry_their_family_depth(pipeline_dir_for):
+    from engine.slots import FAMILY_DEPTHS
+
+    model = _model(pipeline_dir_for, "sdxl")
+    for s in model.slots:
+        assert s.default_depth == FAMILY_DEPTHS[("sdxl", s.name)]
+        assert s.default_layer() in s.editable_layers
+
+
+def test_base_weight_swap_leaves_unedited_layers_untouched(pipeline_dir_for):
+    """Swapping to base weights copies only the edited layers: the others keep their tensor version
+    (so upstream hashes memoised on them stay valid) and everything comes back bit for bit."""
+    from engine.base_weights import base_fc2_of, fc2_weights
+
+    model = _model(pipeline_dir_for, "sdxl")
+    slot = model.slot("text_encoder_2")
+    weights = [slot.adapter.fc2(i).weight for i in range(slot.num_layers)]
+    with torch.no_grad():
+        weights[1].add_(0.5)
+    edited = weights[1].detach().clone()
+    versions = [w._version for w in weights]
+    with fc2_weights(slot, base_fc2_of(slot)):
+        assert torch.equal(weights[1], slot.base_fc2[next(k for k in slot.base_fc2 if ".1." in k)])
+    assert torch.equal(weights[1], edited)
+    assert [w._version for w in weights][:1] + [w._version for w in weights][2:] == versions[:1] + versions[2:]
+    model.restore_base()

@@ -28,6 +28,7 @@ class LiveScreen(DashboardScreen):
         super().__init__(id="live-screen")
         self.job_id: int | None = None
         self.attempt: int | None = None
+        self.slot: str | None = None  # the encoder slot whose steps the plots hold
         self.last_step = -1
         self.view: LiveView | None = None
 
@@ -49,7 +50,7 @@ class LiveScreen(DashboardScreen):
 
     def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
         view = live_view(db, now=now, since_step=self.last_step, known_job=self.job_id,
-                         known_attempt=self.attempt)
+                         known_attempt=self.attempt, known_slot=self.slot)
         self.view = view
         loss, ptgt = self.query_one(LossPlot), self.query_one(PTargetPlot)
         xs = [s.step for s in view.steps]
@@ -62,6 +63,7 @@ class LiveScreen(DashboardScreen):
         ptgt.set_threshold(view.threshold)
         self.job_id = view.job.id if view.job else None
         self.attempt = view.attempt if view.job else None
+        self.slot = view.slot if view.job and view.slot else None
         if view.last is not None:
             self.last_step = view.last.step
         elif view.reset:

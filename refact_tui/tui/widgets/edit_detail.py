@@ -41,11 +41,16 @@ def _summary(d: EditDetailView) -> Table:
 def _metrics(d: EditDetailView) -> Table | Text:
     if not d.metrics:
         return Text("no metrics yet (Metrics screen: t = text evaluation, i = image evaluation)", style="dim")
+    # several encoder slots: one column per slot; "value" is then the mean over the edited slots
+    slots = list(dict.fromkeys(m.slot for m in d.slot_metrics))
+    per = {(m.slot, m.space, m.name): m.value for m in d.slot_metrics}
     t = Table(box=None, padding=(0, 1), show_edge=False)
-    for col in ("space", "metric", "value", "n"):
-        t.add_column(col, style="bold" if col == "metric" else None)
+    for col in ("space", "metric", "value", *slots, "n"):
+        t.add_column(plain(col), style="bold" if col == "metric" else None)
     for m in d.metrics:
-        t.add_row(plain(m.space), plain(m.name), fmt.num(m.value), f"{m.n}/{m.total}" if m.total else str(m.n))
+        cells = [fmt.num(per.get((s, m.space, m.name))) for s in slots]
+        t.add_row(plain(m.space), plain(m.name), fmt.num(m.value), *cells,
+                  f"{m.n}/{m.total}" if m.total else str(m.n))
     return t
 
 

@@ -29,6 +29,12 @@ def live_table(view: LiveView) -> Table | Text:
     else:  # the worker loads the model and computes C and k* before the first step
         step = Text("- (preparing: model, statistics, k*)" if view.running else "-", style="dim")
     t.add_row("step", step)
+    if len(view.slots) > 1:  # a multi-encoder edit: each slot's progress (optimised one after another)
+        line = Text()
+        for r in view.slots:
+            line.append(f"{r.slot} ", style="bold" if r.slot == view.slot else "dim")
+            line.append(f"{r.step + 1} P {fmt.num(r.p_target)}  ")
+        t.add_row("slots", line)
     t.add_row("loss", fmt.num(last.loss if last else None))
     t.add_row("P(target)", fmt.num(last.p_target if last else None))
     t.add_row("||delta||", fmt.num(last.delta_norm if last else None))
