@@ -216,7 +216,7 @@ def verify(root: Path, model_dir: Path, n: int) -> dict:
     from refact_tui.services.doctor import diagnose
     from refact_tui.services.history import rollback, rollforward
     from refact_tui.services.workspace import Workspace
-    from store.db import integrity_check
+    from store.integrity import integrity_check
     from store.edits import list_edits
     from store.jobs import list_jobs
 

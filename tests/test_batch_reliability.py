@@ -39,7 +39,8 @@ def start(root, *extra, code=None):
 
 
 def check_exactly_once(root, model_dir, jobs):
-    from store.db import integrity_check, open_db
+    from store.db import open_db
+    from store.integrity import integrity_check
     from store.edits import list_edits
     from store.jobs import list_jobs
 

@@ -75,3 +75,25 @@ def test_sdxl_edit_records_every_slot_and_bad_slots_are_one_line(tmp_path, pipel
                "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     assert [(e["slot"], e["layer"], e["mode"]) for e in json.loads(r.stdout)] == [("text_encoder_2", 1, "longest")]
+
+
+def test_run_progress_bar_follows_each_slot_of_a_multi_slot_edit():
+    """`refact run`'s bar shows the slot being optimised and its own step count (SlotStep events)."""
+    from engine.events import StepEvent
+    from refact_tui.cli.run import JobProgress, make_progress
+    from refact_tui.services.worker import JobStarted, SlotStep
+
+    progress = make_progress(disable=True)
+    bar = JobProgress(progress)
+    step = lambda i, p: StepEvent(step=i, loss=1.0 - p, nll=1.0 - p, wd=0.0, p_target=p, delta_norm=0.0, elapsed=0.0)  # noqa: E731
+    bar(JobStarted(7, 1, 1, "the prince of wales", "prince charles", "prince william", 10, 1))
+    bar(step(0, 0.1))
+    bar(SlotStep("text_encoder", step(0, 0.1)))
+    for i in range(1, 4):
+        bar(step(i, 0.2 * i))
+        bar(SlotStep("text_encoder", step(i, 0.2 * i)))
+    task = progress.tasks[0]
+    assert "[text_encoder]" in task.description and task.completed == 4
+    bar(SlotStep("text_encoder_2", step(0, 0.05)))
+    bar(SlotStep("text_encoder_2", step(1, 0.3)))
+    assert "[text_encoder_2]" in task.description and task.completed == 2 and task.fields["p"] == "0.300"

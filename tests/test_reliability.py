@@ -50,7 +50,8 @@ def wait_for_steps(proc, db_path, min_steps: int = 2, timeout: float = 120.0) ->
 
 
 def test_sigkill_mid_edit_and_restart_applies_every_edit_exactly_once(tmp_path, model_dir):
-    from store.db import integrity_check, open_db
+    from store.db import open_db
+    from store.integrity import integrity_check
     from store.edits import list_edits
     from store.jobs import list_jobs
 

@@ -22,6 +22,9 @@ def _direct(ws, model_dir, slot_name: str, request, hp):
                         temperature=hp.temperature).values()
 
 
+EVENTS: list = []  # the worker events of the sdxl_ws run
+
+
 @pytest.fixture(scope="module")
 def sdxl_ws(tmp_path_factory, pipeline_dir_for):
     from refact_tui.services.runner import run_worker
@@ -43,7 +46,7 @@ def sdxl_ws(tmp_path_factory, pipeline_dir_for):
     mp = pytest.MonkeyPatch()
     mp.setattr(engine.refact, "compute_edit", spy)
     try:
-        assert run_worker(ws, device="cpu").done == 2
+        assert run_worker(ws, device="cpu", on_event=EVENTS.append).done == 2
     finally:
         mp.undo()
     yield ws, reqs, seen
@@ -90,6 +93,13 @@ def test_sdxl_steps_rows_cover_every_slot(sdxl_ws):
             assert [s.step for s in steps] == list(range(rows[slot].steps_run))
             assert steps[-1].p_target == pytest.approx(rows[slot].p_target, abs=1e-6)
         assert steps_for_edit(ws.db, edit.id) == by_slot["text_encoder"]  # the default: the first slot
+    # the worker also emits every slot's steps as SlotStep events (the `refact run` bar follows them)
+    from refact_tui.services.worker import SlotStep
+
+    emitted = [(e.slot, e.event.step) for e in EVENTS if isinstance(e, SlotStep)]
+    expected = [(r.slot, s.step) for edit in list_edits(ws.db, ws.history().id)
+                for r in edit_slots(ws.db, edit.id) for s in slot_steps_for_edit(ws.db, edit.id)[r.slot]]
+    assert emitted == expected
 
 
 def test_preserve_protects_per_slot_at_that_slots_layer(sdxl_ws):
@@ -178,9 +188,10 @@ def test_show_and_eval_print_each_slots_metrics(sdxl_ws):
 def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, pipeline_dir_for, monkeypatch):
     """A batch on a two-slot model changes text_encoder: its step rows and per-slot metric rows are
     that slot's, and --preserve protects only earlier edits of text_encoder (not one of text_encoder_2
-    at the same layer number)."""
+    at the same layer number). Jobs for both slots never enter a batch: they run one at a time."""
     import refact_tui.services.batch_worker as bw
     from refact_tui.services.batch_worker import BatchSettings
+    from refact_tui.services.queue import add_edit
     from refact_tui.services.runner import run_worker
     from store.edits import list_edits
     from store.metrics import latest_metrics, slot_metrics
@@ -200,7 +211,13 @@ def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, p
         queue(ws, reqs[:1], hp.with_overrides(slots=("text_encoder_2",)))  # text_encoder_2 at layer 1
         queue(ws, reqs[1:2], hp)  # both slots, text_encoder at layer 1
         assert run_worker(ws, device="cpu").done == 2
-        queue(ws, reqs[2:], hp)
+        queue(ws, reqs[2:], hp)  # both slots: run alone even under --batch, so every slot is edited
+        assert run_worker(ws, device="cpu", batch=BatchSettings(size=2, insert="joint")).done == 2
+        alone = list_edits(ws.db, ws.history().id)[-2:]
+        assert all(e.kind != "batch" for e in alone)
+        assert all(list(slot_steps_for_edit(ws.db, e.id)) == ["text_encoder", "text_encoder_2"] for e in alone)
+        for r in reqs[2:]:  # the first slot alone: these form a batch
+            add_edit(ws, r, hp.with_overrides(slots=("text_encoder",)), allow_duplicate=True)
         assert run_worker(ws, device="cpu", batch=BatchSettings(size=2, insert="joint")).done == 2
         batch = list_edits(ws.db, ws.history().id)[-1]
         assert batch.kind == "batch"
@@ -209,4 +226,4 @@ def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, p
         assert list(per) == ["text_encoder"]
         head = {m.name: m.value for m in latest_metrics(ws.db, batch.id)}
         assert {m.name: m.value for m in per["text_encoder"]} == pytest.approx(head, abs=1e-12)
-    assert seen == [[reqs[1].prompt]]
+    assert seen == [[reqs[1].prompt, reqs[2].prompt, reqs[3].prompt]]

@@ -23,16 +23,22 @@ class JobProgress:
 
     def __call__(self, ev) -> None:
         from engine.events import StepEvent
-        from refact_tui.services.worker import JobFailed, JobFinished, JobStarted, WorkerNotice
+        from refact_tui.services.worker import JobFailed, JobFinished, JobStarted, SlotStep, WorkerNotice
 
         p = self.progress
         if self._batch_event(ev) or self._stats_event(ev):
             return
         if isinstance(ev, JobStarted):
-            self.max_steps = ev.max_steps
-            label = markup_escape(f"job {ev.job_id} {short(ev.prompt, 28)} → {short(ev.target, 20)}")
-            self.task = p.add_task(label, total=ev.max_steps, loss="-", p="-")
-        elif isinstance(ev, StepEvent) and self.task is not None:
+            self.max_steps, self.slot = ev.max_steps, None
+            self.label = markup_escape(f"job {ev.job_id} {short(ev.prompt, 28)} → {short(ev.target, 20)}")
+            self.task = p.add_task(self.label, total=ev.max_steps, loss="-", p="-")
+        elif isinstance(ev, SlotStep) and self.task is not None:
+            if ev.slot != self.slot:  # a multi-slot edit: the bar follows the slot being optimised
+                self.slot = ev.slot
+                p.update(self.task, description=f"{self.label} [{markup_escape(ev.slot)}]", completed=0)
+            p.update(self.task, completed=min(ev.event.step + 1, self.max_steps), loss=f"{ev.event.loss:.4f}",
+                     p=f"{ev.event.p_target:.3f}")
+        elif isinstance(ev, StepEvent) and self.task is not None and self.slot is None:
             p.update(self.task, completed=min(ev.step + 1, self.max_steps), loss=f"{ev.loss:.4f}",
                      p=f"{ev.p_target:.3f}")
         elif isinstance(ev, JobFinished) and self.task is not None:

@@ -97,6 +97,21 @@ class BatchFinished:
     seconds: float
 
 
+def edits_first_slot_only(model, hparams) -> bool:
+    """True when ``hparams`` plan an edit of the model's first encoder slot alone, at ``hparams.layer``
+    (what a batch changes); a one-slot model always qualifies."""
+    from engine.slot_edit import plan_slots
+
+    slots = getattr(model, "slots", None) or []
+    if len(slots) <= 1:
+        return True
+    try:
+        plan = plan_slots(model, hparams)
+    except Exception:  # a bad selection: the single-job path reports it as that job's failure
+        return False
+    return [(s.name, layer) for s, layer in plan] == [(slots[0].name, hparams.layer)]
+
+
 @dataclass
 class _Claimed:
     jobs: list
@@ -130,6 +145,13 @@ class BatchWorker(Worker):
         if self._lease_lost.is_set():
             check_lease(self._db, self._fence)
         model = self._model_for(nxt.history_id)
+        if not edits_first_slot_only(model, nxt.hparams):
+            # a batch edits one encoder slot (the first); a request for more slots (or another one)
+            # runs alone, so that every slot it asks for is edited
+            first = model.slots[0].name
+            log_event(self._db, "worker", f"job {nxt.id} edits more than {first} at layer {nxt.hparams.layer}: "
+                                          "it runs alone (a batch edits that slot only)")
+            return super()._claim()
         if self.settings.layers:
             BatchInsertConfig(mode="spread", layers=self.settings.layers).validate(model.adapter.num_layers)
         jobs = claim_batch(self._db, self.config.worker_id, self.settings.size, fence=self._fence)

@@ -47,7 +47,8 @@ RESTORE = "restore refact.db from a backup"
 def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
     """Check the workspace at ``root``; with ``clean`` remove orphan delta files and stray step rows."""
     from refact_tui.services.workspace import DB_NAME
-    from store.db import OutdatedSchemaError, StoreError, check_database, open_db
+    from store.db import OutdatedSchemaError, StoreError, open_db
+    from store.integrity import check_database
 
     root = Path(root).expanduser().absolute()
     report = DoctorReport(root)

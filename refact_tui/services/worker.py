@@ -48,7 +48,7 @@ def compute_edit(slot, request, hparams, **kwargs):
 
 
 from refact_tui.services.worker_types import (  # noqa: E402,F401  (re-exported: the worker's public types)
-    AfterEdit, EventCallback, JobFailed, JobFinished, JobStarted, ModelLoader, WorkerConfig, WorkerEvent,
+    AfterEdit, EventCallback, JobFailed, JobFinished, JobStarted, ModelLoader, SlotStep, WorkerConfig, WorkerEvent,
     WorkerNotice, WorkerSummary,
 )
 
@@ -272,8 +272,12 @@ class Worker(LeaseKeeping):
             return compute_method_edit(model, request)
         writer = StepWriter(self.config.db_path, job.id, attempt)
 
+        many = len(getattr(model, "slots", None) or ()) > 1
+
         def on_slot_step(slot: str, ev: StepEvent) -> None:
             writer.add(ev, slot)  # every slot's steps are step rows
+            if many:
+                self._emit(SlotStep(slot, ev))
 
         try:
             # one sub-edit per encoder slot (SD1: the one slot); the first slot's steps are also emitted

@@ -62,7 +62,16 @@ class WorkerNotice:
 
 
 # Progress: second-moment collection of an edited layer (done == 0 with a detail: a one-line advice)
-WorkerEvent = JobStarted | StepEvent | JobFinished | JobFailed | WorkerNotice | Progress
+@dataclass(frozen=True)
+class SlotStep:
+    """One v* step of one encoder slot, emitted for every slot of a multi-slot edit (SDXL, SD3, FLUX);
+    the first slot's steps also arrive as plain StepEvents, as on a one-slot model."""
+
+    slot: str
+    event: StepEvent
+
+
+WorkerEvent = JobStarted | StepEvent | SlotStep | JobFinished | JobFailed | WorkerNotice | Progress
 EventCallback = Callable[[WorkerEvent], None]
 
 

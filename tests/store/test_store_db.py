@@ -14,12 +14,12 @@ from store.db import (
     StoreError,
     data_version,
     get_meta,
-    integrity_check,
     open_db,
     schema_version,
     set_meta,
     transaction,
 )
+from store.integrity import integrity_check
 from store.schema import MIGRATIONS, SCHEMA_VERSION
 
 EXPECTED_TABLES = {

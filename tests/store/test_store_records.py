@@ -7,7 +7,8 @@ import pytest
 from store import jobs
 from store.artifacts import add_artifact, list_artifacts
 from store.base_models import get_base_model, register_base_model
-from store.db import NotFoundError, StoreError, integrity_check, transaction
+from store.db import NotFoundError, StoreError, transaction
+from store.integrity import integrity_check
 from store.edits import (
     applied_edits,
     get_edit,

@@ -18,7 +18,7 @@ from refact_tui.services.workspace import (
     resolve_root,
 )
 from store.base_models import get_base_model
-from store.db import integrity_check
+from store.integrity import integrity_check
 from store.histories import list_histories
 
 HAVE_MODELS = all(importlib.util.find_spec(m) is not None for m in ("engine.models", "engine.builder"))
