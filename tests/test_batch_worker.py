@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests
+from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests, spy_batch_preserve
 
 
 def run_batch(ws, n, **kw):
@@ -147,16 +147,7 @@ def test_queue_ls_shows_batches_and_fork_replay_keep_them(tmp_path, model_dir):
 
 
 def test_preserve_protects_every_request_of_an_earlier_batch(tmp_path, model_dir, monkeypatch):
-    import refact_tui.services.batch_worker as bw
-
-    seen = []
-    real = bw.compute_batch
-
-    def spy(model, requests, hparams, config, **kw):
-        seen.append([r.prompt for r in kw.get("preserve_requests", ())])
-        return real(model, requests, hparams, config, **kw)
-
-    monkeypatch.setattr(bw, "compute_batch", spy)
+    seen = spy_batch_preserve(monkeypatch)
     reqs = sample_requests(4)
     with new_workspace(tmp_path / "w", model_dir) as ws:
         queue(ws, reqs, FAST.with_overrides(preserve=1.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker_helpers import FAST, new_workspace, queue, sample_requests
+from worker_helpers import FAST, new_workspace, queue, sample_requests, spy_batch_preserve
 
 # tiny SDXL: text_encoder is editable at layers 0..1, text_encoder_2 at 0..2
 SDXL = FAST.with_overrides(layer=1, max_steps=6, slot_layers=(("text_encoder", 1), ("text_encoder_2", 2)))
@@ -189,7 +189,6 @@ def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, p
     """A batch on a two-slot model changes text_encoder: its step rows and per-slot metric rows are
     that slot's, and --preserve protects only earlier edits of text_encoder (not one of text_encoder_2
     at the same layer number). Jobs for both slots never enter a batch: they run one at a time."""
-    import refact_tui.services.batch_worker as bw
     from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.queue import add_edit
     from refact_tui.services.runner import run_worker
@@ -197,14 +196,7 @@ def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, p
     from store.metrics import latest_metrics, slot_metrics
     from store.steps import slot_steps_for_edit
 
-    seen = []
-    real = bw.compute_batch
-
-    def spy(model, requests, hparams, config, **kw):
-        seen.append([r.prompt for r in kw.get("preserve_requests", ())])
-        return real(model, requests, hparams, config, **kw)
-
-    monkeypatch.setattr(bw, "compute_batch", spy)
+    seen = spy_batch_preserve(monkeypatch)
     reqs = sample_requests(4)
     hp = FAST.with_overrides(layer=1, max_steps=4, preserve=1.0)
     with new_workspace(tmp_path / "w", pipeline_dir_for("sdxl")) as ws:

@@ -37,6 +37,21 @@ def queue(ws, requests, hparams: ReFACTHParams = FAST) -> list:
     return [add_edit(ws, r, hparams) for r in requests]
 
 
+def spy_batch_preserve(monkeypatch) -> list[list[str]]:
+    """Record, per batch the worker computes, the prompts of the earlier requests it protects."""
+    import refact_tui.services.batch_worker as bw
+
+    seen: list[list[str]] = []
+    real = bw.compute_batch
+
+    def spy(model, requests, hparams, config, **kw):
+        seen.append([r.prompt for r in kw.get("preserve_requests", ())])
+        return real(model, requests, hparams, config, **kw)
+
+    monkeypatch.setattr(bw, "compute_batch", spy)
+    return seen
+
+
 def workspace_with_edits(root: Path, model_dir: Path, n: int, on_event=None):
     """A new workspace after the worker applied the first ``n`` sample edits: (ws, jobs, summary)."""
     from refact_tui.services.runner import run_worker

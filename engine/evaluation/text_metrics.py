@@ -100,6 +100,11 @@ def text_metrics(edited, frozen_features: FeatureCache, request: EditRequest, *,
                  similarity: str = "l2", temperature: float = 1.0) -> TextMetrics:
     """Efficacy / generality (+@0.75/@0.9) / specificity / f1 / gmean of one edit in text space."""
     scores = text_scores(edited, frozen_features, request, similarity=similarity, temperature=temperature)
+    return metrics_of_scores(scores, request)
+
+
+def metrics_of_scores(scores: EditScores, request: EditRequest) -> TextMetrics:
+    """``text_metrics`` from the probability pairs ``text_scores`` already computed for ``request``."""
     m: dict[str, MetricValue] = summarize([scores])
     get = lambda k: m[k].value if k in m else None  # noqa: E731
     return TextMetrics(

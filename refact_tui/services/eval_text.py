@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from engine.base_weights import base_fc2_of
 from engine.evaluation.config import TextEvalConfig
-from engine.evaluation.text_metrics import FeatureCache, TextMetrics, text_metrics, text_scores
+from engine.evaluation.scoring import EditScores
+from engine.evaluation.text_metrics import FeatureCache, TextMetrics, metrics_of_scores, text_scores
 from engine.events import Progress, ProgressCallback
 from refact_tui.services.eval_common import (
     EvalSummary, Kept, StoreSink, eval_targets, fail_run, is_main_process, record_retention, run_config,
@@ -74,6 +75,7 @@ class SlotTextMetrics:
 
     per_slot: dict[str, TextMetrics]
     multi: bool
+    scores: dict[str, EditScores] = field(default_factory=dict)  # what per_slot was computed from
 
     def headline(self) -> dict[str, float]:
         """The whole-edit values: the mean over the slots of each metric they all have."""
@@ -98,9 +100,10 @@ class SlotTextMetrics:
 def measure_slots(model, request, slots: Sequence[tuple[str, Any]], similarity: str,
                   temperature: float) -> SlotTextMetrics:
     """``text_metrics`` of ``request`` on each slot, against that slot's frozen base features."""
-    per = {name: text_metrics(slot, frozen_features(slot), request, similarity=similarity, temperature=temperature)
-           for name, slot in slots}
-    return SlotTextMetrics(per, len(_slots_of(model)) > 1)
+    scores = {name: text_scores(slot, frozen_features(slot), request, similarity=similarity, temperature=temperature)
+              for name, slot in slots}
+    per = {name: metrics_of_scores(s, request) for name, s in scores.items()}
+    return SlotTextMetrics(per, len(_slots_of(model)) > 1, scores)
 
 
 def record_slot_metrics(sink: StoreSink, edit_id: int, stm: SlotTextMetrics) -> None:
@@ -201,11 +204,9 @@ def run_text_eval(ws, edit_id: int | None = None, history: bool = False, on_prog
         measured: dict[int, SlotTextMetrics] = {}
         for k, e in enumerate(edits, 1):
             sim, temp = similarity_of(e, config)
-            slots = edited_slots(model, slot_names_of(ws.db, e))
-            for name, slot in slots:
-                scores.setdefault(name, []).append(
-                    text_scores(slot, frozen_features(slot), e.request, similarity=sim, temperature=temp))
-            measured[e.id] = measure_slots(model, e.request, slots, sim, temp)
+            measured[e.id] = measure_slots(model, e.request, edited_slots(model, slot_names_of(ws.db, e)), sim, temp)
+            for name, s in measured[e.id].scores.items():  # the same scores, encoded once
+                scores.setdefault(name, []).append(s)
             record_slot_metrics(sink, e.id, measured[e.id])
             if len(edits) > 1:
                 _history_rows(sink, scores, k, len(edits), multi)

@@ -148,10 +148,12 @@ def add_edit(ws: Workspace, request: EditRequest,
 def check_method(ws: Workspace, request: EditRequest) -> None:
     """The request's edit method (a TIME / UCE tag in ``extra``) is known, its hyperparameters are
     valid and it can edit the current history's base model (MethodError / MethodRefusedError)."""
-    from refact_tui.services.methods import check_method_for_base, method_hparams_of, method_of, with_method
+    from refact_tui.services.methods import (
+        HPARAMS_KEY, check_method_for_base, method_hparams_of, method_of, with_method,
+    )
 
     method = method_of(request)
-    if method == "refact" and not (request.extra or {}).get("method_hparams"):
+    if method == "refact" and not (request.extra or {}).get(HPARAMS_KEY):
         return
     with_method(request, method, method_hparams_of(request))  # validates name and hyperparameters
     base = get_base_model(ws.db, ws.history().base_model_id)
