@@ -388,4 +388,4 @@ def _adapter_for(encoder: torch.nn.Module, pooling: tuple[str, bool] | None, *, 
     return adapter_for(encoder, pad_to=pad_to, use_mask=use_mask)
 
 
-_make_slot = make_slot  # the name bench/latency_models.py imports
+_make_slot = make_slot  # the name benchmarks/latency_models.py imports

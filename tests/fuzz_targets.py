@@ -1,4 +1,4 @@
-"""Fuzz targets shared by tests/test_fuzz_hostile.py (bounded) and bench/fuzz_campaign.py (1,000 cases).
+"""Fuzz targets shared by tests/test_fuzz_hostile.py (bounded) and benchmarks/fuzz_campaign.py (1,000 cases).
 
 Each target takes one generated case and returns "accepted" or "refused"; it raises FuzzFailure
 when the code under test raised anything but a one-line user error (a traceback) or left something

@@ -1,6 +1,6 @@
 """Bounded fuzzing (a few seconds): CLI hyperparameter values, request files through the import
 service, and apply-deltas manifests never give a traceback and never leave anything half-written.
-`bench/fuzz_campaign.py` runs the same targets for 1,000 cases and prints the counts."""
+`benchmarks/fuzz_campaign.py` runs the same targets for 1,000 cases and prints the counts."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Both render the same prompts with the same batch size, steps and resolution on t
 from one freshly built random pipeline (``--size tiny`` on CPU, ``--size full`` = SD1.4 shapes on a
 GPU). Writes/replaces the "Evaluation throughput" section of BENCHMARKS.md.
 
-    .venv/bin/python bench/eval_throughput.py [--size tiny|full] [--images 16] [--batch 8] [--steps 10]
+    .venv/bin/python benchmarks/eval_throughput.py [--size tiny|full] [--images 16] [--batch 8] [--steps 10]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def measure(size: str, n_images: int, batch: int, steps: int, repeats: int) -> d
 def write_section(r: dict, path: Path) -> str:
     section = (
         f"{MARK}\n\n"
-        f"`bench/eval_throughput.py --size {r['size']}` on {r['device']}, {dt.date.today().isoformat()}: "
+        f"`benchmarks/eval_throughput.py --size {r['size']}` on {r['device']}, {dt.date.today().isoformat()}: "
         f"{r['images']} images, batch {r['batch']}, {r['steps']} steps, {r['resolution']}, UNet {r['unet_dtype']}, "
         "best of the repeats.\n\n"
         "| path | images/s |\n|---|---|\n"

@@ -8,7 +8,7 @@
 
 Writes/replaces the "Bench protocol" section of BENCHMARKS.md; prints a table and a final JSON line.
 
-    .venv/bin/python bench/bench_protocol.py [--rows 90] [--closed-form-rows 90] [--device cpu]
+    .venv/bin/python benchmarks/bench_protocol.py [--rows 90] [--closed-form-rows 90] [--device cpu]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -82,7 +82,7 @@ def run(method: str, ws, path: Path, limit: int, device: str) -> dict:
 
 def write_section(r: dict, path: Path) -> str:
     lines = [
-        f"{MARK} (`bench/bench_protocol.py`)\n",
+        f"{MARK} (`benchmarks/bench_protocol.py`)\n",
         f"- date: {r['date']}; device: {r['device']} ({platform.machine()}, {os.cpu_count()} cores, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); load average at start: {r['load']}",
         "- model: random SD-1 pipeline with full-size shapes (CLIP-L text encoder 12x768, SD-1 UNet); "

@@ -7,7 +7,7 @@ seconds per request and the ratio. C comes from a small corpus sample with ridge
 timed). Then ``joint_factors`` for 1,000 requests (2,000 keys) at one layer. Prints a table and a
 final JSON line, and rewrites its section of BENCHMARKS.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/batch_edit.py --steps 10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/batch_edit.py --steps 10
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ def time_joint(n: int, key: int, out: int, mom2: torch.Tensor) -> float:
 def write_section(summary: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> None:
     lines = [
         SECTION_START,
-        "## Batch edits (`bench/batch_edit.py`)",
+        "## Batch edits (`benchmarks/batch_edit.py`)",
         "",
         f"- date: {summary['date']}; device: {summary['device']}; torch threads: {summary['threads']}; load average "
         f"at start: {summary['load']} (the 2 cores are shared with other work)",

@@ -6,7 +6,7 @@ half-written (jobs from a refused import, a job count that disagrees with the re
 Uses the targets of tests/fuzz_targets.py (the bounded CI suite is tests/test_fuzz_hostile.py).
 Prints a table and a final JSON line, and rewrites its section of BENCHMARKS.md.
 
-    .venv/bin/python bench/fuzz_campaign.py [--cases 1000] [--seed 0] [--no-write]
+    .venv/bin/python benchmarks/fuzz_campaign.py [--cases 1000] [--seed 0] [--no-write]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +66,7 @@ def run_target(name: str, n: int, strategy, run_one, rng_seed: int) -> dict:
 
 
 def write_section(result: dict, rows: list[dict], path: Path) -> None:
-    lines = [SECTION_START, "## Fuzz campaign (`bench/fuzz_campaign.py`)", "",
+    lines = [SECTION_START, "## Fuzz campaign (`benchmarks/fuzz_campaign.py`)", "",
              f"- date: {result['date']}; device: cpu ({platform.machine()}, {os.cpu_count()} cores, shared); "
              f"command: `{result['command']}`",
              "- a case fails on a traceback or on anything half-written; a refusal is a one-line error", "",
@@ -112,7 +112,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python bench/fuzz_campaign.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/fuzz_campaign.py " + " ".join(sys.argv[1:]),
         "cases": sum(r["cases"] for r in rows), "accepted": sum(r["accepted"] for r in rows),
         "refused": sum(r["refused"] for r in rows), "failed": sum(r["failed"] for r in rows),
         "seconds": time.perf_counter() - t0,

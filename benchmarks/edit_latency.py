@@ -9,7 +9,7 @@ after the edited layer and scaled to the real default layer's depth (marked "est
 the second moment of a T5-XXL-sized key (10240): accumulation, Cholesky + solve, peak memory (in a
 child process). Writes a section of BENCHMARKS.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/edit_latency.py --arch sd1 sdxl sdxl:text_encoder_2=26 sd3 flux
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edit_latency.py --arch sd1 sdxl sdxl:text_encoder_2=26 sd3 flux
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from typing import Any
 
 import torch
@@ -235,7 +235,7 @@ def _timed_note(summary: dict[str, Any]) -> str:
 def write_section(results: list[dict[str, Any]], mom: dict[str, Any] | None, summary: dict[str, Any], path: Path) -> None:
     lines = [
         SECTION_START,
-        f"{SECTION_HEADING} (`bench/edit_latency.py`)",
+        f"{SECTION_HEADING} (`benchmarks/edit_latency.py`)",
         "",
         f"- date: {summary['date']}; device: {summary['device']} ({summary['device_name']}); torch threads: "
         f"{summary['threads']}; load average at start: {summary['load']}",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one short run, for a session that is lent a CUDA machine.
 #
-#   bash bench/gpu_session.sh            # on the device machine, from the repository root
+#   bash benchmarks/gpu_session.sh            # on the device machine, from the repository root
 #
 # Stages (each with its own time limit, so one slow stage cannot eat the others):
 #   1. the CUDA tests (tests/test_gpu.py and anything marked gpu)
@@ -31,9 +31,9 @@ stage() {  # stage NAME SECONDS CMD...
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" \
     || { echo "no CUDA device: nothing to do"; exit 2; }
 stage gpu_tests 120 "$PY" -m pytest -q -m gpu tests
-stage edit_latency 200 "$PY" bench/edit_latency.py --device cuda --arch sd1 sdxl sd3 flux \
+stage edit_latency 200 "$PY" benchmarks/edit_latency.py --device cuda --arch sd1 sdxl sd3 flux \
     --t5-blocks 6 --t5-steps 20 --mom-width 10240 --repeats 3
-stage bench_protocol 200 "$PY" bench/bench_protocol.py --device cuda --rows 90 --closed-form-rows 90
-stage eval_throughput 120 "$PY" bench/eval_throughput.py --size full --images 32 --batch 8
+stage bench_protocol 200 "$PY" benchmarks/bench_protocol.py --device cuda --rows 90 --closed-form-rows 90
+stage eval_throughput 120 "$PY" benchmarks/eval_throughput.py --size full --images 32 --batch 8
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
 exit $status

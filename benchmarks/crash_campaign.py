@@ -11,7 +11,7 @@ Checks at the end: every job done with exactly one applied edit (none lost, none
 hash, rollback to the middle and rollforward back bit-exact, and no lock error seen by the reader.
 Prints a table and a final JSON line, and rewrites its section of BENCHMARKS.md.
 
-    .venv/bin/python bench/crash_campaign.py --edits 100 --kills 20 [--batch 4]
+    .venv/bin/python benchmarks/crash_campaign.py --edits 100 --kills 20 [--batch 4]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -265,7 +265,7 @@ def write_section(result: dict, table: list[tuple[str, str]], path: Path) -> Non
     tag = f"-batch{result['batch']}" if result["batch"] else ""
     start, end = SECTION_START.replace(":start", f"{tag}:start"), SECTION_END.replace(":end", f"{tag}:end")
     title = f" with --batch {result['batch']}" if result["batch"] else ""
-    lines = [start, f"## Crash campaign{title} (`bench/crash_campaign.py`)", "",
+    lines = [start, f"## Crash campaign{title} (`benchmarks/crash_campaign.py`)", "",
              f"- date: {result['date']}; device: cpu ({platform.machine()}, {os.cpu_count()} cores, shared); "
              f"command: `{result['command']}`", "", "| check | result |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in table]
@@ -348,7 +348,7 @@ def main() -> None:
         "final_run_step_rows_per_s": round(final_rows / final_s, 1) if final_s else 0.0,
         "worker_starts": camp.starts, "worker_errors": camp.exits[:5], "misses": misses, "worker_seconds": round(camp.worker_seconds, 1),
         "seconds": round(elapsed, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "bench/crash_campaign.py " + " ".join(sys.argv[1:]),
+        "command": "benchmarks/crash_campaign.py " + " ".join(sys.argv[1:]),
     }
     if rc != 0:
         result["final_stderr"] = err[-500:]

@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from report import replace_section  # noqa: E402  (bench/ is on sys.path when a script runs)
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 import torch
 
@@ -59,7 +59,7 @@ def one(width: int, tokens: int, batch: int, device: str) -> dict:
 
 
 def write_section(summary: dict, rows: list[dict], path: Path) -> None:
-    lines = [SECTION_START, "## Second moments at real key widths (`bench/second_moment.py`)", "",
+    lines = [SECTION_START, "## Second moments at real key widths (`benchmarks/second_moment.py`)", "",
              f"- date: {summary['date']}; device: {summary['device']}; torch threads: {summary['threads']}; load average "
              f"at the end: {summary.get('load', '?')} (the cores are shared with other work); "
              f"{summary['tokens']} random key rows per width, batches of {summary['batch']}; fp64 accumulation and "
