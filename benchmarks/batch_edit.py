@@ -21,22 +21,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from typing import Any
 
 import torch
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.adapters import adapter_for  # noqa: E402
-from engine.batch_edit import compute_values  # noqa: E402
 from engine.builder import make_text_encoder, make_tokenizer, pipeline_configs  # noqa: E402
 from engine.covariance import SecondMomentStore  # noqa: E402
-from engine.hparams import ReFACTHParams  # noqa: E402
-from engine.joint_solve import joint_factors  # noqa: E402
-from engine.refact import compute_edit  # noqa: E402
+from engine.methods.refact.edit import compute_edit, compute_values  # noqa: E402
+from engine.methods.refact.hparams import ReFACTHParams  # noqa: E402
+from engine.methods.refact.joint_solve import joint_factors  # noqa: E402
 from engine.request import EditRequest  # noqa: E402
 
 SECTION_START = "<!-- batch_edit:start -->"
@@ -112,7 +110,7 @@ def write_section(summary: dict[str, Any], rows: list[dict[str, Any]], path: Pat
         f"at start: {summary['load']} (the 2 cores are shared with other work)",
         f"- random full-size SD1 text encoder (CLIP-L 768/3072), layer {summary['layer']}, {summary['steps']} fixed "
         "steps (threshold 1.0), 10 rewriting prompts per request; the same requests one at a time "
-        "(`compute_edit`) and vectorised (`engine.batch_edit.compute_values`), keys and targets included.",
+        "(`compute_edit`) and vectorised (`engine.methods.refact.edit.compute_values`), keys and targets included.",
         f"- {summary['steps']} steps instead of ReFACT's 100 so that 131 requests each way fit on this shared CPU; "
         "on CPU the cost follows token-steps either way, so the ratio is what the vectorisation saves in per-op "
         "overhead (the big win is on a GPU, where one step is launch-bound).",

@@ -90,7 +90,7 @@ def write_section(r: dict, path: Path) -> str:
         "- text-only `refact bench` over the first `rows` of 90 JSONL rows (text space + cross-attention proxy, "
         "baseline and oracle once per key, each row edited on the clean base and reverted); ReFACT at the "
         "paper's defaults (layer 7, <= 100 steps; the random encoder never reaches the 0.99 early stop, so every "
-        "row runs all 100 steps), v* vectorised over the rows by engine.batch_edit; s/row (all) includes "
+        "row runs all 100 steps), v* vectorised over the rows by engine.methods.refact.edit; s/row (all) includes "
         "loading the pipeline, hashing it and the references",
         "",
         "| method | rows | s/row (all) | edit s/row | total s | text efficacy | proxy efficacy |",

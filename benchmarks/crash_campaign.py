@@ -12,6 +12,13 @@ hash, rollback to the middle and rollforward back bit-exact, and no lock error s
 Prints a table and a final JSON line, and rewrites its section of BENCHMARKS.md.
 
     .venv/bin/python benchmarks/crash_campaign.py --edits 100 --kills 20 [--batch 4]
+    .venv/bin/python benchmarks/crash_campaign.py --edits 24 --kills 6 --batch 4 --insert spread --layers 1,2 \
+        --max 6 --mixed
+
+``--insert`` / ``--layers`` pick the batch insertion, ``--max N`` stops every worker after N jobs (a batch's
+jobs counted one by one; the campaign restarts it), ``--mixed`` queues every fifth job as a TIME edit
+(UNet cross-attention) among the ReFACT ones. Also counted: worker tracebacks, applied edits that changed
+no weight (their hash equals the one before), and failed jobs (none may fail here: no job is bad).
 """
 
 from __future__ import annotations
@@ -78,8 +85,10 @@ def q(db_path: Path, sql: str, params=()) -> list:
 
 
 class Campaign:
-    def __init__(self, root: Path, batch: int | None, rng: random.Random) -> None:
+    def __init__(self, root: Path, batch: int | None, rng: random.Random, run_args: tuple[str, ...] = ()) -> None:
         self.root, self.db, self.batch, self.rng = root, root / "refact.db", batch, rng
+        self.run_args = run_args  # --insert / --layers / --max, passed to every worker
+        self.tracebacks: list[str] = []
         self.kills: dict[str, int] = {"loading": 0, "optimizing": 0, "committing": 0, "batch": 0}
         self.worker_seconds = 0.0
         self.starts = 0
@@ -89,6 +98,7 @@ class Campaign:
         cmd = [sys.executable, "-m", "refact_tui", "--workspace", str(self.root), "run", "--device", "cpu", "--json"]
         if self.batch:
             cmd += ["--batch", str(self.batch)]
+        cmd += list(self.run_args)
         self.starts += 1
         p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         p.started = time.monotonic()  # type: ignore[attr-defined]
@@ -97,6 +107,8 @@ class Campaign:
     def finish(self, p: subprocess.Popen, timeout: float | None = None) -> tuple[int, str, str]:
         out, err = p.communicate(timeout=timeout)
         self.worker_seconds += time.monotonic() - p.started  # type: ignore[attr-defined]
+        if "Traceback (most recent call last)" in err:
+            self.tracebacks.append(err.strip()[-300:])
         if p.returncode not in (0, -signal.SIGKILL):
             self.exits.append(f"exit {p.returncode}: {err.strip()[-200:]}")
         return p.returncode, out, err
@@ -188,9 +200,9 @@ class Campaign:
                 "a_stderr": err_a.strip()[-300:]}
 
 
-def build_workspace(root: Path, n: int, rng: random.Random) -> Path:
+def build_workspace(root: Path, n: int, rng: random.Random, mixed: bool = False) -> Path:
     from engine.builder import build_pipeline
-    from engine.hparams import ReFACTHParams
+    from engine.methods.refact.hparams import ReFACTHParams
     from engine.request import EditRequest
     from refact_tui.services.runner import STATS_SAMPLES_KEY
     from refact_tui.services.workspace import init_workspace
@@ -201,9 +213,15 @@ def build_workspace(root: Path, n: int, rng: random.Random) -> Path:
     ws = init_workspace(root, model)
     set_meta(ws.db, STATS_SAMPLES_KEY, "40")
     hid = ws.history().id
+    from refact_tui.services.methods import with_method
+
     for i in range(n):
-        adj, noun, other = ADJ[i % 10], NOUN[(i // 10) % 10], OTHER[(i * 7 + 3) % 10]
+        # neighbours differ in their subject's last word, so a batch can hold them (same-word subjects
+        # never share a batch: their keys nearly coincide)
+        adj, noun, other = ADJ[(i // 10) % 10], NOUN[i % 10], OTHER[(i * 7 + 3) % 10]
         req = EditRequest(prompt=f"The {adj} {noun}", source=f"a {noun}", target=f"a {other}")
+        if mixed and i % 5 == 4:  # a TIME edit of the UNet's cross-attention among the ReFACT ones
+            req = with_method(req, "time")
         hp = ReFACTHParams(layer=2, lr=0.05, max_steps=rng.choice([8, 16, 40, 80]), prob_threshold=1.0)
         enqueue(ws.db, hid, req, hp)
     ws.close()
@@ -216,8 +234,8 @@ def verify(root: Path, model_dir: Path, n: int) -> dict:
     from refact_tui.services.doctor import diagnose
     from refact_tui.services.history import rollback, rollforward
     from refact_tui.services.workspace import Workspace
-    from store.integrity import integrity_check
     from store.edits import list_edits
+    from store.integrity import integrity_check
     from store.jobs import list_jobs
 
     out: dict = {}
@@ -242,10 +260,21 @@ def verify(root: Path, model_dir: Path, n: int) -> dict:
         out["charged_crashes"] = sum(j.crashes for j in jobs)
         out["max_crashes"] = max((j.crashes for j in jobs), default=0)
         out["step_rows"] = q(root / "refact.db", "SELECT COUNT(*) FROM steps")[0][0]
-        model = load_model(model_dir, device="cpu", with_pipeline=False)  # rebuild outside the workspace code
-        for e in edits:
-            EditDelta.load(ws.resolve(e.delta_path), expected_sha256=e.delta_sha256).apply(model)
-        out["rebuild_ok"] = bool(edits) and model.encoder_hash() == edits[-1].weights_hash
+        out["failed_count"] = sum(1 for j in jobs if j.state == "failed")
+        # an applied edit whose recorded weights equal the ones before it changed nothing
+        before = [q(root / "refact.db", "SELECT encoder_hash FROM base_models LIMIT 1")[0][0]] + \
+            [e.weights_hash for e in edits[:-1]]
+        out["empty_edits"] = sum(1 for e, h in zip(edits, before) if e.weights_hash == h)
+        if any(e.module and e.layer < 0 for e in edits):  # TIME edits: the UNet is part of the recorded hash
+            from refact_tui.services.state import load_history_model
+
+            out["rebuild_ok"] = bool(edits) and load_history_model(ws, device="cpu").weights_hash == \
+                edits[-1].weights_hash
+        else:
+            model = load_model(model_dir, device="cpu", with_pipeline=False)  # rebuild outside the workspace code
+            for e in edits:
+                EditDelta.load(ws.resolve(e.delta_path), expected_sha256=e.delta_sha256).apply(model)
+            out["rebuild_ok"] = bool(edits) and model.encoder_hash() == edits[-1].weights_hash
         mid = max(1, m // 2)
         try:
             back = rollback(ws, mid)
@@ -262,9 +291,13 @@ def verify(root: Path, model_dir: Path, n: int) -> dict:
 
 
 def write_section(result: dict, table: list[tuple[str, str]], path: Path) -> None:
-    tag = f"-batch{result['batch']}" if result["batch"] else ""
+    mode = result["run_args"][result["run_args"].index("--insert") + 1] if "--insert" in result["run_args"] else ""
+    tag = (f"-batch{result['batch']}" if result["batch"] else "") + (f"-{mode}" if mode else "") + \
+        ("-mixed" if result["mixed"] else "")
     start, end = SECTION_START.replace(":start", f"{tag}:start"), SECTION_END.replace(":end", f"{tag}:end")
     title = f" with --batch {result['batch']}" if result["batch"] else ""
+    title += f" {' '.join(result['run_args'])}" if result["run_args"] else ""
+    title += ", mixed methods" if result["mixed"] else ""
     lines = [start, f"## Crash campaign{title} (`benchmarks/crash_campaign.py`)", "",
              f"- date: {result['date']}; device: cpu ({platform.machine()}, {os.cpu_count()} cores, shared); "
              f"command: `{result['command']}`", "", "| check | result |", "|---|---|"]
@@ -284,6 +317,10 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=100)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--batch", type=int, default=None, help="pass --batch N to `refact run` (if it has it)")
+    parser.add_argument("--insert", default=None, help="with --batch: rank-one | joint | spread")
+    parser.add_argument("--layers", default=None, help="with --insert spread: e.g. 1,2")
+    parser.add_argument("--max", type=int, default=None, help="every worker stops after this many jobs")
+    parser.add_argument("--mixed", action="store_true", help="every fifth job is a TIME edit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the campaign folder")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -300,8 +337,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     root = work / "ws"
     t0 = time.monotonic()
-    model_dir = build_workspace(root, args.edits, rng)
-    camp = Campaign(root, args.batch, rng)
+    model_dir = build_workspace(root, args.edits, rng, mixed=args.mixed)
+    run_args = [*(["--insert", args.insert] if args.insert and args.batch else []),
+                *(["--layers", args.layers] if args.layers and args.batch else []),
+                *(["--max", str(args.max)] if args.max else [])]
+    camp = Campaign(root, args.batch, rng, tuple(run_args))
     stop_file = work / "stop-reader"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(root), str(stop_file)], cwd=ROOT, env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -320,9 +360,13 @@ def main() -> None:
     if not lease["ran"] and camp.remaining() > 0:
         lease = camp.lease_case()
     rows_before = q(root / "refact.db", "SELECT COUNT(*) FROM steps")[0][0]
-    final = camp.start()
     t_final = time.monotonic()
-    rc, out, err = camp.finish(final, timeout=3600)
+    rc, err = 0, ""
+    for _ in range(args.edits + 1):  # with --max every worker stops after N jobs: start the next one
+        final = camp.start()
+        rc, out, err = camp.finish(final, timeout=3600)
+        if rc != 0 or camp.remaining() == 0:
+            break
     final_s = time.monotonic() - t_final
     final_rows = q(root / "refact.db", "SELECT COUNT(*) FROM steps")[0][0] - rows_before
     stop_file.touch()
@@ -342,6 +386,9 @@ def main() -> None:
         "max_crashes_per_job": checks["max_crashes"],
         "edit_rows": checks["edit_rows"], "failed_jobs": checks["failed_jobs"],
         "orphan_deltas": checks["orphan_deltas"], "stray_step_rows": checks["stray_step_rows"],
+        "tracebacks": len(camp.tracebacks), "traceback_samples": camp.tracebacks[:2],
+        "empty_edits_applied": checks["empty_edits"], "failed_job_count": checks["failed_count"],
+        "run_args": run_args, "mixed": args.mixed,
         "doctor_ok": checks["doctor_ok"], "reader_polls": reader_stats["polls"],
         "reader_lock_errors": reader_stats["errors"], "reader_error_samples": reader_stats["samples"],
         "step_rows": checks["step_rows"], "step_rows_per_s": round(rows_per_s, 1),
@@ -359,6 +406,9 @@ def main() -> None:
          f"{camp.kills['batch']})"),
         ("worker starts / worker wall time", f"{camp.starts} / {camp.worker_seconds:.0f} s"),
         ("lost / duplicated edits", f"{checks['lost']} / {checks['duplicated']}"),
+        ("worker tracebacks / applied edits that changed no weight / failed jobs",
+         f"{len(camp.tracebacks)} / {checks['empty_edits']} / {checks['failed_count']}"),
+        ("worker options / mixed methods", f"{' '.join(run_args) or '-'} / {args.mixed}"),
         ("edit rows (one per job, one per batch with --batch); seqs 1..M, head M",
          f"{checks['edit_rows']}; {checks['seqs_ok']}"),
         ("integrity_check", checks["integrity"]),

@@ -15,7 +15,6 @@ child process). Writes a section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 import datetime as dt
 import json
 import os
@@ -24,28 +23,28 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from typing import Any
 
 import torch
+from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from latency_models import build_bench_model, describe  # noqa: E402
+from naive_loop import naive_seconds_per_step, sync  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from engine.covariance import SecondMomentStore, default_corpus_path  # noqa: E402
-from engine.hparams import ReFACTHParams  # noqa: E402
-from engine.insertion import insert  # noqa: E402
-from engine.keys import left_vector  # noqa: E402
-from engine.refact import compute_edit  # noqa: E402
+from engine.methods.refact.edit import compute_edit  # noqa: E402
+from engine.methods.refact.hparams import ReFACTHParams  # noqa: E402
+from engine.methods.refact.insert import insert  # noqa: E402
+from engine.methods.refact.keys import left_vector  # noqa: E402
 from engine.request import EditRequest  # noqa: E402
-from latency_models import build_bench_model, describe  # noqa: E402
-from naive_loop import naive_seconds_per_step, sync  # noqa: E402
 
 SECTION_START = "<!-- edit_latency:start -->"
 SECTION_END = "<!-- edit_latency:end -->"

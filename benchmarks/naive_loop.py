@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 from engine.tokens import locate_all, rewriting_templates
 

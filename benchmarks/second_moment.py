@@ -2,7 +2,7 @@
 
 For each width: accumulate C = K^T K / n in float64 from ``--tokens`` random key rows in batches of
 ``--batch`` (what ``engine.covariance.collect_second_moment`` does after each forward), then the float64
-Cholesky + solve of ``engine.keys.left_vector``. Reports seconds and peak resident memory (the
+Cholesky + solve of ``engine.methods.refact.keys.left_vector``. Reports seconds and peak resident memory (the
 process's high-water mark, widths run in ascending order). The encoders' forward passes are not
 included (T5-XXL's 4.7B parameters do not fit this CPU box). Prints a table and a final JSON line,
 and rewrites its section of BENCHMARKS.md.
@@ -19,11 +19,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+import torch
 from report import replace_section  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
-import torch
-
-from engine.keys import _CHOLESKY_CACHE, left_vector
+from engine.methods.refact.keys import left_vector
+from engine.methods.refact.linalg import CHOLESKY_CACHE
 
 SECTION_START = "<!-- bench:second_moment -->"
 SECTION_END = "<!-- /bench:second_moment -->"
@@ -53,7 +53,7 @@ def one(width: int, tokens: int, batch: int, device: str) -> dict:
     u = left_vector(c, torch.randn(width, generator=gen), ridge=1e-4)
     solve_s = time.perf_counter() - t0
     assert torch.isfinite(u).all()
-    _CHOLESKY_CACHE.clear()
+    CHOLESKY_CACHE.clear()
     return {"width": width, "tokens": tokens, "accumulate_s": accumulate_s, "solve_s": solve_s,
             "c_mib": width * width * 8 / 2**20, "peak_rss_mib": peak_mib()}
 

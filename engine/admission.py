@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from engine.errors import TokenizationError
-from engine.hparams import DEFAULT_TEMPLATES
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES
 from engine.request import EditRequest
 from engine.tokens import locate_subject, rewriting_templates
 

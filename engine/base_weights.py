@@ -11,19 +11,21 @@ from typing import Iterator
 
 import torch
 
+from engine.delta import WeightSnapshot
+
 
 def fc2_module(model, layer: int) -> torch.nn.Linear:
     """The editable fc2 Linear of ``layer``."""
     return model.adapter.fc2(layer)
 
 
-def _weight_param(model, key: int | str) -> torch.nn.Parameter:
-    """fc2 weight by layer index, or by "<module>.weight" name inside the text encoder
-    (the keys of LoadedModel.snapshot_fc2() / LoadedModel.base_fc2)."""
+def _linear(model, key: int | str) -> torch.nn.Linear:
+    """fc2 by layer index, or by "<module>.weight" name inside the text encoder (the keys of
+    LoadedModel.snapshot_fc2() / LoadedModel.base_fc2)."""
     if isinstance(key, str):
         te = getattr(model, "text_encoder", model)
-        return te.get_submodule(key.removesuffix(".weight")).weight
-    return fc2_module(model, key).weight
+        return te.get_submodule(key.removesuffix(".weight"))
+    return fc2_module(model, key)
 
 
 def base_fc2_of(model) -> dict:
@@ -38,24 +40,22 @@ def fc2_weights(model, weights: dict | None) -> Iterator[None]:
     if not weights:
         yield
         return
-    saved: dict = {}
+    saved = WeightSnapshot()
     try:
         with torch.no_grad():
-            for layer, w in weights.items():
-                param = _weight_param(model, layer)
-                w = w.to(param.device, param.dtype)
+            for key, w in weights.items():
+                linear = _linear(model, key)
+                w = w.to(linear.weight.device, linear.weight.dtype)
                 # Unedited layers already hold w: skipping them saves a clone and two copies per
                 # matrix (bigG: 32 x 26 MB) and keeps their version counters, so upstream hashes
                 # memoised on them stay valid.
-                if torch.equal(param, w):
+                if torch.equal(linear.weight, w):
                     continue
-                saved[layer] = param.detach().clone()
-                param.copy_(w)
+                saved.add(linear)
+                linear.weight.copy_(w)
         yield
     finally:
-        with torch.no_grad():
-            for layer, w in saved.items():
-                _weight_param(model, layer).copy_(w)
+        saved.restore()
 
 
 def base_weights_of(model) -> dict[str, dict]:

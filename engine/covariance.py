@@ -1,8 +1,12 @@
 """Second moment C = E[k k^T] of fc2's input at one layer, over a text corpus, with caching.
 
 Collection packs many corpus lines into each forward (up to ``batch_tokens`` padded tokens),
-stops the forward at layer l's fc1 activation, keeps every attended position (BOS/EOS included,
-padding excluded) and accumulates in float64. Results are cached in memory and on disk as
+stops the forward at layer l's fc1 activation and accumulates in float64 over the rows that
+``Positions`` names: every attended position (BOS/EOS included, padding excluded; the paper's C,
+the default) or every position the denoiser reads, in the pipeline's own format (CLIP: padded to 77
+with the tokenizer's pad token, EOS on SD1 and "!" on SD2/SDXL/SD3-G, no attention mask, padding
+rows included). The denoiser reads the padding positions of every prompt, so a C without them
+leaves u free to align with their keys. Results are cached in memory and on disk as
 ``<cache_dir>/<key>.safetensors`` keyed by (upstream weights hash, layer, corpus sha256, n_samples,
 encoder slot, tokenization mode). Only the layers an edit asks for are ever collected.
 
@@ -14,9 +18,11 @@ padding rows would outnumber them 20:1 and mostly repeat one pattern).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +50,44 @@ def gpu_advice(adapter: EncoderAdapter) -> str | None:
     mib = d * d * 8 / 2**20
     return (f"second moment of a {d}-wide key ({mib:.0f} MiB fp64 per layer) on CPU takes minutes; "
             "a GPU (--device cuda) is advised")
+
+
+def check_second_moment_fits(adapter: EncoderAdapter, free_bytes: int | None = None) -> int:
+    """Bytes C needs (fp64 accumulator and its Cholesky factor); EngineError in one line when the
+    device has less free memory (``free_bytes`` overrides the measurement)."""
+    d, device = int(adapter.key_size), adapter.device
+    need = 2 * d * d * 8
+    if free_bytes is None:
+        if device.type == "cuda":
+            free_bytes = int(torch.cuda.mem_get_info(device)[0])
+        else:
+            free_bytes = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if need > free_bytes:
+        raise EngineError(
+            f"the second moment of a {d}-wide key needs {need / 2**30:.1f} GiB (fp64 C and its factor) but "
+            f"{device.type} has {free_bytes / 2**30:.1f} GiB free; use a device with more memory"
+        )
+    return need
+
+
+class Positions(str, Enum):
+    """Which token positions of each corpus line become rows of C."""
+
+    ATTENDED = "attended"  # the prompt's own tokens (BOS/EOS included): the paper's C
+    READ = "read"  # every position the denoiser reads, padding included, as the pipeline feeds them
+
+
+def read_format(adapter: EncoderAdapter) -> int | None:
+    """The length a pipeline pads every prompt to and feeds without a mask, when it does (CLIP in
+    SD1/SD2/SDXL/SD3/FLUX: its 77; T5 in SD3/FLUX: its fixed length), else None (the encoder reads
+    its attended tokens only, e.g. BERT mean pooling or a decoder LM)."""
+    if adapter.family == "clip":
+        return int(adapter.max_length)
+    if adapter.family == "t5" and adapter.fixed_length and not getattr(adapter, "use_mask", True):
+        return int(adapter.fixed_length)
+    return None
+
+
 # Same subset rule as the reference (Python's random.Random(1) shuffle of line indices).
 SUBSET_SEED = 1
 
@@ -73,8 +117,10 @@ def collect_second_moment(
     *,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: ProgressCallback | None = None,
+    positions: Positions = Positions.ATTENDED,
 ) -> tuple[torch.Tensor, int]:
-    """(C in float64 on CPU, number of token vectors) for fc2's input at ``layer``.
+    """(C in float64 on CPU, number of token vectors) for fc2's input at ``layer``, over ``positions``
+    (Positions.READ on an encoder that ``read_format`` gives none for is the attended C).
 
     Lines longer than the encoder's maximum are truncated: the corpus is a statistic, not a request.
     """
@@ -82,6 +128,8 @@ def collect_second_moment(
         raise EngineError("the statistics corpus has no text lines; point it at a text file with one caption per line")
     enc = tokenizer(list(lines), truncation=True, max_length=adapter.max_length, add_special_tokens=True)
     fixed = adapter.fixed_length  # pad every batch to the pipeline's length (T5 in SD3/FLUX)
+    read_all = read_format(adapter) if positions == Positions.READ else None
+    fixed = read_all or fixed
     seqs = [list(ids) for ids in enc["input_ids"]]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Longest first, so each batch's padding is small and the first batch shows the peak memory.
@@ -100,6 +148,8 @@ def collect_second_moment(
         for r, i in enumerate(chunk):
             ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
             mask[r, : len(seqs[i])] = 1
+        if read_all:  # the pipeline's input: every position, no mask
+            mask = torch.ones_like(mask)
         batch = {"input_ids": ids.to(adapter.device), "attention_mask": mask.to(adapter.device)}
         if adapter.family == "bert":
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
@@ -151,8 +201,9 @@ class SecondMomentStore:
     """Memory + disk cache of C per (upstream weights, layer, corpus, n_samples)."""
 
     def __init__(self, cache_dir: Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 max_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+                 max_memory_bytes: int = DEFAULT_MEMORY_BYTES, positions: Positions = Positions.ATTENDED) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.positions = Positions(positions)
         self.batch_tokens = batch_tokens
         # least recently used C are dropped from memory past this (the newest is always kept);
         # the disk cache still holds them
@@ -186,6 +237,8 @@ class SecondMomentStore:
         upstream = adapter.upstream_hash(layer)
         corpus_sha = self._corpus_sha(corpus)
         slot, mode = str(getattr(model, "component", "text_encoder")), adapter.tokenization_mode
+        if self.positions == Positions.READ and read_format(adapter):
+            mode += "+read"  # a different C: its own cache entry (attended entries keep their keys)
         key = stats_key(upstream, layer, corpus_sha, n_samples, slot=slot, mode=mode)
         if key in self._memory:
             self._memory[key] = self._memory.pop(key)  # most recently used last
@@ -197,11 +250,13 @@ class SecondMomentStore:
             self._remember(key, mom2)
             return mom2
         lines = read_corpus(corpus, n_samples)
+        check_second_moment_fits(adapter)
         advice = gpu_advice(adapter)
         if advice is not None and progress is not None:
             progress(Progress(task="second-moment", done=0, total=len(lines), detail=advice))
         mom2, n_tokens = collect_second_moment(
-            adapter, tokenizer, lines, layer, batch_tokens=self.batch_tokens, progress=progress
+            adapter, tokenizer, lines, layer, batch_tokens=self.batch_tokens, progress=progress,
+            positions=self.positions,
         )
         self._remember(key, mom2)
         if path is not None:

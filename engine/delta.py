@@ -8,14 +8,18 @@ component it belongs to ("text_encoder", "text_encoder_2", "unet", ...) and the 
 Deltas are saved as safetensors written atomically (temporary file + rename), with a sha256 the
 caller records to detect tampering. Format ``refact-delta/2``; v0.1 files (``refact-delta/1``,
 one rank-one fc2 update of ``text_encoder``) still load.
+
+``WeightSnapshot`` is the one way weights are put back: copies taken before a change, copied back in
+place bit-exactly (never by subtracting the update again); ``applied`` uses it for a scoped edit.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -303,3 +307,44 @@ def apply_deltas(model: Any, deltas: Iterable[EditDelta]) -> int:
             d.revert(model)
         raise
     return len(applied)
+
+
+class WeightSnapshot:
+    """Copies of some modules' weights (each module once), restored in place bit-exactly."""
+
+    def __init__(self, modules: Iterable[torch.nn.Module] = ()) -> None:
+        self._saved: list[tuple[torch.nn.Module, torch.Tensor]] = []
+        self._seen: set[int] = set()
+        for module in modules:
+            self.add(module)
+
+    @classmethod
+    def of(cls, model: Any, delta: EditDelta) -> "WeightSnapshot":
+        """A snapshot of every matrix ``delta`` touches (resolved before anything changes)."""
+        return cls(update.linear(model) for update in delta.updates)
+
+    def add(self, module: torch.nn.Module) -> None:
+        """Also keep ``module``'s current weight (a module already kept is not copied again)."""
+        if id(module) not in self._seen:
+            self._seen.add(id(module))
+            self._saved.append((module, module.weight.detach().clone()))
+
+    def changed(self) -> bool:
+        """Whether any kept weight differs (bit for bit) from its copy."""
+        return any(not torch.equal(module.weight, weight) for module, weight in self._saved)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for module, weight in reversed(self._saved):
+            module.weight.copy_(weight)
+
+
+@contextmanager
+def applied(model: Any, delta: EditDelta) -> Iterator[None]:
+    """Apply ``delta`` inside the block; afterwards the touched weights are bit-exactly the old ones."""
+    snap = WeightSnapshot.of(model, delta)
+    delta.apply(model)
+    try:
+        yield
+    finally:
+        snap.restore()

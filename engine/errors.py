@@ -23,6 +23,12 @@ class InsertionRefusedError(EngineError):
     """The rank-one update would be ill-conditioned or non-finite; the model is left untouched."""
 
 
+class BatchRefusedError(InsertionRefusedError):
+    """A batch's combined update would not deliver its requests (conflicting keys, an update that
+    changes nothing); each request may still succeed alone or in another batch, so its jobs stay
+    retryable. The model is left untouched."""
+
+
 class EditCancelled(EngineError):
     """The edit was stopped between optimization steps; the model is left untouched."""
 

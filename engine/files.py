@@ -6,9 +6,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 def file_sha256(path: Path) -> str:
@@ -25,6 +26,8 @@ def save_safetensors_atomic(
 ) -> None:
     """Write ``tensors`` to ``path`` via a temporary file in the same folder and a rename, so readers
     never see a half-written file. ``fsync`` flushes the data to disk before the rename."""
+    from safetensors.torch import save_file  # torch only when writing (start-up rule: refact_tui/cli/__init__.py)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

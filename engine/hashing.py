@@ -19,8 +19,8 @@ def hash_named_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        # view as bytes; works for every dtype incl. bfloat16
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # view as bytes; works for every dtype incl. bfloat16 and 0-dim buffers (BatchNorm counters)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

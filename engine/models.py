@@ -22,10 +22,12 @@ from engine.errors import DeltaIntegrityError, EngineError, ModelFormatError, Mo
 from engine.model_files import (  # noqa: E402,F401  (read_pooling is public here)
     _load_text_encoder, _one_line, _read_json, _require_safetensors, _transformer_folder, read_pooling,
 )
+from engine.packaged_models import resolve_packaged  # noqa: E402
 from engine.readout import Readout, default_readout  # noqa: E402
 from engine.slots import (  # noqa: E402
-    FAMILY_SLOTS, T5_LENGTH, EncoderSlot, combined_hash, default_depth, keep_editable_fp32, tokenizer_attr,
+    FAMILY_SLOTS, EncoderSlot, combined_hash, default_depth, keep_editable_fp32, slot_input, tokenizer_attr,
 )
+from engine.tokens import templated  # noqa: E402
 
 
 class SlotError(EngineError):
@@ -33,13 +35,23 @@ class SlotError(EngineError):
 
 KINDS = ("sd-pipeline", "text-encoder")
 # Text-encoder classes a pipeline's model_index.json may name; anything else is refused, not imported.
-_PIPELINE_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
+_PIPELINE_ENCODER_CLASSES = (
+    "CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel", "Qwen3Model", "Qwen3ForCausalLM", "Gemma2Model",
+    "Gemma2ForCausalLM", "LlamaForCausalLM", "GlmModel", "Mistral3ForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+)
 # model_index.json _class_name -> family (StableDiffusionPipeline is sd1 or sd2, told by its encoder)
 PIPELINE_CLASSES = {
     "StableDiffusionPipeline": "sd1",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
+    "ZImagePipeline": "z-image",
+    "Flux2KleinPipeline": "flux2-klein",
+    "Lumina2Pipeline": "lumina2",
+    "PixArtSigmaPipeline": "pixart-sigma",
+    "ChromaPipeline": "chroma",
+    "QwenImagePipeline": "qwen-image",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -175,7 +187,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def resolve_source(source: str | Path) -> Path:
-    """The local folder a path or cached hub id refers to; ModelNotFoundError if there is none."""
+    """The local folder a path, a packaged model's name (``minilm``, engine.packaged_models) or a cached
+    hub id refers to, in that order; ModelNotFoundError if there is none."""
     text = str(source).strip()
     if not text:
         raise ModelNotFoundError("no model given; pass --model with a folder or a Hugging Face id")
@@ -184,6 +197,9 @@ def resolve_source(source: str | Path) -> Path:
         return path.resolve()
     if path.exists():
         raise ModelFormatError(f"{path} is a file; pass the model's folder (the one holding config.json)")
+    packaged = None if isinstance(source, Path) else resolve_packaged(text)  # e.g. "minilm"
+    if packaged is not None:
+        return packaged
     if isinstance(source, Path) or not _looks_like_hub_id(text):
         raise ModelNotFoundError(f"model folder {text!r} does not exist; check the path or pass a cached hub id")
     return _from_hub_cache(text)
@@ -237,9 +253,12 @@ def _pipeline_index(folder: Path) -> dict[str, Any]:
 
 def load_model(
     source: str | Path, device: str = "auto", with_pipeline: bool = True, *,
-    readouts: dict[str, Readout] | None = None,
+    readouts: dict[str, Readout] | None = None, dtype: str | None = None,
 ) -> LoadedModel:
     """Load a pipeline or text-encoder folder (or a cached hub id) offline, onto ``device``.
+
+    ``dtype`` (float32 / float16 / bfloat16; None = as stored) loads the weights directly in that dtype;
+    edit math stays fp32 (``keep_editable_fp32``, ``engine.delta.add_low_rank``).
 
     A pipeline gets one slot per text encoder of its family (``FAMILY_SLOTS``), each with the
     family's readout (``readouts`` overrides some, by slot name); a slot's encoder is the pipeline's
@@ -249,6 +268,7 @@ def load_model(
     folder = resolve_source(source)
     kind = detect_kind(folder)
     dev = resolve_device(device)
+    load_kw = load_dtype_kwargs(dtype, dev)
     quiet_hf_logging()
     pooling = None
     pipeline = None
@@ -260,17 +280,19 @@ def load_model(
         for name in names:
             _check_encoder_folder(folder, index, name, family)
         if with_pipeline:
-            pipeline = _load_pipeline(folder)
+            pipeline = _load_pipeline(folder, **load_kw)
             parts = [(n, getattr(pipeline, n, None), getattr(pipeline, tokenizer_attr(n), None)) for n in names]
             for n, enc, tok in parts:
                 if enc is None or tok is None:
                     raise ModelFormatError(f"pipeline {folder} loaded without {n} or its tokenizer")
         else:
-            parts = [(n, *_load_pipeline_encoder(folder, index, n)) for n in names]
+            parts = [(n, *_load_pipeline_encoder(folder, index, n, **load_kw)) for n in names]
     else:
         model_folder = _transformer_folder(folder)
         assert model_folder is not None  # detect_kind checked it
         encoder, tokenizer = _load_text_encoder(model_folder)
+        if load_kw:  # a plain encoder folder (small) is cast after loading
+            encoder.to(load_kw["dtype"])
         pooling = read_pooling(folder)
         parts = [("text_encoder", encoder, tokenizer)]
     (pipeline if pipeline is not None else torch.nn.ModuleList([p[1] for p in parts])).to(dev)
@@ -285,7 +307,9 @@ def make_slot(name: str, encoder: torch.nn.Module, tokenizer: Any, family: str |
 
     encoder.eval()
     encoder.requires_grad_(False)
-    adapter = _adapter_for(encoder, pooling, pad_to=T5_LENGTH.get(family or ""), use_mask=family is None)
+    fmt = slot_input(family, name)
+    adapter = _adapter_for(encoder, pooling, pad_to=fmt.max_length, use_mask=fmt.use_mask)
+    tokenizer = templated(tokenizer, fmt.template, fmt.max_length)
     try:
         adapter.set_readout(readout or default_readout(family or "", name))
     except ReadoutError as exc:
@@ -304,8 +328,7 @@ def pipeline_family(folder: Path, index: dict[str, Any] | None = None) -> str:
     family = PIPELINE_CLASSES.get(name) if isinstance(name, str) else None
     if family is None:
         raise ModelFormatError(
-            f"pipeline {folder} is a {name!r}; supported pipeline classes: StableDiffusionPipeline (SD1/SD2), "
-            "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline"
+            f"pipeline {folder} is a {name!r}; supported pipeline classes: {', '.join(PIPELINE_CLASSES)}"
         )
     if family == "sd1":
         cfg = _read_json(folder / "text_encoder" / "config.json") or {}
@@ -332,11 +355,26 @@ def _check_encoder_folder(folder: Path, index: dict[str, Any], name: str, family
     _require_safetensors(folder / name, f"{name}")
 
 
-def _load_pipeline(folder: Path) -> Any:
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def load_dtype_kwargs(dtype: str | None, device: torch.device) -> dict[str, Any]:
+    """``{"dtype": torch dtype}`` for from_pretrained ({} for None); EngineError for an unknown dtype or
+    one the device cannot run (bf16 on a CUDA GPU without bf16 support)."""
+    if dtype is None:
+        return {}
+    if dtype not in DTYPES:
+        raise EngineError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise EngineError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use --dtype float16")
+    return {"dtype": getattr(torch, dtype)}
+
+
+def _load_pipeline(folder: Path, **kw: Any) -> Any:
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True, **kw)
     except EngineError:
         raise
     except Exception as exc:
@@ -347,16 +385,22 @@ def load_tokenizer(source: str | Path, slot: str = "text_encoder") -> Any:
     """Only the tokenizer of a pipeline slot or text-encoder folder / cached hub id (offline, fast)."""
     import transformers
 
-    quiet_hf_logging()
+    quiet_hf_logging(diffusers=False)
     folder = resolve_source(source)
+    fmt = None
     if detect_kind(folder) == "sd-pipeline":
+        try:  # the pipeline's template and limit (decoder LMs, PixArt); none for a class we cannot edit
+            fmt = slot_input(pipeline_family(folder), slot)
+        except ModelFormatError:
+            fmt = None
         folder = folder / tokenizer_attr(slot)
     else:
         folder = _transformer_folder(folder) or folder
     try:
-        return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise ModelFormatError(f"could not load the tokenizer in {folder} ({_one_line(exc)})") from None
+    return tokenizer if fmt is None else templated(tokenizer, fmt.template, fmt.max_length)
 
 
 def token_limit(tokenizer: Any, default: int = 77) -> int:
@@ -365,13 +409,14 @@ def token_limit(tokenizer: Any, default: int = 77) -> int:
     return int(limit) if isinstance(limit, int) and 0 < limit <= 100_000 else default
 
 
-def _load_pipeline_encoder(folder: Path, index: dict[str, Any], name: str) -> tuple[torch.nn.Module, Any]:
+def _load_pipeline_encoder(folder: Path, index: dict[str, Any], name: str,
+                           **kw: Any) -> tuple[torch.nn.Module, Any]:
     import transformers
 
     class_name = index[name][1]
     try:
         encoder = getattr(transformers, class_name).from_pretrained(
-            folder / name, local_files_only=True, use_safetensors=True
+            folder / name, local_files_only=True, use_safetensors=True, **kw
         )
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder / tokenizer_attr(name), local_files_only=True)
     except Exception as exc:

@@ -29,12 +29,15 @@ def hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def quiet_hf_logging() -> None:
-    """Silence transformers / diffusers warnings and progress bars (errors still show)."""
-    from diffusers.utils import logging as dlog
+def quiet_hf_logging(diffusers: bool = True) -> None:
+    """Silence transformers (and, with ``diffusers``, diffusers) warnings and progress bars; errors still
+    show. Loading only a tokenizer passes False: importing diffusers costs seconds (CLI start-up)."""
     from transformers.utils import logging as tlog
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
+    if diffusers:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()

@@ -13,13 +13,18 @@ Kinds:
 - ``penultimate+embeds``: ``hidden_states[-2]`` at EOS joined with ``weight * text_embeds``
   (SDXL ``text_encoder_2``, both SD3 CLIP encoders).
 - ``mean``: mean of ``last_hidden_state`` over the prompt's own tokens (T5 in SD3/FLUX).
+- ``hidden``: decoder LMs. ``hidden_states[k]`` for each k in ``layers`` (diffusers' numbering: 0 the
+  embeddings, k the output of block k-1, the last one after the final norm; negatives count from the
+  end), stacked on channels as FLUX.2 and HiDream stack them, then averaged over the tokens the
+  denoiser reads: the prompt's own (padding excluded) after the template's first ``drop`` tokens
+  (Qwen-Image drops 34). Spec: ``hidden:9,18,27`` or ``hidden:-1/drop=34``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("final", "pooler", "penultimate", "penultimate+embeds", "mean")
+KINDS = ("final", "pooler", "penultimate", "penultimate+embeds", "mean", "hidden")
 
 
 class ReadoutError(ValueError):
@@ -32,16 +37,32 @@ class Readout:
 
     kind: str = "final"
     embeds_weight: float = 1.0
+    layers: tuple[int, ...] = ()  # ``hidden``: the hidden_states indices read
+    drop: int = 0  # ``hidden``: leading template tokens the denoiser never sees
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ReadoutError(f"unknown readout {self.kind!r}; use one of {', '.join(KINDS)}")
         if not self.embeds_weight >= 0:
             raise ReadoutError(f"readout weight must be >= 0, got {self.embeds_weight}")
+        if (self.kind == "hidden") != bool(self.layers):
+            raise ReadoutError("a hidden readout names its hidden_states layers (e.g. 'hidden:-2'); other kinds none")
+        if self.drop < 0 or (self.drop and self.kind != "hidden"):
+            raise ReadoutError(f"drop={self.drop} fits only a hidden readout, as a count >= 0")
 
     def taps(self, num_layers: int) -> tuple[int, ...]:
         """Layers whose outputs the feature is computed from (-1 is the embedding output)."""
         last = num_layers - 1
+        if self.kind == "hidden":
+            taps = []
+            for k in self.layers:
+                index = k if k >= 0 else num_layers + 1 + k  # hidden_states has num_layers + 1 entries
+                if not 0 <= index <= num_layers:
+                    raise ReadoutError(
+                        f"readout hidden_states[{k}] does not exist; this encoder has hidden_states 0..{num_layers}"
+                    )
+                taps.append(index - 1)
+            return tuple(taps)
         if self.kind == "penultimate":
             return (last - 1,)
         if self.kind == "penultimate+embeds":
@@ -58,10 +79,13 @@ class Readout:
         pooling) widens its range itself.
         """
         deepest = max(self.taps(num_layers))
-        return deepest if self.kind == "mean" else deepest - 1
+        return deepest if self.kind in ("mean", "hidden") else deepest - 1
 
     def spec(self) -> str:
-        """Text form, parsed back by ``parse``: ``kind`` or ``penultimate+embeds:<weight>``."""
+        """Text form, parsed back by ``parse``: ``kind``, ``penultimate+embeds:<weight>`` or ``hidden:<k,..>[/drop=N]``."""
+        if self.kind == "hidden":
+            drop = f"/drop={self.drop}" if self.drop else ""
+            return f"hidden:{','.join(str(k) for k in self.layers)}{drop}"
         if self.kind == "penultimate+embeds" and self.embeds_weight != 1.0:
             return f"{self.kind}:{self.embeds_weight:g}"
         return self.kind
@@ -69,6 +93,12 @@ class Readout:
     @classmethod
     def parse(cls, text: str) -> "Readout":
         kind, _, weight = str(text).strip().partition(":")
+        if kind == "hidden":
+            layers, _, drop = weight.partition("/drop=")
+            try:
+                return cls("hidden", layers=tuple(int(k) for k in layers.split(",")), drop=int(drop or 0))
+            except ValueError:
+                raise ReadoutError(f"readout {text!r} is not valid; use e.g. 'hidden:9,18,27' or 'hidden:-1/drop=34'") from None
         try:
             return cls(kind, float(weight) if weight else 1.0)
         except ValueError as exc:
@@ -86,6 +116,12 @@ DEFAULT_READOUTS: dict[tuple[str, str], Readout] = {
     ("sd3", "text_encoder_3"): Readout("mean"),
     ("flux", "text_encoder"): Readout("pooler"),
     ("flux", "text_encoder_2"): Readout("mean"),
+    ("pixart-sigma", "text_encoder"): Readout("mean"),
+    ("chroma", "text_encoder"): Readout("mean"),
+    ("z-image", "text_encoder"): Readout("hidden", layers=(-2,)),
+    ("flux2-klein", "text_encoder"): Readout("hidden", layers=(9, 18, 27)),
+    ("lumina2", "text_encoder"): Readout("hidden", layers=(-2,)),
+    ("qwen-image", "text_encoder"): Readout("hidden", layers=(-1,), drop=34),
 }
 
 

@@ -15,8 +15,9 @@ import torch
 
 from engine.errors import DeltaIntegrityError
 from engine.hashing import module_hash
-from engine.hparams import HParamsError
+from engine.methods.refact.hparams import HParamsError
 from engine.readout import Readout
+from engine.tokens import PLAIN, PromptTemplate
 
 # Pipeline family -> its encoder slots, in the order encode_prompt uses them.
 FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
@@ -25,6 +26,12 @@ FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
     "sdxl": ("text_encoder", "text_encoder_2"),
     "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3"),
     "flux": ("text_encoder", "text_encoder_2"),
+    "z-image": ("text_encoder",),
+    "flux2-klein": ("text_encoder",),
+    "lumina2": ("text_encoder",),
+    "pixart-sigma": ("text_encoder",),
+    "chroma": ("text_encoder",),
+    "qwen-image": ("text_encoder",),
 }
 # Default edit depth, as a fraction of an encoder's layers. The paper edits layer 7 of SD1's 12. For
 # SDXL's encoders (penultimate readouts) the one published text-encoder editor, EMCID, edits CLIP-L
@@ -37,8 +44,52 @@ FAMILY_DEPTHS: dict[tuple[str, str], float] = {
     ("sd3", "text_encoder"): 9 / 12,
     ("sd3", "text_encoder_2"): 28 / 32,
 }
-# T5 input length each family's encode_prompt pads to (its max_sequence_length default).
-T5_LENGTH = {"sd3": 256, "flux": 512}
+# Lumina 2's default system prompt (diffusers 0.42.1 Lumina2Pipeline.system_prompt; tests compare).
+LUMINA2_SYSTEM_PROMPT = (
+    "You are an assistant designed to generate superior images with the superior degree of image-text "
+    "alignment based on textual prompts or user prompts."
+)
+
+# Qwen-Image's template (QwenImagePipeline.prompt_template_encode; its first 34 tokens are dropped).
+QWEN_IMAGE_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@dataclass(frozen=True)
+class SlotInput:
+    """How a family's ``encode_prompt`` feeds one encoder (diffusers 0.42.1).
+
+    ``max_length``: T5's fixed padding, or a decoder LM's token limit after templating (None: the
+    encoder's own); ``use_mask``: whether the encoder sees the attention mask; ``template``: the text
+    put around the prompt (chat template, system prompt, lowercasing).
+    """
+
+    max_length: int | None = None
+    use_mask: bool = False
+    template: PromptTemplate = PLAIN
+
+
+SLOT_INPUTS: dict[tuple[str, str], SlotInput] = {
+    ("sd3", "text_encoder_3"): SlotInput(256),
+    ("flux", "text_encoder_2"): SlotInput(512),
+    ("pixart-sigma", "text_encoder"): SlotInput(300, True, PromptTemplate(lowercase=True)),
+    ("chroma", "text_encoder"): SlotInput(512, True),
+    ("z-image", "text_encoder"): SlotInput(512, True, PromptTemplate(chat=True, chat_kwargs={"enable_thinking": True})),
+    ("flux2-klein", "text_encoder"): SlotInput(
+        512, True, PromptTemplate(chat=True, chat_kwargs={"enable_thinking": False})
+    ),
+    ("lumina2", "text_encoder"): SlotInput(256, True, PromptTemplate(prefix=LUMINA2_SYSTEM_PROMPT + " <Prompt Start> ")),
+    ("qwen-image", "text_encoder"): SlotInput(1024 + 34, True, PromptTemplate(wrap=QWEN_IMAGE_TEMPLATE)),
+}
+
+
+def slot_input(family: str | None, slot: str) -> SlotInput:
+    """A slot's input format; a plain encoder folder (no family) is masked and untemplated."""
+    if family is None:
+        return SlotInput(use_mask=True)
+    return SLOT_INPUTS.get((family, slot), SlotInput())
 
 
 def tokenizer_attr(slot: str) -> str:
@@ -160,14 +211,32 @@ def default_depth(family: str | None, slot: str) -> float:
 
 def keep_editable_fp32(adapter: Any) -> None:
     """Make every editable matrix float32 when the encoder is in fp16/bf16: a rank-one update of a
-    large bf16 matrix rounds away. Only for T5, whose feed-forward casts its input to ``wo``'s dtype
-    (transformers already keeps ``wo`` fp32 under fp16); CLIP's fc2 must match its input's dtype."""
-    if adapter.family != "t5":
+    large bf16 matrix rounds away. T5's feed-forward casts its input to ``wo``'s dtype itself
+    (transformers already keeps ``wo`` fp32 under fp16); a decoder LM's ``down_proj`` gets hooks that
+    cast its input up and its output back, so the model's own forward still runs in its dtype. CLIP's
+    fc2 must match its input's dtype and stays as loaded."""
+    if adapter.family not in ("t5", "llm"):
         return
     for i in range(adapter.num_layers):
         linear = adapter.fc2(i)
         if linear.weight.dtype in (torch.float16, torch.bfloat16):
             linear.weight = torch.nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+            if adapter.family == "llm":
+                _cast_around(linear)
+
+
+def _cast_around(linear: torch.nn.Linear) -> None:
+    seen: list[torch.dtype] = []
+
+    def cast_in(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        seen.append(args[0].dtype)
+        return (args[0].to(module.weight.dtype), *args[1:])
+
+    def cast_out(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        return output.to(seen.pop())
+
+    linear.register_forward_pre_hook(cast_in)
+    linear.register_forward_hook(cast_out)
 
 
 def combined_hash(hashes: dict[str, str]) -> str:
@@ -180,6 +249,6 @@ def combined_hash(hashes: dict[str, str]) -> str:
 
 
 __all__ = [
-    "EncoderSlot", "FAMILY_SLOTS", "T5_LENGTH", "tokenizer_attr", "check_slot_layer", "default_depth", "default_layer_for",
+    "EncoderSlot", "FAMILY_SLOTS", "SLOT_INPUTS", "SlotInput", "slot_input", "tokenizer_attr", "check_slot_layer", "default_depth", "default_layer_for",
     "keep_editable_fp32", "combined_hash",
 ]

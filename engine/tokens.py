@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from engine.errors import TokenizationError
@@ -23,6 +23,88 @@ class LocatedText:
     text: str
     index: int
     length: int  # tokens including special tokens
+
+
+_SLOT_MARK = "\u2063{prompt}\u2063"  # stands for the prompt while a chat template is rendered
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a pipeline's ``encode_prompt`` turns a prompt into the text its encoder reads.
+
+    ``chat``: one user turn through the tokenizer's chat template with ``chat_kwargs`` (Z-Image,
+    FLUX.2); ``wrap``: a fixed text around the prompt (Qwen-Image); ``prefix``: text put before the prompt (Lumina 2's system prompt); ``lowercase``:
+    PixArt lowercases prompts (its caption cleaner is off unless bs4 and ftfy are installed).
+    """
+
+    prefix: str = ""
+    wrap: str = ""  # a whole input with one "{}" for the prompt (Qwen-Image's prompt_template_encode)
+    chat: bool = False
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)
+    lowercase: bool = False
+
+    def is_plain(self) -> bool:
+        return not (self.prefix or self.wrap or self.chat or self.lowercase)
+
+    def around(self, tokenizer: Any) -> tuple[str, str]:
+        """(text before, text after) the prompt in the encoder's input."""
+        if self.wrap:
+            before, after = self.wrap.split("{}")
+            return self.prefix + before, after
+        if not self.chat:
+            return self.prefix, ""
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SLOT_MARK}], tokenize=False, add_generation_prompt=True, **self.chat_kwargs
+        )
+        if rendered.count(_SLOT_MARK) != 1:
+            raise TokenizationError("the tokenizer's chat template does not show the prompt once; rebuild the tokenizer")
+        before, after = rendered.split(_SLOT_MARK)
+        return self.prefix + before, after
+
+
+PLAIN = PromptTemplate()
+
+
+class TemplatedTokenizer:
+    """A tokenizer that feeds every text through a pipeline's ``PromptTemplate``.
+
+    Calls with special tokens (whole encoder inputs) get the template around the text, as
+    ``encode_prompt`` does; calls without (pieces, used to count a prefix or subject) only get its
+    text transform. Everything else is the wrapped tokenizer's, so ``locate_subject`` finds the
+    subject inside the templated sequence and cross-checks it against the decoded tokens.
+    """
+
+    def __init__(self, tokenizer: Any, template: PromptTemplate, max_length: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self._around = template.around(tokenizer)
+        self._max_length = max_length
+
+    @property
+    def model_max_length(self) -> int:
+        """The pipeline's token limit after templating when given, else the tokenizer's own."""
+        return self._max_length if self._max_length is not None else self.tokenizer.model_max_length
+
+    def _text(self, text: str, whole: bool) -> str:
+        text = text.lower() if self.template.lowercase else text
+        if self.template.lowercase:
+            text = text.strip() if whole else text
+        return f"{self._around[0]}{text}{self._around[1]}" if whole else text
+
+    def __call__(self, text: Any, *args: Any, add_special_tokens: bool = True, **kwargs: Any) -> Any:
+        if isinstance(text, str):
+            text = self._text(text, add_special_tokens)
+        else:
+            text = [self._text(t, add_special_tokens) for t in text]
+        return self.tokenizer(text, *args, add_special_tokens=add_special_tokens, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+def templated(tokenizer: Any, template: PromptTemplate, max_length: int | None = None) -> Any:
+    """``tokenizer`` itself for a plain template, else a ``TemplatedTokenizer`` (limit ``max_length``)."""
+    return tokenizer if template.is_plain() else TemplatedTokenizer(tokenizer, template, max_length)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -90,8 +172,13 @@ def locate_subject(
     """
     if template.count("{}") != 1:
         raise TokenizationError(f"template {template!r} must contain exactly one '{{}}'")
+    around, lower = ("", ""), False
+    if isinstance(tokenizer, TemplatedTokenizer):  # the pipeline's template goes around the ReFACT one
+        around, lower, tokenizer = tokenizer._around, tokenizer.template.lowercase, tokenizer.tokenizer
     prompt = unicodedata.normalize("NFC", prompt).strip()
     subject = unicodedata.normalize("NFC", subject if subject is not None else default_subject(prompt)).strip()
+    if lower:
+        template, prompt, subject = template.lower(), prompt.lower(), subject.lower()
     if not prompt:
         raise TokenizationError("the prompt is empty; give the text whose meaning should change")
     if not subject:
@@ -101,14 +188,15 @@ def locate_subject(
         raise TokenizationError(f"subject {subject!r} does not occur in prompt {prompt!r}; pass a part of the prompt")
 
     pre_t, suf_t = template.split("{}")
-    before = pre_t + prompt[: match.start()]
+    before = around[0] + pre_t + prompt[: match.start()]
     subj = prompt[match.start() : match.end()]
-    after = prompt[match.end() :] + suf_t
+    after = prompt[match.end() :] + suf_t + around[1]
     text = before + subj + after
     length = check_length(tokenizer, text, max_length)
+    plain_text = pre_t + prompt + suf_t  # what callers pass back to the (templating) tokenizer
 
     # A space between prefix and subject belongs to the subject (word-level tokenizers see " word").
-    if before[-1:].isspace():
+    if before[-1:] == " ":
         before = before.rstrip()
         subj = " " + subj
     subj_ids = _ids(tokenizer, subj)
@@ -126,7 +214,7 @@ def locate_subject(
             f"subject {subject!r} does not map to whole tokens in {text!r} (tokens merge across its edge); "
             "choose a subject that ends at a word boundary"
         )
-    return LocatedText(text=text, index=index, length=length)
+    return LocatedText(text=plain_text, index=index, length=length)
 
 
 def locate_all(

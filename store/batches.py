@@ -9,6 +9,7 @@ edit, so a kill anywhere leaves every job either done with the batch's edit or r
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,7 +18,7 @@ import sqlite_utils
 
 from engine.request import EditRequest
 from store.db import StoreError, fetch_all, fetch_one, now, transaction
-from store.jobs import get_job
+from store.jobs import get_job, runs_alone
 from store.leases import Fence, check_lease
 from store.records import JobRow, dump_json
 
@@ -53,15 +54,21 @@ class BatchOutcome:
     residual: float
 
 
-# Only ReFACT jobs share a batch; TIME / UCE requests name their method in the request's extra fields.
-_REFACT_JOB = "COALESCE(json_extract(request_json, '$.extra.method'), 'refact') = 'refact'"
+# Only ReFACT jobs share a batch (TIME / UCE jobs run alone).
+_REFACT_JOB = "method = 'refact'"
 
 
 def claim_batch(
     db: sqlite_utils.Database, worker_id: str, limit: int, fence: Fence | None = None
 ) -> list[JobRow]:
     """Atomically claim up to ``limit`` queued jobs: the first queued job and the queued jobs after it
-    of the same history with identical hyperparameters. [] when the queue is empty."""
+    of the same history with identical hyperparameters. [] when the queue is empty.
+
+    The batch ends before a job that must run alone (``store.jobs.runs_alone``: a worker died on it,
+    or its last batch was refused or died) and before a request whose subject ends on the same word
+    as one already in the batch (nearly the same key: summed in one batch, both would miss). That job
+    waits for the next claim, so queue order decides as it would sequentially. A first job that must
+    run alone is claimed alone."""
     if limit < 1:
         raise StoreError(f"a batch needs at least 1 job, got {limit}; pass --batch N with N >= 1")
     with transaction(db):
@@ -73,20 +80,36 @@ def claim_batch(
             return []
         rows = fetch_all(
             db,
-            "SELECT id FROM jobs WHERE state = 'queued' AND kind = 'edit' AND history_id = ? AND hparams_json = ? "
+            "SELECT * FROM jobs WHERE state = 'queued' AND kind = 'edit' AND history_id = ? AND hparams_json = ? "
             f"AND {_REFACT_JOB} ORDER BY position, id LIMIT ?",
             [first["history_id"], first["hparams_json"], limit],
         )
+        chosen: list[JobRow] = []
+        subjects: set[str] = set()
+        for job in (JobRow.from_row(r) for r in rows):
+            word = subject_word(job.request)
+            if chosen and (runs_alone(job) or word in subjects):
+                break
+            chosen.append(job)
+            subjects.add(word)
+            if runs_alone(job):
+                break
         token = uuid.uuid4().hex[:12]
         t = now()
-        for r in rows:
+        for job in chosen:
             db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, "
                 "heartbeat_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0, phase = 'claimed', "
                 "lease_generation = ?, batch_token = ? WHERE id = ? AND state = 'queued'",
-                [worker_id, t, t, None if fence is None else fence.generation, token, r["id"]],
+                [worker_id, t, t, None if fence is None else fence.generation, token, job.id],
             )
-        return [get_job(db, r["id"]) for r in rows]
+        return [get_job(db, job.id) for job in chosen]
+
+
+def subject_word(request: EditRequest) -> str:
+    """The last word of the request's subject, case-folded: the token whose key the edit writes."""
+    words = re.findall(r"\w+", request.subject_text.casefold())
+    return words[-1] if words else request.subject_text.casefold()
 
 
 def check_same_base(db: sqlite_utils.Database, jobs: Sequence[JobRow]) -> None:
@@ -148,7 +171,8 @@ def _real(x: float | None) -> float | None:
 
 
 def _step_writer_class():
-    from store.steps import StepWriter, _real as real
+    from store.steps import StepWriter
+    from store.steps import _real as real
 
     class BatchStepWriter(StepWriter):
         """One StepWriter (one thread, one connection) for the step rows of every job of a batch."""

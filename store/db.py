@@ -9,6 +9,7 @@ read-then-write inside it can never be interleaved with another writer).
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -18,40 +19,12 @@ from typing import Any, Iterator, Sequence
 
 import sqlite_utils
 
-from store.schema import MIGRATIONS, SCHEMA_VERSION
+from store.errors import CorruptDatabaseError, NotFoundError, OutdatedSchemaError, StoreError
+from store.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
 
 BUSY_TIMEOUT_MS = 5000
 _savepoints = itertools.count(1)
 _lock_guard = threading.Lock()
-
-
-class StoreError(Exception):
-    """A workspace database problem, with a one-line message naming it and what to do."""
-
-
-class NotFoundError(StoreError):
-    """A row looked up by id or name does not exist."""
-
-
-class OutdatedSchemaError(StoreError):
-    """A read-only open found a database made by an older refact-tui (reads never migrate)."""
-
-    def __init__(self, path: str, found: int, expected: int) -> None:
-        self.found, self.expected = found, expected
-        super().__init__(
-            f"the workspace database {path} was made by an older refact-tui (schema {found} < {expected}); "
-            "run `refact migrate` (or any write command) to upgrade it"
-        )
-
-
-class CorruptDatabaseError(StoreError):
-    """The workspace database is damaged or breaks an invariant the code relies on."""
-
-    def __init__(self, what: str) -> None:
-        self.what = " ".join(str(what).split())
-        super().__init__(
-            f"not a valid workspace database: {self.what}; restore it from a backup or run `refact doctor`"
-        )
 
 
 def _describe(exc: sqlite3.Error, path: str) -> str:
@@ -93,13 +66,29 @@ def _error(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(_describe(exc, path))
 
 
-def open_db(path: Path, create: bool = False, check: bool = True, read_only: bool = False) -> sqlite_utils.Database:
+def folder_writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (a read-only mount or a folder without write access
+    cannot hold the -shm file a WAL database needs, even for reading)."""
+    return os.access(folder, os.W_OK)
+
+
+def read_only_query(path: Path) -> str:
+    """The URI query of a read-only connection: ``mode=ro``, plus ``immutable=1`` when the folder is not
+    writable and no WAL content waits beside the file (a writer closed it cleanly): SQLite then reads
+    the file as is, without the -shm it could not create there. A WAL with content needs the -shm."""
+    wal = Path(f"{path}-wal")
+    clean = not wal.exists() or wal.stat().st_size == 0
+    return "?mode=ro&immutable=1" if clean and not folder_writable(path.parent) else "?mode=ro"
+
+
+def open_db(path: Path, create: bool = False, read_only: bool = False) -> sqlite_utils.Database:
     """Open (and with ``create`` make) a workspace database and apply pending migrations.
 
     Raises StoreError when the file is missing (without ``create``), unreadable, read-only, or was
-    written by a newer refact-tui, and CorruptDatabaseError (with ``check``) when it is damaged or
-    breaks an invariant (see ``store.integrity.check_database``). Without ``create`` nothing is ever created: an
-    empty file or one without refact tables is refused, not initialised.
+    written by a newer refact-tui, and CorruptDatabaseError when it is not a database at all. Without
+    ``create`` nothing is ever created: an empty file or one without refact tables is refused, not
+    initialised. The invariant check is separate (``store.integrity.open_checked``), so this module
+    never depends on the row types.
 
     With ``read_only`` the file is opened ``mode=ro`` and never written (no WAL switch, no
     migration): a database of an older schema raises :class:`OutdatedSchemaError` instead.
@@ -113,7 +102,7 @@ def open_db(path: Path, create: bool = False, check: bool = True, read_only: boo
         raise CorruptDatabaseError(f"{path} is an empty (0-byte) file")
     try:
         # Legacy transaction control (the default isolation_level) is what sqlite-utils expects.
-        target, uri = (path.absolute().as_uri() + "?mode=ro", True) if read_only else (str(path), False)
+        target, uri = (path.absolute().as_uri() + read_only_query(path), True) if read_only else (str(path), False)
         conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, uri=uri)
     except sqlite3.Error as exc:
         raise StoreError(_describe(exc, str(path))) from None
@@ -134,12 +123,6 @@ def open_db(path: Path, create: bool = False, check: bool = True, read_only: boo
             _require_current(db, str(path))
         else:
             migrate(db)
-        if check:
-            from store.integrity import check_database  # it reads through this module
-
-            problems = check_database(db, first_only=True)
-            if problems:
-                raise CorruptDatabaseError(problems[0])
     except StoreError:
         conn.close()
         raise
@@ -161,22 +144,6 @@ def _statements(script: str) -> Iterator[str]:
                 yield stmt
     if buf.strip(" \n\t;"):
         raise StoreError("incomplete SQL statement in a migration; this is a bug in refact-tui")
-
-
-def schema_version(db: sqlite_utils.Database) -> int:
-    """The version recorded in ``meta`` (0 for an empty database)."""
-    has_meta = db.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-    ).fetchone()
-    if not has_meta:
-        return 0
-    row = db.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if not row:
-        return 0
-    try:
-        return int(row[0])
-    except (TypeError, ValueError):
-        raise CorruptDatabaseError(f"schema_version is {row[0]!r}, not a number") from None
 
 
 def _refuse_newer(current: int, path: str) -> None:
@@ -286,6 +253,21 @@ def _transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
             raise StoreError(_describe(exc, db_path_of(db))) from None
 
 
+@contextmanager
+def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A short deferred read transaction: all queries inside see the same committed state."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield db
+        return
+    conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
 def _rollback(db: sqlite_utils.Database) -> None:
     if db.conn.in_transaction:
         try:
@@ -347,3 +329,11 @@ def data_version(db: sqlite_utils.Database) -> int:
 def now() -> float:
     """Epoch seconds (the unit of every time column)."""
     return time.time()
+
+
+# The error types and the version reader live in store.errors and store.schema; store.db re-exports them.
+__all__ = [
+    "BUSY_TIMEOUT_MS", "CorruptDatabaseError", "NotFoundError", "OutdatedSchemaError", "StoreError", "data_version",
+    "db_path_of", "fetch_all", "fetch_one", "fetch_required", "get_meta", "migrate", "now", "open_db",
+    "read_snapshot", "schema_version", "set_meta", "transaction",
+]

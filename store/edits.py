@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import sqlite_utils
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 from store.db import NotFoundError, StoreError, fetch_all, fetch_one, fetch_required, now, transaction
-from store.records import EditRow, dump_json
+from store.records import EditRow, dump_json, dump_method_hparams
+from store.states import EditKind, EditStatus
 
-EDIT_STATUSES = ("applied", "rolled_back", "failed")
+EDIT_STATUSES = tuple(EditStatus)
 
 
 def next_seq(db: sqlite_utils.Database, history_id: int) -> int:
@@ -34,7 +36,7 @@ def record_edit(
     job_id: int | None,
     request: EditRequest,
     hparams: ReFACTHParams,
-    status: str,
+    status: EditStatus | str,
     layer: int,
     module: str,
     delta_path: str | None,
@@ -49,27 +51,37 @@ def record_edit(
     device: str,
     error: str | None = None,
     source_edit_id: int | None = None,
+    kind: EditKind | str = EditKind.EDIT,
+    lease_generation: int | None = None,
+    method: str = "refact",
+    method_hparams: dict[str, Any] | None = None,
 ) -> EditRow:
     """Append an edit at ``next_seq``; an applied edit also moves the history head to it.
 
-    Call inside the caller's transaction together with finish_job and attach_steps, so the edit, the
-    job state and the step rows commit (or roll back) together.
+    ``kind`` batch: one delta holding N requests (see store.batches). ``lease_generation``: the worker
+    lease generation committing it (the fencing token). ``method`` / ``method_hparams``: the edit method
+    and its own hyperparameters (None for ReFACT, whose are ``hparams``). Call inside the caller's transaction together
+    with finish_job and attach_steps, so the edit, the job state and the step rows commit (or roll
+    back) together.
     """
     if status not in EDIT_STATUSES:
-        raise StoreError(f"edit status must be one of {EDIT_STATUSES}, got {status!r}")
+        raise StoreError(f"edit status must be one of {'/'.join(EDIT_STATUSES)}, got {status!r}")
+    if kind not in tuple(EditKind):
+        raise StoreError(f"edit kind must be one of {'/'.join(EditKind)}, got {kind!r}")
     with transaction(db):
         seq = next_seq(db, history_id)
         cur = db.execute(
             "INSERT INTO edits (history_id, seq, job_id, source_edit_id, request_json, hparams_json, status, "
             "layer, module, delta_path, delta_sha256, weights_hash, steps_run, early_stopped, p_target, "
-            "delta_norm, division_factor, timings_json, device, error, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "delta_norm, division_factor, timings_json, device, error, created_at, kind, lease_generation, method, "
+            "method_hparams_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [history_id, seq, job_id, source_edit_id, dump_json(request.to_dict()), dump_json(hparams.to_dict()),
-             status, layer, module, delta_path, delta_sha256, weights_hash, steps_run, int(early_stopped),
+             EditStatus(status), layer, module, delta_path, delta_sha256, weights_hash, steps_run, int(early_stopped),
              _finite(p_target), _finite(delta_norm), _finite(division_factor),
-             dump_json({k: float(v) for k, v in timings.items()}), device, error, now()],
+             dump_json({k: float(v) for k, v in timings.items()}), device, error, now(), EditKind(kind),
+             lease_generation, method, dump_method_hparams(method_hparams)],
         )
-        if status == "applied":
+        if status == EditStatus.APPLIED:
             db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
         return get_edit(db, cur.lastrowid)
 
@@ -92,7 +104,7 @@ def list_edits(db: sqlite_utils.Database, history_id: int, include_rolled_back: 
     """The edits of a history in seq order."""
     sql = "SELECT * FROM edits WHERE history_id = ?"
     if not include_rolled_back:
-        sql += " AND status != 'rolled_back'"
+        sql += f" AND status != '{EditStatus.ROLLED_BACK}'"
     return [EditRow.from_row(r) for r in fetch_all(db, sql + " ORDER BY seq", [history_id])]
 
 
@@ -105,8 +117,8 @@ def applied_edits(db: sqlite_utils.Database, history_id: int, upto_seq: int | No
         upto_seq = int(head["head_seq"])
     rows = fetch_all(
         db,
-        "SELECT * FROM edits WHERE history_id = ? AND status = 'applied' AND seq <= ? ORDER BY seq",
-        [history_id, upto_seq],
+        "SELECT * FROM edits WHERE history_id = ? AND status = ? AND seq <= ? ORDER BY seq",
+        [history_id, EditStatus.APPLIED, upto_seq],
     )
     return [EditRow.from_row(r) for r in rows]
 
@@ -117,9 +129,8 @@ def mark_rolled_back_after(db: sqlite_utils.Database, history_id: int, seq: int)
         raise StoreError(f"rollback target must be >= 0, got {seq}")
     with transaction(db):
         n = db.execute(
-            "UPDATE edits SET status = 'rolled_back', rolled_back_at = ? "
-            "WHERE history_id = ? AND seq > ? AND status = 'applied'",
-            [now(), history_id, seq],
+            "UPDATE edits SET status = ?, rolled_back_at = ? WHERE history_id = ? AND seq > ? AND status = ?",
+            [EditStatus.ROLLED_BACK, now(), history_id, seq, EditStatus.APPLIED],
         ).rowcount
         db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
         return n
@@ -132,9 +143,9 @@ def mark_rolled_forward(db: sqlite_utils.Database, history_id: int, head: int, s
         raise StoreError(f"rollforward target {seq} must be after the head {head}")
     with transaction(db):
         n = db.execute(
-            "UPDATE edits SET status = 'applied', rolled_back_at = NULL "
-            "WHERE history_id = ? AND seq > ? AND seq <= ? AND status = 'rolled_back'",
-            [history_id, head, seq],
+            "UPDATE edits SET status = ?, rolled_back_at = NULL "
+            "WHERE history_id = ? AND seq > ? AND seq <= ? AND status = ?",
+            [EditStatus.APPLIED, history_id, head, seq, EditStatus.ROLLED_BACK],
         ).rowcount
         db.execute("UPDATE histories SET head_seq = ? WHERE id = ?", [seq, history_id])
         return n

@@ -1,34 +1,44 @@
-"""Health checks of a workspace database: SQLite's own checks plus the invariants the code relies on."""
+"""Health checks of a workspace database: SQLite's own checks plus the invariants the code relies on.
+
+This module sits above ``store.db`` and the row types; ``open_db`` never calls it. Whoever opens a
+workspace for use runs :func:`open_checked` (or :func:`check_database` after ``open_db``).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import sqlite_utils
 
 import store.db as _db  # SCHEMA_VERSION read through store.db, the version open_db migrates to
-from store.db import CorruptDatabaseError, schema_version
+from store.errors import CorruptDatabaseError
+from store.records import EditRow, JobRow
+from store.schema import schema_version
+from store.states import EditStatus, JobState
 
 # Each invariant the code relies on: (SQL returning offending rows, message for the first one).
 _JSON_COLUMNS = (
     ("jobs", "request_json"), ("jobs", "hparams_json"), ("edits", "request_json"), ("edits", "hparams_json"),
     ("edits", "timings_json"), ("base_models", "config_json"),
+    ("jobs", "method_hparams_json"), ("edits", "method_hparams_json"),  # NULL passes: ReFACT has none
 )
 _INVARIANTS: tuple[tuple[str, str], ...] = (
     ("SELECT h.id AS id, h.head_seq AS v FROM histories h WHERE h.head_seq < 0 OR (h.head_seq > 0 AND NOT EXISTS "
-     "(SELECT 1 FROM edits e WHERE e.history_id = h.id AND e.seq = h.head_seq AND e.status = 'applied'))",
+     f"(SELECT 1 FROM edits e WHERE e.history_id = h.id AND e.seq = h.head_seq AND e.status = '{EditStatus.APPLIED}'))",
      "history {id} has head_seq {v}, which is not an applied edit of it"),
     ("SELECT e.history_id AS id, e.seq AS v FROM edits e JOIN histories h ON h.id = e.history_id "
-     "WHERE e.status = 'applied' AND e.seq > h.head_seq",
+     f"WHERE e.status = '{EditStatus.APPLIED}' AND e.seq > h.head_seq",
      "history {id} has an applied edit {v} beyond its head"),
     ("SELECT 0 AS id, m.value AS v FROM meta m WHERE m.key = 'current_history_id' AND NOT EXISTS "
      "(SELECT 1 FROM histories h WHERE CAST(h.id AS TEXT) = m.value)",
      "the current history {v!r} does not exist"),
-    ("SELECT id, state AS v FROM jobs WHERE state = 'done' AND (edit_id IS NULL OR NOT EXISTS "
+    (f"SELECT id, state AS v FROM jobs WHERE state = '{JobState.DONE}' AND (edit_id IS NULL OR NOT EXISTS "
      "(SELECT 1 FROM edits e WHERE e.id = jobs.edit_id))",
      "job {id} is done but its edit is missing"),
 ) + tuple(
-    (f"SELECT id, {col} AS v FROM {table} WHERE NOT json_valid({col}) OR json_type({col}) != 'object'",
+    (f"SELECT id, {col} AS v FROM {table} WHERE {col} IS NOT NULL AND "
+     f"(NOT json_valid({col}) OR json_type({col}) != 'object')",
      f"{table} row {{id}} has invalid JSON in {col}")
     for table, col in _JSON_COLUMNS
 )
@@ -36,8 +46,6 @@ _INVARIANTS: tuple[tuple[str, str], ...] = (
 
 def _undecodable_rows(db: sqlite_utils.Database, first_only: bool) -> list[str]:
     """Rows of the tables the commands read whose JSON does not decode into a request / hparams."""
-    from store.records import EditRow, JobRow  # records imports this module
-
     problems = []
     for table, row_type in (("jobs", JobRow), ("edits", EditRow)):
         cur = db.conn.execute(f"SELECT * FROM {table}")
@@ -84,6 +92,23 @@ def check_database(db: sqlite_utils.Database, first_only: bool = False, full: bo
         problems.append(f"{exc}")
     return problems
 
+
+def require_healthy(db: sqlite_utils.Database) -> None:
+    """Raise CorruptDatabaseError naming the first problem :func:`check_database` finds."""
+    problems = check_database(db, first_only=True)
+    if problems:
+        raise CorruptDatabaseError(problems[0])
+
+
+def open_checked(path: Path, create: bool = False, read_only: bool = False) -> sqlite_utils.Database:
+    """``open_db`` then :func:`require_healthy`; the connection is closed again when the check fails."""
+    db = _db.open_db(path, create=create, read_only=read_only)
+    try:
+        require_healthy(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def integrity_check(db: sqlite_utils.Database) -> list[str]:

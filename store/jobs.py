@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 from store.db import NotFoundError, StoreError, fetch_all, fetch_one, fetch_required, now, transaction
 from store.leases import Fence, LeaseLostError, check_lease
-from store.records import JobRow, dump_json
+from store.records import JobRow, dump_json, dump_method_hparams
+from store.states import JobPhase, JobState
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
-PHASES = ("claimed", "loading", "optimizing", "committing")
-CHARGED_PHASES = ("optimizing", "committing")  # a worker that died here counts against the job
+STATES = tuple(JobState)
+FINAL_STATES = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+PHASES = tuple(JobPhase)
+CHARGED_PHASES = (JobPhase.OPTIMIZING, JobPhase.COMMITTING)  # a worker that died here counts against the job
 
 
 def _next_position(db: sqlite_utils.Database) -> float:
@@ -34,17 +35,18 @@ def _next_position(db: sqlite_utils.Database) -> float:
 
 
 def enqueue(
-    db: sqlite_utils.Database, history_id: int, request: EditRequest, hparams: ReFACTHParams, kind: str = "edit"
+    db: sqlite_utils.Database, history_id: int, request: EditRequest, hparams: ReFACTHParams, kind: str = "edit",
+    method: str = "refact", method_hparams: dict | None = None,
 ) -> JobRow:
-    """Append a job at the end of the queue."""
+    """Append a job at the end of the queue (``method_hparams``: a non-ReFACT method's own hyperparameters)."""
     with transaction(db):
         if not fetch_one(db, "SELECT 1 FROM histories WHERE id = ?", [history_id]):
             raise NotFoundError(f"no history with id {history_id}")
         cur = db.execute(
-            "INSERT INTO jobs (history_id, kind, position, request_json, hparams_json, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (history_id, kind, position, request_json, hparams_json, created_at, method, "
+            "method_hparams_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [history_id, kind, _next_position(db), dump_json(request.to_dict()),
-             dump_json(hparams.to_dict()), now()],
+             dump_json(hparams.to_dict()), now(), method, dump_method_hparams(method_hparams)],
         )
         return get_job(db, cur.lastrowid)
 
@@ -67,7 +69,7 @@ def list_jobs(
     if states:
         bad = [s for s in states if s not in STATES]
         if bad:
-            raise StoreError(f"unknown job state(s) {bad}; use one of {STATES}")
+            raise StoreError(f"unknown job state(s) {bad}; use one of {'/'.join(STATES)}")
         sql += f" AND state IN ({', '.join('?' for _ in states)})"
         params.extend(states)
     return [JobRow.from_row(r) for r in fetch_all(db, sql + " ORDER BY position, id", params)]
@@ -83,8 +85,8 @@ def remove_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
     """Delete a queued, failed or cancelled job (and its step rows); returns the removed row."""
     with transaction(db):
         job = get_job(db, job_id)
-        _require_state(job, ("queued", "failed", "cancelled"), "removed",
-                       "cancel a running job first" if job.state == "running" else "")
+        _require_state(job, (JobState.QUEUED, JobState.FAILED, JobState.CANCELLED), "removed",
+                       "cancel a running job first" if job.state == JobState.RUNNING else "")
         if fetch_one(db, "SELECT 1 FROM edits WHERE job_id = ?", [job_id]):
             raise StoreError(f"job {job_id} produced an edit that is part of a history; it cannot be removed")
         db.execute("DELETE FROM steps WHERE job_id = ?", [job_id])
@@ -96,7 +98,7 @@ def move_job(db: sqlite_utils.Database, job_id: int, index: int) -> JobRow:
     """Move a queued job to ``index`` (0-based, clamped) among the queued jobs."""
     with transaction(db):
         job = get_job(db, job_id)
-        _require_state(job, ("queued",), "moved")
+        _require_state(job, (JobState.QUEUED,), "moved")
         others = [
             r["position"]
             for r in fetch_all(
@@ -145,8 +147,8 @@ def cancel_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
     """Cancel a queued job now; for a running job set ``cancel_requested`` (the worker stops it)."""
     with transaction(db):
         job = get_job(db, job_id)
-        _require_state(job, ("queued", "running"), "cancelled")
-        if job.state == "queued":
+        _require_state(job, (JobState.QUEUED, JobState.RUNNING), "cancelled")
+        if job.state == JobState.QUEUED:
             db.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now(), job_id]
             )
@@ -158,14 +160,21 @@ def cancel_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
 def is_cancel_requested(db: sqlite_utils.Database, job_id: int) -> bool:
     """Whether someone asked to cancel this (running) job; cheap enough to poll between steps."""
     row = fetch_one(db, "SELECT cancel_requested, state FROM jobs WHERE id = ?", [job_id])
-    return bool(row and (row["cancel_requested"] or row["state"] == "cancelled"))
+    return bool(row and (row["cancel_requested"] or row["state"] == JobState.CANCELLED))
+
+
+def failed_job_ids(db: sqlite_utils.Database, reason: str | None = None) -> list[int]:
+    """Failed jobs in queue order; with ``reason``, those whose error contains it (case-insensitive)."""
+    rows = fetch_all(db, "SELECT id, error FROM jobs WHERE state = 'failed' ORDER BY position, id")
+    want = (reason or "").casefold()
+    return [r["id"] for r in rows if want in (r["error"] or "").casefold()]
 
 
 def retry_job(db: sqlite_utils.Database, job_id: int) -> JobRow:
     """Put a failed or cancelled job back at the end of the queue."""
     with transaction(db):
         job = get_job(db, job_id)
-        _require_state(job, ("failed", "cancelled"), "retried")
+        _require_state(job, (JobState.FAILED, JobState.CANCELLED), "retried")
         db.execute(
             "UPDATE jobs SET state = 'queued', position = ?, error = NULL, worker_id = NULL, "
             "heartbeat_at = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0, "
@@ -190,7 +199,7 @@ def _own_running(db: sqlite_utils.Database, job_id: int, worker_id: str | None, 
     if fence is not None:
         check_lease(db, fence)
     job = get_job(db, job_id)
-    if worker_id is not None and (job.state != "running" or job.worker_id != worker_id):
+    if worker_id is not None and (job.state != JobState.RUNNING or job.worker_id != worker_id):
         raise LeaseLostError(
             f"job {job_id} is no longer run by this worker (it is {job.state}"
             f"{'' if job.worker_id is None else ' under ' + job.worker_id}); this worker stopped without "
@@ -217,7 +226,7 @@ def claim_next(db: sqlite_utils.Database, worker_id: str, history_id: int | None
         db.execute(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, started_at = ?, "
             "heartbeat_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0, phase = 'claimed', "
-            "lease_generation = ? WHERE id = ? AND state = 'queued'",
+            "lease_generation = ?, batch_token = NULL WHERE id = ? AND state = 'queued'",
             [worker_id, t, t, None if fence is None else fence.generation, row["id"]],
         )
         return get_job(db, row["id"])
@@ -227,7 +236,7 @@ def set_phase(db: sqlite_utils.Database, job_id: int, phase: str, worker_id: str
               fence: Fence | None = None) -> None:
     """Record what a running job is doing (see CHARGED_PHASES); LeaseLostError if it is not ours."""
     if phase not in PHASES:
-        raise StoreError(f"job phase must be one of {PHASES}, not {phase!r}")
+        raise StoreError(f"job phase must be one of {'/'.join(PHASES)}, not {phase!r}")
     with transaction(db):
         _own_running(db, job_id, worker_id, fence)
         db.execute("UPDATE jobs SET phase = ?, heartbeat_at = ? WHERE id = ?", [phase, now(), job_id])
@@ -254,7 +263,7 @@ def finish_job(
         raise StoreError(f"a job can only finish as {'/'.join(FINAL_STATES)}, not {state!r}")
     with transaction(db):
         job = _own_running(db, job_id, worker_id, fence)
-        _require_state(job, ("running",), "finished")
+        _require_state(job, (JobState.RUNNING,), "finished")
         db.execute(
             "UPDATE jobs SET state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ?, phase = NULL "
             "WHERE id = ?",
@@ -264,18 +273,27 @@ def finish_job(
 
 
 def requeue_job(db: sqlite_utils.Database, job_id: int, *, worker_id: str | None = None,
-                fence: Fence | None = None) -> JobRow:
+                fence: Fence | None = None, reason: str | None = None) -> JobRow:
     """Give a running job back to the queue at its old position (e.g. the worker was stopped), without
-    charging it. With ``worker_id`` / ``fence``: LeaseLostError, nothing written, if it is not ours."""
+    charging it. With ``worker_id`` / ``fence``: LeaseLostError, nothing written, if it is not ours.
+
+    ``reason`` (e.g. why its batch was refused) is kept in ``error`` while it waits; a queued job with a
+    reason runs alone at its next claim (see ``runs_alone``)."""
     with transaction(db):
         job = _own_running(db, job_id, worker_id, fence)
-        _require_state(job, ("running",), "requeued")
+        _require_state(job, (JobState.RUNNING,), "requeued")
         db.execute(
             "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
-            "cancel_requested = 0, phase = NULL WHERE id = ?",
-            [job_id],
+            "cancel_requested = 0, phase = NULL, error = ? WHERE id = ?",
+            [reason, job_id],
         )
         return get_job(db, job_id)
+
+
+def runs_alone(job: JobRow) -> bool:
+    """A queued job that must not share a batch: a worker died running it (``crashes``), or it came back
+    from a batch that was refused or died (a reason in ``error``), so a poison job is found by itself."""
+    return job.crashes > 0 or bool(job.error)
 
 
 @dataclass
@@ -286,6 +304,7 @@ class Recovery:
     charged: list[int] = field(default_factory=list)     # died while optimizing/committing: crashes + 1
     failed: list[int] = field(default_factory=list)      # reached max_crashes
     cancelled: list[int] = field(default_factory=list)
+    batch_charged: list[int] = field(default_factory=list)  # died in a batch: requeued uncharged, to run alone
 
 
 def crash_limit_message(job_id: int, crashes: int) -> str:
@@ -300,14 +319,28 @@ def recover_orphans(db: sqlite_utils.Database, max_crashes: int | None = None) -
     committed is charged one crash; with ``max_crashes`` it fails once it has that many."""
     out = Recovery()
     with transaction(db):
-        rows = fetch_all(db, "SELECT id, cancel_requested, phase, crashes FROM jobs WHERE state = 'running' "
-                             "ORDER BY position, id")
+        rows = fetch_all(db, "SELECT id, cancel_requested, phase, crashes, batch_token FROM jobs "
+                             "WHERE state = 'running' ORDER BY position, id")
+        size: dict[str, int] = {}
+        for r in rows:
+            if r["batch_token"]:
+                size[r["batch_token"]] = size.get(r["batch_token"], 0) + 1
         t = now()
         for r in rows:
             if r["cancel_requested"]:
                 db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, phase = NULL, "
                            "error = 'cancelled while its worker was gone' WHERE id = ?", [t, r["id"]])
                 out.cancelled.append(r["id"])
+                continue
+            mates = size.get(r["batch_token"] or "", 1)
+            if mates > 1 and r["phase"] in CHARGED_PHASES:
+                # a death during a batch is the batch's: no member is charged, and each runs alone next
+                # (runs_alone), where a poison job crashes by itself and is charged there
+                db.execute("UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, "
+                           "started_at = NULL, phase = NULL, error = ? WHERE id = ?",
+                           [f"the worker died while its batch of {mates} ran; it runs alone next", r["id"]])
+                out.requeued.append(r["id"])
+                out.batch_charged.append(r["id"])
                 continue
             crashes = int(r["crashes"]) + (1 if r["phase"] in CHARGED_PHASES else 0)
             if crashes > int(r["crashes"]):

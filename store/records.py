@@ -7,9 +7,10 @@ import math
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, ClassVar, Self
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
-from store.db import CorruptDatabaseError
+from store.errors import CorruptDatabaseError
+from store.states import EditKind, EditStatus, JobKind, JobPhase, JobState
 
 
 def _json(text: str | None) -> dict[str, Any]:
@@ -36,6 +37,24 @@ def _hparams(text: str) -> ReFACTHParams:
 
 def _timings(text: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in _json(text).items()}
+
+
+def _method_hparams(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def dump_method_hparams(value: dict[str, Any] | None) -> str | None:
+    """The method_hparams_json column of a method's own hyperparameters (NULL for none)."""
+    return None if value is None else dump_json(value)
+
+
+def _phase(value: str | None) -> JobPhase | None:
+    return None if value is None else JobPhase(value)
 
 
 class _Row:
@@ -99,11 +118,11 @@ class JobRow(_Row):
     _table = "jobs"
     id: int
     history_id: int
-    kind: str
+    kind: JobKind
     position: float
     request: EditRequest
     hparams: ReFACTHParams
-    state: str
+    state: JobState
     attempts: int
     worker_id: str | None
     heartbeat_at: float | None
@@ -114,13 +133,16 @@ class JobRow(_Row):
     started_at: float | None
     finished_at: float | None
     lease_generation: int | None = None     # the worker lease generation that claimed it
-    phase: str | None = None                # while running: claimed | loading | optimizing | committing
+    phase: JobPhase | None = None           # while running: claimed | loading | optimizing | committing
     crashes: int = 0                        # attempts that died while optimizing or committing
     batch_token: str | None = None          # shared by the jobs one batch run claimed together
+    method: str = "refact"                  # the edit method (engine.methods registry name)
+    method_hparams: dict[str, Any] | None = None  # that method's own hyperparameters (None: ReFACT's are hparams)
 
     _columns = {
         "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
-        "cancel_requested": ("cancel_requested", bool),
+        "cancel_requested": ("cancel_requested", bool), "kind": ("kind", JobKind), "state": ("state", JobState),
+        "phase": ("phase", _phase), "method_hparams": ("method_hparams_json", _method_hparams),
     }
 
 
@@ -134,7 +156,7 @@ class EditRow(_Row):
     source_edit_id: int | None
     request: EditRequest
     hparams: ReFACTHParams
-    status: str
+    status: EditStatus
     layer: int
     module: str
     delta_path: str | None
@@ -151,11 +173,15 @@ class EditRow(_Row):
     created_at: float
     rolled_back_at: float | None
     lease_generation: int | None = None     # worker lease generation that committed it (fencing token)
-    kind: str = "edit"                      # edit | batch (N requests in one delta; see store.batches)
+    kind: EditKind = EditKind.EDIT          # edit | batch (N requests in one delta; see store.batches)
+    method: str = "refact"                  # the edit method (engine.methods registry name)
+    method_hparams: dict[str, Any] | None = None  # that method's own hyperparameters (None: ReFACT's are hparams)
 
     _columns = {
         "request": ("request_json", _request), "hparams": ("hparams_json", _hparams),
         "early_stopped": ("early_stopped", bool), "timings": ("timings_json", _timings),
+        "status": ("status", EditStatus), "kind": ("kind", EditKind),
+        "method_hparams": ("method_hparams_json", _method_hparams),
     }
 
 
@@ -264,6 +290,7 @@ class LeaseRow(_Row):
 
 
 __all__ = [
+    "EditKind", "EditStatus", "JobKind", "JobPhase", "JobState",
     "ArtifactRow", "BaseModelRow", "EditRow", "EvalRunRow", "EventRow", "HistoryRow", "JobRow",
-    "LeaseRow", "MetricRow", "StepRow", "dump_json",
+    "LeaseRow", "MetricRow", "StepRow", "dump_json", "dump_method_hparams",
 ]

@@ -8,6 +8,10 @@ Times are epoch seconds (REAL). JSON lives in TEXT columns and is validated by t
 
 from __future__ import annotations
 
+import sqlite_utils
+
+from store.errors import CorruptDatabaseError
+
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
     # v1
@@ -294,6 +298,49 @@ MIGRATIONS: list[str] = [
     ALTER TABLE steps_by_slot RENAME TO steps;
     CREATE INDEX steps_edit ON steps (edit_id, slot, step);
     """,
+    # method columns (issue 16): a job's and an edit's edit method and that method's own hyperparameters
+    # (a JSON object; NULL for ReFACT, whose hyperparameters are hparams_json) were the "method" and
+    # "method_hparams" (a JSON string) of the request's extra fields. They move out into columns; an
+    # extra left empty is dropped, as EditRequest.to_dict writes it.
+    """
+    ALTER TABLE jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'refact';
+    ALTER TABLE jobs ADD COLUMN method_hparams_json TEXT;
+    ALTER TABLE edits ADD COLUMN method TEXT NOT NULL DEFAULT 'refact';
+    ALTER TABLE edits ADD COLUMN method_hparams_json TEXT;
+
+    UPDATE jobs SET method = COALESCE(json_extract(request_json, '$.extra.method'), 'refact'),
+        method_hparams_json = NULLIF(json_extract(request_json, '$.extra.method_hparams'), ''),
+        request_json = json_remove(request_json, '$.extra.method', '$.extra.method_hparams')
+    WHERE json_valid(request_json) AND json_type(request_json, '$.extra') = 'object'
+      AND (json_type(request_json, '$.extra.method') IS NOT NULL
+           OR json_type(request_json, '$.extra.method_hparams') IS NOT NULL);
+    UPDATE jobs SET request_json = json_remove(request_json, '$.extra')
+    WHERE json_valid(request_json) AND json_extract(request_json, '$.extra') = '{}';
+    UPDATE edits SET method = COALESCE(json_extract(request_json, '$.extra.method'), 'refact'),
+        method_hparams_json = NULLIF(json_extract(request_json, '$.extra.method_hparams'), ''),
+        request_json = json_remove(request_json, '$.extra.method', '$.extra.method_hparams')
+    WHERE json_valid(request_json) AND json_type(request_json, '$.extra') = 'object'
+      AND (json_type(request_json, '$.extra.method') IS NOT NULL
+           OR json_type(request_json, '$.extra.method_hparams') IS NOT NULL);
+    UPDATE edits SET request_json = json_remove(request_json, '$.extra')
+    WHERE json_valid(request_json) AND json_extract(request_json, '$.extra') = '{}';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The version recorded in ``meta`` (0 for an empty database)."""
+    has_meta = db.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return 0
+    row = db.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if not row:
+        return 0
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise CorruptDatabaseError(f"schema_version is {row[0]!r}, not a number") from None

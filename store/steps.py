@@ -17,6 +17,7 @@ import sqlite_utils
 from engine.events import StepEvent
 from store.db import StoreError, fetch_all, fetch_one, open_db, transaction
 from store.records import StepRow
+from store.states import JobState
 
 _INSERT = (
     "INSERT OR REPLACE INTO steps (edit_id, job_id, attempt, slot, step, loss, nll, wd, p_target, delta_norm, "
@@ -66,7 +67,7 @@ class StepWriter:
         self._closing = False
         self._error: BaseException | None = None
         # the worker checked the database when it opened it; this side connection only appends rows
-        self._db: sqlite_utils.Database | None = open_db(self.db_path, check=False)
+        self._db: sqlite_utils.Database | None = open_db(self.db_path)
         self._thread = threading.Thread(target=self._run, name=f"steps-job{job_id}", daemon=True)
         self._thread.start()
 
@@ -231,3 +232,12 @@ def steps_for_job(
         [job_id, attempt, slot, since_step],
     )
     return [StepRow.from_row(r) for r in rows]
+
+
+def remove_stray_steps(db: sqlite_utils.Database) -> int:
+    """Delete the step rows of attempts that never committed (no edit, job not running); returns how many."""
+    with transaction(db):
+        return db.execute(
+            "DELETE FROM steps WHERE edit_id IS NULL AND job_id IN (SELECT id FROM jobs WHERE state != ?)",
+            [JobState.RUNNING],
+        ).rowcount

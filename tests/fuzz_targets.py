@@ -79,7 +79,7 @@ def run_hparam_case(root: Path, option: str, value: str) -> str:
     traceback; a refused command queues nothing, an accepted one stores valid hyperparameters."""
     from typer.testing import CliRunner
 
-    from engine.hparams import ReFACTHParams
+    from engine.methods.refact.hparams import ReFACTHParams
     from refact_tui.cli.main import app
 
     before = _job_count(root)

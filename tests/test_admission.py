@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.admission import RequestChecker, TokenLimit
-from engine.hparams import DEFAULT_TEMPLATES, ReFACTHParams
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES, ReFACTHParams
 from engine.importers import ImportFileError, load_requests
 from engine.request import EditRequest, RequestError, clean_text
 from engine.tokens import default_subject, locate_subject
@@ -162,7 +162,7 @@ def test_invalid_utf8_names_the_offset_unless_replacement_is_asked(tmp_path):
 
 
 def test_hparams_are_checked_for_every_field_in_one_place():
-    from engine.hparams import HPARAM_RANGES, HParamsError
+    from engine.methods.refact.hparams import HPARAM_RANGES, HParamsError
 
     for spec in HPARAM_RANGES:
         for bad in (float("nan"), float("inf"), -float("inf"), True, "1", None, spec.high * 10 + 1):

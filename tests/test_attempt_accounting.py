@@ -5,7 +5,6 @@ never fail a job; a job failed by the poison-job rule says why and that `queue r
 from __future__ import annotations
 
 import pytest
-
 from worker_helpers import FAST, new_workspace, queue, sample_requests
 
 
@@ -53,7 +52,7 @@ def test_bad_device_and_failing_model_load_claim_nothing(tmp_path, model_dir):
 
 
 def test_only_deaths_while_optimizing_or_committing_are_charged(tmp_path):
-    from engine.hparams import ReFACTHParams
+    from engine.methods.refact.hparams import ReFACTHParams
     from store import jobs
     from store.base_models import register_base_model
     from store.db import open_db
@@ -100,3 +99,59 @@ def test_queue_ls_says_why_a_job_failed_and_how_to_requeue_it(tmp_path, model_di
     text = " ".join(r.stdout.split())
     assert f"job {job.id} failed: the worker died during this job's optimization or commit 5 times" in text
     assert f"`refact queue retry {job.id}` requeues it" in text
+
+
+def _store_with_jobs(tmp_path, requests):
+    from engine.methods.refact.hparams import ReFACTHParams
+    from store import jobs
+    from store.base_models import register_base_model
+    from store.db import open_db
+    from store.histories import create_history
+
+    db = open_db(tmp_path / "refact.db", create=True)
+    base = register_base_model(db, "tiny", "/m", "sd-pipeline", "clip", "abc", {"num_layers": 2})
+    h = create_history(db, base.id, "main")
+    return db, [jobs.enqueue(db, h.id, r, ReFACTHParams(layer=1, max_steps=5)) for r in requests]
+
+
+def test_a_death_during_a_batch_charges_the_batch_and_its_jobs_then_run_alone(tmp_path):
+    """Issue 21 item 11: a poison job in a batch must not take its batch mates to `failed`."""
+    from store import jobs
+    from store.batches import claim_batch
+
+    db, queued = _store_with_jobs(tmp_path, sample_requests(3))
+    ids = [j.id for j in queued]
+    for _ in range(6):  # more deaths than max_crashes: each batch death is the batch's
+        claimed = claim_batch(db, "w", 3)
+        assert [j.id for j in claimed] == ids
+        for j in claimed:
+            jobs.set_phase(db, j.id, "optimizing", worker_id="w")
+        rec = jobs.recover_orphans(db, max_crashes=3)
+        assert (rec.charged, rec.failed, rec.batch_charged) == ([], [], ids)
+        assert all((r.state, r.crashes) == ("queued", 0) and "runs alone next" in r.error
+                   for r in map(lambda i: jobs.get_job(db, i), ids))
+        # the next claims run them alone, so a poison job dies by itself and is charged there
+        alone = claim_batch(db, "w", 3)
+        assert [j.id for j in alone] == ids[:1]
+        jobs.set_phase(db, ids[0], "optimizing", worker_id="w")
+        rec = jobs.recover_orphans(db, max_crashes=100)
+        assert rec.charged == [ids[0]] and rec.batch_charged == []
+        assert [j.id for j in claim_batch(db, "w", 3)] == ids[:1]  # crashed before: still alone
+        jobs.requeue_job(db, ids[0])
+        for i in ids:  # back to a fresh state for the next round
+            db.execute("UPDATE jobs SET crashes = 0, error = NULL WHERE id = ?", [i])
+    db.close()
+
+
+def test_requests_with_the_same_subject_never_share_a_batch(tmp_path):
+    """Issue 21 item 3: summed rank-one updates of one key miss both targets; the later one waits."""
+    from engine.request import EditRequest
+    from store.batches import claim_batch
+
+    reqs = [EditRequest("The old king", "a king", "a queen"), EditRequest("A duke", "a duke", "a baron"),
+            EditRequest("The old King", "a king", "an emperor"), EditRequest("A bishop", "a bishop", "a pope")]
+    db, queued = _store_with_jobs(tmp_path, reqs)
+    ids = [j.id for j in queued]
+    assert [j.id for j in claim_batch(db, "w", 4)] == ids[:2]  # stops before the second "king"
+    assert [j.id for j in claim_batch(db, "w", 4)] == ids[2:]
+    db.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests, spy_batch_preserve
 
 
@@ -71,12 +70,12 @@ def test_batch_of_one_rank_one_matches_the_sequential_edit(tmp_path, model_dir):
 
 
 def test_bad_batch_input_is_one_line(tmp_path, model_dir):
-    from engine.hparams import HParamsError
+    from engine.methods.refact.hparams import HParamsError
     from refact_tui.services.batch_worker import BatchSettings
+    from store.base_models import get_base_model
     from store.batches import BatchMixError, check_same_base
     from store.histories import create_history
     from store.jobs import list_jobs
-    from store.base_models import get_base_model
 
     with pytest.raises(HParamsError, match="--batch must be >= 1"):
         BatchSettings(size=0).validate()
@@ -129,7 +128,7 @@ def test_queue_ls_shows_batches_and_fork_replay_keep_them(tmp_path, model_dir):
 
     with new_workspace(tmp_path / "w", model_dir) as ws:
         queue(ws, sample_requests(2))
-        run_batch(ws, 2)
+        run_batch(ws, 2, insert="joint")  # tiny model: summed rank-one updates cross-talk past the guard
         token = list_jobs(ws.db)[0].batch_token
         assert token and {j.batch_token for j in list_jobs(ws.db)} == {token}
         original = list_edits(ws.db, ws.history().id)[0]
@@ -171,3 +170,138 @@ def test_stop_between_steps_requeues_every_job_of_the_batch(tmp_path, model_dir)
         assert summary.stopped and summary.requeued == 3 and summary.done == 0
         assert list_edits(ws.db, ws.history().id) == []
         assert all(j.state == "queued" for j in list_jobs(ws.db))
+
+
+@pytest.mark.parametrize("queued", [2, 0])
+def test_every_run_option_is_checked_before_any_job_is_claimed(tmp_path, model_dir, queued):
+    """Issue 21 items 1, 4-6: each bad option exits 2 with one line, claims nothing, whether or not the
+    queue holds jobs. The tiny encoder has 4 layers; its final (EOS) readout is out of layer 3's reach."""
+    from typer.testing import CliRunner
+
+    from refact_tui.cli.main import app
+    from store.jobs import list_jobs
+
+    root = tmp_path / "w"
+    with new_workspace(root, model_dir) as ws:
+        queue(ws, sample_requests(queued))
+    cases = [
+        (["--batch", "2", "--insert", "joint", "--lambda", "-1"], "--lambda must be a finite number in 0.."),
+        (["--batch", "2", "--insert", "joint", "--lambda", "nan"], "--lambda must be"),
+        (["--batch", "2", "--insert", "spread", "--lambda", "inf"], "--lambda must be"),
+        (["--batch", "2", "--insert", "joint", "--lambda", "1e300"], "--lambda must be"),
+        (["--batch", "9223372036854775808"], "--batch must be >= 1 and <= 4096"),
+        (["--batch", "2", "--insert", "spread", "--layers", "1,2,3"], "--layers 3 is out of range"),
+        (["--batch", "2", "--insert", "spread", "--layers", "1,9"], "--layers 9 is out of range"),
+        (["--batch", "2", "--insert", "spread", "--layers", ""], "--layers '' is not"),
+        (["--batch", "2", "--lambda", "0.01"], "a rank-one batch would ignore them"),
+        (["--batch", "2", "--null-space"], "a rank-one batch would ignore them"),
+        (["--layers", "1"], "need --batch"),
+    ]
+    runner = CliRunner()
+    for args, word in cases:
+        res = runner.invoke(app, ["--workspace", str(root), "run", "--device", "cpu", *args])
+        err = res.stderr.strip()
+        assert res.exit_code == 2 and "Traceback" not in res.output, (args, res.output)
+        assert word in err and len(err.splitlines()) == 1 and err.startswith("error: "), (args, err)
+    from refact_tui.services.workspace import Workspace
+
+    with Workspace.open(root) as ws:
+        assert all(j.state == "queued" and j.attempts == 0 for j in list_jobs(ws.db))
+        assert len(list_jobs(ws.db)) == queued
+
+
+def test_max_counts_jobs_under_batch(tmp_path, model_dir):
+    """Issue 16 / 21 item 5: `run --batch 4 --max 3` applies exactly 3 jobs (one batch of 3)."""
+    from refact_tui.services.batch_worker import BatchSettings
+    from refact_tui.services.runner import run_worker
+    from store.batches import batch_requests
+    from store.edits import list_edits
+    from store.jobs import list_jobs
+
+    with new_workspace(tmp_path / "w", model_dir) as ws:
+        jobs = queue(ws, sample_requests(5))
+        summary = run_worker(ws, device="cpu", batch=BatchSettings(size=4, insert="joint"), max_jobs=3,
+                             text_metrics=False)
+        assert (summary.done, summary.failed) == (3, 0)
+        (edit,) = list_edits(ws.db, ws.history().id)
+        assert [r.job_id for r in batch_requests(ws.db, edit.id)] == [j.id for j in jobs[:3]]
+        assert [j.state for j in list_jobs(ws.db)] == ["done"] * 3 + ["queued"] * 2
+
+
+def test_a_refused_batch_requeues_its_jobs_which_then_run_alone(tmp_path, model_dir, monkeypatch):
+    """Issue 21 item 10: a refused batch never fails its members; the reason is kept, each runs alone."""
+    import refact_tui.services.batch_worker as bw
+    from engine.errors import InsertionRefusedError
+    from refact_tui.services.runner import run_worker
+    from store.edits import list_edits
+    from store.jobs import list_jobs
+
+    real, sizes = bw.compute_outcome, []
+
+    def refuse_batches(model, requests, *a, **kw):
+        sizes.append(len(requests))
+        if len(requests) > 1:
+            raise InsertionRefusedError("request 2 of the batch keeps 0.93 of its miss (limit 0.50)")
+        return real(model, requests, *a, **kw)
+
+    monkeypatch.setattr(bw, "compute_outcome", refuse_batches)
+    with new_workspace(tmp_path / "w", model_dir) as ws:
+        jobs = queue(ws, sample_requests(3))
+        events = []
+        summary = run_worker(ws, device="cpu", batch=bw.BatchSettings(size=3, insert="joint"), max_jobs=3,
+                             text_metrics=False, on_event=events.append)
+        assert sizes == [3], sizes  # --max 3 stopped after the refused batch (a claim of 3 jobs)
+        assert (summary.done, summary.failed, summary.requeued) == (0, 0, 3)
+        rows = list_jobs(ws.db)
+        assert all(j.state == "queued" and "its batch of 3 was refused (request 2" in j.error for j in rows)
+        summary = run_worker(ws, device="cpu", batch=bw.BatchSettings(size=3, insert="joint"), text_metrics=False)
+        assert sizes == [3, 1, 1, 1] and (summary.done, summary.failed) == (3, 0)
+        assert len(list_edits(ws.db, ws.history().id)) == 3
+        assert all(j.state == "done" and j.error is None for j in list_jobs(ws.db))
+    assert [j.id for j in jobs] == [r.id for r in rows]
+
+
+def test_a_full_disk_while_saving_a_batch_delta_is_one_line_and_requeues(tmp_path, model_dir, monkeypatch):
+    """Issue 21 item 13: safetensors reports a full disk as its own error type, not OSError."""
+    from safetensors import SafetensorError
+
+    from engine.delta import EditDelta
+    from refact_tui.services.worker import DeltaWriteError
+    from store.jobs import list_jobs
+
+    def full(self, path):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(EditDelta, "save", full)
+    with new_workspace(tmp_path / "w", model_dir) as ws:
+        queue(ws, sample_requests(2))
+        with pytest.raises(DeltaWriteError, match="No space left on device") as info:
+            run_batch(ws, 2, insert="joint")  # rank-one would be refused (tiny model) before any save
+        assert len(str(info.value).splitlines()) == 1 and "free disk space" in str(info.value)
+        assert all((j.state, j.crashes) == ("queued", 0) for j in list_jobs(ws.db))
+
+
+def test_orphan_batch_deltas_are_collected_by_the_next_worker(tmp_path, model_dir):
+    """Issue 21 item 12: a dead batch's delta file and its atomic-write temporary are removed."""
+    from refact_tui.services.runner import run_worker
+    from store.batches import claim_batch
+    from store.jobs import list_jobs, set_phase
+
+    root = tmp_path / "w"
+    with new_workspace(root, model_dir) as ws:
+        queue(ws, sample_requests(3))
+        claimed = claim_batch(ws.db, "dead-worker", 3)
+        for j in claimed:
+            set_phase(ws.db, j.id, "committing", worker_id="dead-worker")
+        hid, token, first = ws.history().id, claimed[0].batch_token, claimed[0].id
+        orphans = [root / "deltas" / f"h{hid:04d}-batch-{token}-job{first:05d}.safetensors",
+                   root / "deltas" / f".h{hid:04d}-batch-{token}-job{first:05d}.safetensors.x1y2.tmp"]
+        keep = root / "deltas" / "notes.txt"
+        for p in (*orphans, keep):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"half")
+        summary = run_worker(ws, device="cpu", should_stop=lambda: True)  # recover, then stop at once
+        assert sorted(summary.recovered_jobs) == [j.id for j in claimed]
+        assert not any(p.exists() for p in orphans) and keep.exists()
+        assert all(j.state == "queued" for j in list_jobs(ws.db))
+

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from worker_helpers import FAST, new_workspace, sample_requests
 
 from refact_tui.cli.main import app
-from worker_helpers import FAST, new_workspace, sample_requests
 
 runner = CliRunner()
 HP = {"layer": FAST.layer, "lr": FAST.lr, "max_steps": FAST.max_steps, "prob_threshold": FAST.prob_threshold}
@@ -52,11 +52,13 @@ def _count(ws, table: str) -> int:
 
 @pytest.mark.slow
 def test_every_row_starts_from_the_base_and_matches_single_edits_scored_separately(ws, rows_file, model_dir):
+    from engine.delta import applied
     from engine.evaluation.cross_attn import cross_attn_scores, frozen_kv, request_texts
     from engine.evaluation.text_metrics import FeatureCache, text_scores
     from engine.hashing import module_hash
     from engine.importers import load_requests
-    from engine.methods import applied, get_method
+    from engine.methods import get_method
+    from engine.methods.base import EditContext
     from engine.models import load_model
     from refact_tui.services.bench import run_bench
 
@@ -73,12 +75,11 @@ def test_every_row_starts_from_the_base_and_matches_single_edits_scored_separate
         h = m.hparams_from_dict(hp, fresh)
         text_frozen, kv_frozen = FeatureCache.frozen(fresh, None), frozen_kv(fresh)
         for req, row in zip(reqs, report.rows):
-            kw = {"n_samples": 40} if method == "refact" else {}
-            delta = m.compute(fresh, req, h, **kw).delta
+            delta = m.compute(fresh, [req], h, EditContext(n_samples=40)).delta
             text_frozen.get(request_texts(req)), kv_frozen.get(request_texts(req))  # before the edit
             with applied(fresh, delta):
                 single = {"text": text_scores(fresh, text_frozen, req), "xattn": cross_attn_scores(fresh, kv_frozen, req)}
-            # row 2 (prompt == source) included: engine.self_targets makes both paths agree there too
+            # row 2 (prompt == source) included: engine.methods.refact.loss makes both paths agree there too
             for space, s in single.items():
                 for part in ("efficacy", "generality", "specificity"):
                     np.testing.assert_allclose(getattr(row.scores[space], part), getattr(s, part),
@@ -87,9 +88,8 @@ def test_every_row_starts_from_the_base_and_matches_single_edits_scored_separate
 
 
 def test_baseline_fails_efficacy_where_the_prompt_is_the_source_and_references_are_shared(ws, rows_file):
-    from refact_tui.services.bench import run_bench
+    from refact_tui.services.bench import _reference_key, run_bench
     from store.bench_runs import bench_rows, get_references
-    from refact_tui.services.bench import _reference_key
 
     before = _count(ws, "bench_references")
     a = run_bench(ws, _opts(rows_file, method="uce"))
@@ -183,6 +183,7 @@ def test_image_space_with_captions_and_shared_baseline_images(ws, rows_file, tmp
 def test_road_validation_rows_whose_prompt_is_the_source_have_baseline_efficacy_zero(ws):
     """Read in place from ../shared/data (skipped when absent): RoAD Appearance rows have Prompt == Old."""
     from fixtures_models import SHARED_DATA
+
     from refact_tui.services.bench import _reference_key, run_bench
     from store.bench_runs import get_references
 

@@ -105,6 +105,20 @@ def test_run_history_show_rollback_export_through_the_cli(tmp_path, model_dir):
     assert [e["seq"] for e in edits] == [1, 2] and all(e["status"] == "applied" for e in edits)
     shown = json.loads(invoke("--workspace", root, "show", edits[0]["id"], "--json").stdout)
     assert shown["curve"]["steps"] == edits[0]["steps_run"]
+    # 6 steps on the tiny random encoder stay far below 0.99: applied, but never reported as a success
+    assert all(e["steps_run"] == 6 and not e["early_stopped"] and e["p_target"] < 0.99 for e in edits)
+    flat = " ".join(r.stdout.split())
+    assert "✓" not in r.stdout and flat.count("! applied, budget used, P 0.") == 2 and "< 0.99 job" in flat
+    assert "2 edit(s) applied: 0 reached its threshold, 2 used its step budget below it; 0 failed" in flat
+    label = f"applied, budget used, P {edits[0]['p_target']:.2f} < 0.99"
+    assert label in " ".join(invoke("--workspace", root, "show", edits[0]["id"]).stdout.split())
+    table = invoke("--workspace", root, "history").stdout
+    assert table.count("budget") == 2  # the status column of both rows (folded at the table's width)
+    from store.db import fetch_all
+
+    with Workspace.open(root) as ws:
+        messages = [r["message"] for r in fetch_all(ws.db, "SELECT message FROM events WHERE message LIKE 'edit %'")]
+    assert sum(f"edit 1 {label} (job" in m for m in messages) == 1
     r = invoke("--workspace", root, "rollback", 1, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["weights_hash"] == edits[0]["weights_hash"]
     r = invoke("--workspace", root, "export", tmp_path / "d", "--deltas-only", "--json")
@@ -143,3 +157,23 @@ def test_read_only_workspace_is_one_line_error(tmp_path, model_dir):
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output
+
+
+def test_bench_uses_the_workspace_judge_like_eval(tmp_path, model_dir):
+    """`refact bench` without --judge takes the judge the workspace records (`init --judge`, or the
+    demo's plumbing check), as `refact eval` does, instead of demanding the default ViT-bigG-14."""
+    from engine.evaluation.judge import build_random_judge
+
+    root = tmp_path / "w"
+    r = invoke("--workspace", root, "init", "--model", model_dir, "--judge", "nocolon")
+    assert r.exit_code == 1 and "not MODEL:CHECKPOINT" in r.stderr and not root.exists()
+    judge = build_random_judge(tmp_path / "tiny-judge")
+    assert invoke("--workspace", root, "init", "--model", model_dir, "--judge", judge).exit_code == 0
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "A cat", "source": "a cat", "target": "a dog",
+                                "positives": [{"prompt": "A cat on a sofa", "source": "a cat on a sofa",
+                                               "target": "a dog on a sofa"}]}) + "\n")
+    r = invoke("--workspace", root, "bench", "run", rows, "--layer", "2", "--hp", "max_steps=2", "--seeds", "1",
+               "--steps", "2", "--n-captions", "0", "--stats-samples", "20", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["config"]["options"]["judge"] == judge

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.hparams import DEFAULT_TEMPLATES, HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES, HParamsError, ReFACTHParams
 from engine.request import EditRequest, Probe, RequestError
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from fixtures_models import tiny_pipeline_dir
 from worker_helpers import workspace_with_edits
 
@@ -15,6 +14,33 @@ def ws(tmp_path_factory, model_dir):
     ws, _, _ = workspace_with_edits(tmp_path_factory.mktemp("exp") / "w", model_dir, 2)
     yield ws
     ws.close()
+
+
+def _check_card(folder, manifest: str, ws) -> None:
+    """The model card names the base hash, the manifest's sha256, every edit and the loading lines."""
+    from engine.files import file_sha256
+    from refact_tui.services.history import list_history
+    from store.base_models import get_base_model
+
+    card = (folder / "README.md").read_text()
+    assert file_sha256(folder / manifest) in card
+    assert get_base_model(ws.db, ws.history().base_model_id).encoder_hash in card
+    for e in list_history(ws):
+        assert e.request.prompt in card and f"{e.request.source} -> {e.request.target}" in card
+    assert all(f"### {tool}" in card for tool in ("diffusers", "transformers", "ComfyUI"))
+
+
+def test_deltas_only_is_an_alias_of_format_deltas_and_leaves_no_staging_folder(ws, tmp_path):
+    from typer.testing import CliRunner
+
+    from refact_tui.cli.main import app
+
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "export", str(tmp_path / "d"), "--deltas-only"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["format"] == "refact-deltas/2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    r = CliRunner().invoke(app, ["-w", str(ws.root), "export", str(tmp_path / "e"), "--deltas-only", "-f", "lora"])
+    assert r.exit_code == 1 and "contradicts" in r.output and not (tmp_path / "e").exists()
 
 
 def test_full_export_reloads_with_diffusers_to_the_edited_encoder(ws, tmp_path):
@@ -31,6 +57,7 @@ def test_full_export_reloads_with_diffusers_to_the_edited_encoder(ws, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "out"), local_files_only=True)
     assert module_hash(pipe.text_encoder) == head_hash
     assert json.loads((tmp_path / "out" / "refact_export.json").read_text())["head_seq"] == 2
+    _check_card(tmp_path / "out", "refact_export.json", ws)
     with pytest.raises(Exception, match="not an empty folder"):
         export_pipeline(ws, tmp_path / "out")
 
@@ -43,6 +70,7 @@ def test_deltas_only_export_and_apply_with_hash_checks(ws, tmp_path, model_dir, 
     from refact_tui.services.history import list_history
 
     res = export_pipeline(ws, tmp_path / "d", deltas_only=True)
+    _check_card(tmp_path / "d", "manifest.json", ws)
     manifest = json.loads(res.manifest.read_text())
     edits = list_history(ws)
     assert [e["sha256"] for e in manifest["edits"]] == [e.delta_sha256 for e in edits]

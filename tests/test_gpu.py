@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 
 pytestmark = pytest.mark.gpu
@@ -17,7 +17,7 @@ HP = ReFACTHParams(layer=2, lr=0.2, max_steps=20, weight_decay=0.0, prob_thresho
 def _edit(model_dir, device, tmp_path):
     from engine.covariance import SecondMomentStore
     from engine.models import load_model
-    from engine.refact import apply_edit
+    from engine.methods.refact.edit import apply_edit
 
     model = load_model(model_dir, device=device, with_pipeline=False)
     stats = SecondMomentStore(tmp_path / f"stats-{device}")

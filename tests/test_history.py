@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from fixtures_models import tiny_pipeline_dir
 from worker_helpers import FAST, queue, rebuild_hash, sample_requests, workspace_with_edits
 
@@ -109,3 +108,82 @@ def test_replay_onto_a_different_encoder_needs_force(ws, tmp_path_factory):
     from store.base_models import get_base_model
 
     assert get_base_model(ws.db, h.base_model_id).config["num_layers"] == 4
+
+
+def test_replay_onto_a_base_whose_unet_differs_needs_force(tmp_path, model_dir):
+    """Issue 21 item 17: replay --onto compared only the text encoder and re-applied TIME/UCE deltas onto
+    another UNet; every component the deltas touch is compared now."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from worker_helpers import new_workspace
+
+    from engine.delta import EditDelta
+    from engine.errors import DeltaIntegrityError
+    from engine.request import EditRequest
+    from refact_tui.services.history import list_all_histories, list_history, replay
+    from refact_tui.services.methods import with_method
+    from refact_tui.services.queue import add_edit
+    from refact_tui.services.runner import run_worker
+
+    with new_workspace(tmp_path / "w", model_dir) as ws:
+        add_edit(ws, with_method(EditRequest("A banana", "A banana", "A blue banana"), "time"))
+        assert run_worker(ws, device="cpu", text_metrics=False).done == 1
+        (edit,) = list_history(ws)
+        from typer.testing import CliRunner
+
+        from refact_tui.cli.history import edit_where
+        from refact_tui.cli.main import app
+
+        assert edit_where(edit).startswith("time (unet: ")  # its component and modules, not layer -1
+        shown = CliRunner().invoke(app, ["--workspace", str(tmp_path / "w"), "show", str(edit.id)],
+                                   terminal_width=300).stdout
+        assert "layer time (unet: " in " ".join(shown.split()) and "layer -1" not in shown
+        name = EditDelta.load(ws.resolve(edit.delta_path)).updates[0].module
+        other = tmp_path / "other"
+        shutil.copytree(model_dir, other)
+        unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet"))
+        with torch.no_grad():
+            unet.get_submodule(name).weight[0, 0] += 1e-3
+        shutil.rmtree(other / "unet")
+        unet.save_pretrained(str(other / "unet"), safe_serialization=True)
+        n = len(list_all_histories(ws))
+        with pytest.raises(DeltaIntegrityError, match=r"differs from the base of 'main' in what edit 1 changes "
+                                                      r"\(unet\).*pass --force"):
+            replay(ws, model=other)
+        assert len(list_all_histories(ws)) == n  # nothing recorded
+        assert replay(ws, model=other, force=True, name="forced").head_seq == 1
+
+
+def test_rollback_past_the_head_names_a_valid_target(ws):
+    """Issue 21: `refact rollback 9999` suggested `refact rollforward 9999`, which cannot work either."""
+    from engine.errors import EngineError
+    from refact_tui.services.history import rollback
+
+    with pytest.raises(EngineError, match=r"pick 0\.\.3 \(0 = the base model\)") as info:
+        rollback(ws, 9999)
+    assert "rollforward" not in str(info.value)
+
+
+def test_a_rollback_racing_a_committing_worker_reports_the_real_transition(ws, monkeypatch):
+    """Issue 21: the head moved 3 -> 4 while the rollback rebuilt the model; it said "from 3 to 1"."""
+    import refact_tui.services.state as state
+    from refact_tui.services.history import list_history, rollback
+    from store.edits import record_edit
+
+    real = state.load_history_model
+    last = list_history(ws)[-1]
+
+    def rebuild_while_a_worker_commits(*a, **kw):
+        out = real(*a, **kw)
+        record_edit(ws.db, history_id=last.history_id, job_id=None, request=last.request, hparams=last.hparams,
+                    status="applied", layer=last.layer, module=last.module, delta_path=last.delta_path,
+                    delta_sha256=last.delta_sha256, weights_hash=None, steps_run=1, early_stopped=False,
+                    p_target=0.5, delta_norm=None, division_factor=None, timings={}, device="cpu")
+        return out
+
+    monkeypatch.setattr(state, "load_history_model", rebuild_while_a_worker_commits)
+    res = rollback(ws, 1)
+    assert (res.from_seq, res.to_seq, res.rolled_back) == (4, 1, 3)
+    assert [e.status for e in list_history(ws)] == ["applied"] + ["rolled_back"] * 3

@@ -131,3 +131,66 @@ def test_import_options_for_encoding_and_duplicates(ws_root, tmp_path):
     r = invoke(*add, "--allow-duplicate", "--json")
     assert r.exit_code == 0
     assert json.loads(invoke("--workspace", ws_root, "queue", "clear", "--json").stdout) == {"removed": 2}
+
+
+def one_error_line(r, code: int = 1) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == code and len(lines) == 1 and lines[0].startswith("error: "), (r.exit_code, r.output)
+    assert "Usage:" not in r.output and "Traceback" not in r.output
+    return lines[0]
+
+
+def test_hp_without_a_value_and_empty_slots_are_one_line(ws_root, tmp_path):
+    """Issue 21 items 5 and 7: `--hp junk` was Click's usage box; `--slots ','` meant "every slot"."""
+    before = invoke("--workspace", ws_root, "queue", "ls", "--json").stdout
+    add = ["--workspace", ws_root, "queue", "add", "--prompt", "A cat", "--source", "a cat", "--target", "a dog"]
+    assert "--hp 'junk' is not KEY=VALUE" in one_error_line(invoke(*add, "--method", "uce", "--hp", "junk"))
+    f = tmp_path / "e.jsonl"
+    f.write_text(json.dumps({"prompt": "A cat", "source": "a cat", "target": "a dog"}) + "\n")
+    assert "--hp '=1' is not KEY=VALUE" in one_error_line(invoke("--workspace", ws_root, "bench", "run", f,
+                                                                 "--hp", "=1"))
+    for value in (",", ""):
+        assert "names no encoder slot" in one_error_line(invoke(*add, "--slots", value))
+    assert invoke("--workspace", ws_root, "queue", "ls", "--json").stdout == before
+
+
+def test_uce_preserve_texts_are_length_checked_when_queued(ws_root, tmp_path):
+    """Issue 21 item 8: a 100-word preserved concept failed at run time instead of at the door."""
+    long = " ".join(["banana"] * 100)
+    before = invoke("--workspace", ws_root, "queue", "ls", "--json").stdout
+    add = ["--workspace", ws_root, "queue", "add", "--prompt", "A cat", "--source", "a cat", "--target", "a dog",
+           "--method", "uce", "--hp", f'preserve=["A duke", "{long}"]']
+    assert "--hp preserve[1] is 102 tokens long, over the text_encoder limit of" in one_error_line(invoke(*add))
+    f = tmp_path / "e.jsonl"
+    f.write_text(json.dumps({"prompt": "A cat", "source": "a cat", "target": "a dog"}) + "\n")
+    r = invoke("--workspace", ws_root, "queue", "import", f, "--method", "uce", "--hp", f'preserve=["{long}"]')
+    assert r.exit_code == 1 and "preserve[0] is 102 tokens long" in r.output + r.stderr
+    assert invoke("--workspace", ws_root, "queue", "ls", "--json").stdout == before
+
+
+def test_queue_retry_takes_several_ids_all_failed_and_a_reason(tmp_path, model_dir):
+    """Issue 21 item 10: requeue the jobs a refused batch or a typo failed in one command."""
+    from worker_helpers import new_workspace, queue, sample_requests
+
+    from refact_tui.services.workspace import Workspace
+    from store.jobs import claim_next, finish_job, list_jobs
+
+    root = tmp_path / "w"
+    with new_workspace(root, model_dir) as ws:
+        jobs = queue(ws, sample_requests(4))
+        for job, why in zip(jobs, ["batch refused", "batch refused", "out of memory", None]):
+            claim_next(ws.db, "w")
+            if why:
+                finish_job(ws.db, job.id, "failed", error=why)
+            else:
+                finish_job(ws.db, job.id, "cancelled")
+    base = ["--workspace", root, "queue", "retry"]
+    assert "--reason is empty" in one_error_line(invoke(*base, "--reason", " "))
+    assert "no failed job's error contains 'disk'" in one_error_line(invoke(*base, "--reason", "disk"))
+    r = invoke(*base, "--reason", "BATCH")
+    assert r.exit_code == 0 and f"jobs {jobs[0].id}, {jobs[1].id} queued again" in r.stdout
+    assert "is queued; only failed/cancelled" in one_error_line(invoke(*base, jobs[3].id, jobs[0].id))
+    r = invoke(*base, jobs[3].id, "--all-failed")
+    assert r.exit_code == 0 and f"jobs {jobs[3].id}, {jobs[2].id} queued again" in r.stdout
+    with Workspace.open(root) as ws:
+        assert [j.state for j in list_jobs(ws.db)] == ["queued"] * 4

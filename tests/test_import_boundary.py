@@ -73,3 +73,26 @@ def test_engine_never_imports_store_or_services(path: Path):
         if m == "store" or m.startswith("store.") or m.startswith("refact_tui")
     )
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def _store_files() -> list[Path]:
+    return sorted((ROOT / "store").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _store_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_store_never_imports_services_cli_or_tui(path: Path):
+    """Persistence sits below orchestration and the UIs: it may import engine value types, nothing above
+    (lazy imports included; the layer and cycle rules for the whole tree are in test_import_contract.py)."""
+    bad = sorted(m for m in _imported_modules(path) if m == "refact_tui" or m.startswith("refact_tui.")
+                 or _is_forbidden(m))
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_relative_imports_hide_from_these_checks():
+    """The checks above read absolute imports only, so the packages they guard use none other."""
+    relative = []
+    for path in _core_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        relative += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.level]
+    assert not relative, f"relative imports: {relative}"

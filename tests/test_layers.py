@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import torch
 from typer.testing import CliRunner
 
 from engine.covariance import SecondMomentStore
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.models import load_model
 from engine.request import EditRequest, Probe
 from refact_tui.cli.main import app

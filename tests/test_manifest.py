@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
+from worker_helpers import workspace_with_edits
 
 from refact_tui.services.manifest import ManifestError, load_manifest, parse_manifest
-from worker_helpers import workspace_with_edits
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,11 @@ def test_a_rehashed_foreign_delta_is_refused_at_its_step(folder, tmp_path, model
     delta = EditDelta.load(f)
     delta.updates[0].left.mul_(1.001)  # a plausible, finite, but foreign edit
     data["edits"][0]["sha256"] = delta.save(f)  # sha256 updated to match
-    data["final_weights_hash"] = None  # and the final check removed
+    final, data["final_weights_hash"] = data["final_weights_hash"], None  # and the final check removed
+    write(path, data)
+    with pytest.raises(ManifestError, match=r"final_weights_hash must be a hex hash, got null"):
+        apply_deltas_manifest(path, model_dir, tmp_path / "out")  # refact-deltas/2 requires it (issue 21)
+    data["final_weights_hash"] = final
     write(path, data)
     with pytest.raises(ManifestError, match=r"applying deltas/0001.safetensors \(edits\[0\]\) gave weights"):
         apply_deltas_manifest(path, model_dir, tmp_path / "out")
@@ -129,6 +134,23 @@ def test_refact_deltas_1_manifests_still_apply(folder, tmp_path, model_dir):
     for e in old["edits"]:
         e.pop("before_hash")
     write(path, old)
-    res = apply_deltas_manifest(path, model_dir, tmp_path / "out")
+    with pytest.raises(ManifestError, match="refact-deltas/1 manifest: it records no weights hash before each "
+                                            "delta.*pass --legacy-manifest"):
+        apply_deltas_manifest(path, model_dir, tmp_path / "out")  # only with the explicit flag (issue 21)
+    res = apply_deltas_manifest(path, model_dir, tmp_path / "out", legacy=True)
     assert res.weights_hash == data["final_weights_hash"]
-    assert parse_manifest(json.dumps(old), path).entries[0].before_hash is None
+    assert parse_manifest(json.dumps(old), path, legacy=True).entries[0].before_hash is None
+
+
+@pytest.mark.parametrize("field", ["before_hash", "weights_hash", "final_weights_hash"])
+def test_refact_deltas_2_manifests_must_carry_their_hashes(folder, field):
+    """Issue 21 item 16: nulled hashes let a delta altered along with its sha256 through."""
+    path, data = folder
+    data = copy.deepcopy(data)
+    if field == "final_weights_hash":
+        data[field] = None
+    else:
+        data["edits"][0][field] = None
+    where = field if field == "final_weights_hash" else f"edits[0].{field}"
+    with pytest.raises(ManifestError, match=rf"{re.escape(where)} must be a hex hash, got null"):
+        parse_manifest(json.dumps(data), path)

@@ -81,7 +81,7 @@ def test_batch_worker_runs_closed_form_jobs_alone_and_batches_only_refact(tmp_pa
     assert r.exit_code == 0, r.output
     with _open(root) as ws:
         queue(ws, sample_requests(3)[1:])
-        summary = run_worker(ws, device="cpu", batch=BatchSettings(size=4))
+        summary = run_worker(ws, device="cpu", batch=BatchSettings(size=4, insert="joint"))  # tiny model: rank-one is refused
         assert summary.done == 4 and summary.failed == 0, summary.failures
         hist = ws.history()
         edits = applied_edits(ws.db, hist.id, hist.head_seq)

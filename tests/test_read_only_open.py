@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import store.db as store_db
 from refact_tui.cli.main import app
-from refact_tui.services.workspace import BaseModelInfo, Workspace, WorkspaceError, create_workspace
+from refact_tui.services.workspace import BaseModelInfo, Workspace, create_workspace
 from store.db import OutdatedSchemaError, StoreError, open_db, schema_version, set_meta
 from store.schema import MIGRATIONS, SCHEMA_VERSION
 

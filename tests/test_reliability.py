@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from worker_helpers import FAST, REPO, new_workspace, queue, rebuild_hash, sample_requests
 
 pytestmark = pytest.mark.slow
@@ -51,8 +50,8 @@ def wait_for_steps(proc, db_path, min_steps: int = 2, timeout: float = 120.0) ->
 
 def test_sigkill_mid_edit_and_restart_applies_every_edit_exactly_once(tmp_path, model_dir):
     from store.db import open_db
-    from store.integrity import integrity_check
     from store.edits import list_edits
+    from store.integrity import integrity_check
     from store.jobs import list_jobs
 
     root = tmp_path / "w"
@@ -122,3 +121,52 @@ def test_sigint_requeues_and_a_second_worker_is_refused(tmp_path, model_dir):
         row = get_job(ws.db, job.id)
         assert (row.state, row.attempts, row.worker_id) == ("queued", 1, None)
         assert list_edits(ws.db, ws.history().id) == []
+
+
+def test_a_workspace_in_a_read_only_folder_opens_for_reading(tmp_path, monkeypatch):
+    """Issue 21 item 14: a workspace its writer closed (no -wal / -shm) on a read-only mount could not be
+    read ("check that the folder exists and is writable"); it opens ``immutable=1`` there now."""
+    import shutil
+    import stat
+
+    from typer.testing import CliRunner
+
+    import store.db as store_db
+    from refact_tui.cli.main import app
+    from refact_tui.services.workspace import BaseModelInfo, create_workspace
+
+    info = BaseModelInfo("tiny", "/models/tiny", "sd-pipeline", "clip", "e" * 64, {"num_layers": 4})
+    create_workspace(tmp_path / "ws", info).close()
+    ro = tmp_path / "ro"
+    shutil.copytree(tmp_path / "ws", ro)
+    assert not any(p.name.endswith(("-wal", "-shm")) for p in ro.iterdir())  # closed by its writer
+    folders = [ro, *(p for p in ro.rglob("*") if p.is_dir())]
+    for p in ro.rglob("*"):
+        if p.is_file():
+            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    for d in folders:
+        d.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: show SQLite the folder as a user (or a read-only mount) sees it
+        monkeypatch.setattr(store_db, "folder_writable", lambda folder: False)
+        real = store_db.sqlite3.connect
+
+        def connect(target, *a, **kw):
+            if kw.get("uri") and "mode=ro" in str(target) and "immutable=1" not in str(target):
+                # what SQLite answers when it cannot create the -shm of a WAL database there
+                raise sqlite3.OperationalError("attempt to write a readonly database")
+            return real(target, *a, **kw)
+
+        monkeypatch.setattr(store_db.sqlite3, "connect", connect)
+    try:
+        for command in (["history"], ["histories"], ["queue", "ls"], ["bench", "ls"]):
+            r = CliRunner().invoke(app, ["--workspace", str(ro), *command])
+            assert r.exit_code == 0 and "writable" not in r.output, (command, r.output)
+        assert sorted(p.name for p in ro.iterdir()) == sorted(p.name for p in (tmp_path / "ws").iterdir())
+        wal = ro / "refact.db-wal"  # a WAL with content: immutable would skip it, so plain mode=ro
+        for d in folders:
+            d.chmod(0o755)
+        wal.write_bytes(b"x")
+        assert store_db.read_only_query(ro / "refact.db") == "?mode=ro"
+    finally:
+        for d in folders:
+            d.chmod(0o755)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, RequestError
 from refact_tui.services import queue
 from refact_tui.services.workspace import BaseModelInfo, create_workspace

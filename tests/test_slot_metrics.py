@@ -34,17 +34,17 @@ def sdxl_ws(tmp_path_factory, pipeline_dir_for):
     queue(ws, reqs[:1], SDXL)
     # the second edit protects earlier edits: text_encoder at the same layer, text_encoder_2 at another
     queue(ws, reqs[1:2], SDXL.with_overrides(preserve=5.0, slot_layers=(("text_encoder", 1), ("text_encoder_2", 1))))
-    import engine.refact
+    import engine.methods.refact.edit
 
     seen: list[tuple[str, list[str]]] = []
-    real = engine.refact.compute_edit
+    real = engine.methods.refact.edit.compute_edit
 
     def spy(slot, request, hparams, **kw):
         seen.append((slot.name, [r.prompt for r in kw.get("preserve_requests", ())]))
         return real(slot, request, hparams, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(engine.refact, "compute_edit", spy)
+    mp.setattr(engine.methods.refact.edit, "compute_edit", spy)
     try:
         assert run_worker(ws, device="cpu", on_event=EVENTS.append).done == 2
     finally:

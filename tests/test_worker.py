@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requests, workspace_with_edits
 
 
@@ -56,8 +55,8 @@ def test_worker_applies_jobs_in_order_with_steps_and_hashes(done_ws, model_dir):
 def test_worker_delta_is_the_apply_less_edit_and_maps_k_e_to_v_star(done_ws, model_dir):
     from engine.covariance import SecondMomentStore
     from engine.delta import EditDelta
+    from engine.methods.refact.edit import compute_edit
     from engine.models import load_model
-    from engine.refact import compute_edit
     from store.edits import list_edits
 
     ws, jobs, _, _ = done_ws
@@ -80,7 +79,7 @@ def ws_base_hash(ws) -> str:
 
 
 def test_failing_jobs_leave_the_model_untouched_and_the_worker_continues(tmp_path, model_dir, monkeypatch):
-    import refact_tui.services.worker as worker_module
+    import engine.methods.refact.edit as worker_module  # the per-slot edit, looked up when called
     from refact_tui.services.runner import run_worker
     from store.edits import list_edits
     from store.jobs import enqueue, get_job
@@ -177,17 +176,17 @@ def test_second_worker_is_refused_and_a_dead_holder_is_recovered(tmp_path, model
 def test_preserve_passes_earlier_same_layer_requests_to_the_edit(tmp_path, model_dir, monkeypatch):
     """With --preserve the worker hands the requests of the edits already applied on that layer to
     compute_edit (whose C then includes their keys); without it, none."""
-    import engine.refact
+    import engine.methods.refact.edit
     from refact_tui.services.runner import run_worker
 
     seen: list[list[str]] = []
-    real = engine.refact.compute_edit
+    real = engine.methods.refact.edit.compute_edit
 
     def spy(model, request, hparams, **kw):
         seen.append([r.prompt for r in kw.get("preserve_requests", ())])
         return real(model, request, hparams, **kw)
 
-    monkeypatch.setattr(engine.refact, "compute_edit", spy)
+    monkeypatch.setattr(engine.methods.refact.edit, "compute_edit", spy)
     ws = new_workspace(tmp_path / "w", model_dir)
     reqs = sample_requests(3)
     with ws:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,13 +42,13 @@ def spy_batch_preserve(monkeypatch) -> list[list[str]]:
     import refact_tui.services.batch_worker as bw
 
     seen: list[list[str]] = []
-    real = bw.compute_batch
+    real = bw.compute_outcome
 
-    def spy(model, requests, hparams, config, **kw):
-        seen.append([r.prompt for r in kw.get("preserve_requests", ())])
-        return real(model, requests, hparams, config, **kw)
+    def spy(model, requests, hparams, context):
+        seen.append([r.prompt for r in context.preserve])
+        return real(model, requests, hparams, context)
 
-    monkeypatch.setattr(bw, "compute_batch", spy)
+    monkeypatch.setattr(bw, "compute_outcome", spy)
     return seen
 
 

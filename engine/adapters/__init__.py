@@ -9,10 +9,11 @@ import torch
 from engine.adapters.base import EncoderAdapter, LayerState
 from engine.adapters.bert import BertAdapter, read_pooling_config
 from engine.adapters.clip import ClipAdapter
+from engine.adapters.llm import LLMAdapter, is_decoder_lm
 from engine.adapters.t5 import T5Adapter
 from engine.errors import ModelFormatError
 
-__all__ = ["EncoderAdapter", "LayerState", "ClipAdapter", "BertAdapter", "T5Adapter", "adapter_for", "read_pooling_config"]
+__all__ = ["EncoderAdapter", "LayerState", "ClipAdapter", "BertAdapter", "T5Adapter", "LLMAdapter", "adapter_for", "read_pooling_config"]
 
 
 def adapter_for(
@@ -23,7 +24,9 @@ def adapter_for(
 
     For BERT, ``pooling``/``normalize`` default to the model folder's sentence-transformers
     pooling config when there is one, else mean pooling with normalisation. For T5,
-    ``pad_to``/``use_mask`` give the input format (a pipeline's: fixed length, no mask).
+    ``pad_to``/``use_mask`` give the input format (a pipeline's: fixed length, no mask). For a decoder
+    LM, ``pad_to`` is the token limit after templating (default 512) and ``use_mask`` whether the model
+    sees the attention mask.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     model.eval()
@@ -31,6 +34,8 @@ def adapter_for(
         return ClipAdapter(model)
     if model_type in ("t5", "umt5") and hasattr(getattr(model, "encoder", None), "block"):
         return T5Adapter(model, pad_to=pad_to, use_mask=use_mask)
+    if is_decoder_lm(model):
+        return LLMAdapter(model, max_length=pad_to or 512, use_mask=use_mask)
     if model_type == "bert" and hasattr(model, "encoder") and hasattr(model, "embeddings"):
         found = None
         name_or_path = getattr(model.config, "_name_or_path", "") or ""
@@ -44,5 +49,5 @@ def adapter_for(
         )
     raise ModelFormatError(
         f"no ReFACT adapter for {type(model).__name__} (model_type {model_type!r}); "
-        "use a CLIP or T5 text encoder or a BERT sentence encoder"
+        "use a CLIP, T5 or decoder-LM (Llama, Mistral, Qwen, Gemma-2, GLM) text encoder or a BERT sentence encoder"
     )

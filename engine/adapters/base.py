@@ -72,7 +72,7 @@ class EncoderAdapter(ABC):
             raise ReadoutError(
                 f"readout {readout.kind!r} does not fit a {self.family} encoder; use {', '.join(self.readouts)}"
             )
-        if min(readout.taps(self.num_layers)) < 0:
+        if min(readout.taps(self.num_layers)) < 0 and readout.kind != "hidden":
             raise ReadoutError(f"readout {readout.kind!r} needs at least 2 layers; this encoder has {self.num_layers}")
         self.readout = readout
 
@@ -207,7 +207,7 @@ class EncoderAdapter(ABC):
 
         Per-row contract (public, every family): ``delta`` is either (H), the same shift for every
         row, or (B, H), row b shifted by ``delta[b]``; a batch of many requests passes one
-        request's delta per row (engine.batch_optimize)."""
+        request's delta per row (engine.methods.refact.values)."""
 
         def features(delta: torch.Tensor) -> torch.Tensor:
             return self.suffix(state, add_at_positions(state.mlp_out, index, delta))

@@ -36,8 +36,18 @@ def read_pooling_config(folder: Path) -> tuple[str, bool] | None:
     return mode, normalize
 
 
+def read_max_seq_length(folder: Path) -> int | None:
+    """sentence-transformers' ``max_seq_length`` (inputs longer than this it truncates), or None."""
+    cfg_file = Path(folder) / "sentence_bert_config.json"
+    if not cfg_file.is_file():
+        return None
+    value = json.loads(cfg_file.read_text(encoding="utf-8")).get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 class BertAdapter(EncoderAdapter):
-    """Post-LN BERT layers; features = mean (or CLS) pooling over attended tokens, optionally L2-normalised."""
+    """Post-LN BERT layers; features = mean (or CLS) pooling over attended tokens, optionally L2-normalised
+    (a sentence-transformers folder's mean + Normalize modules give exactly SentenceTransformer.encode)."""
 
     family = "bert"
 
@@ -47,6 +57,10 @@ class BertAdapter(EncoderAdapter):
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         self.pooling = pooling
         self.normalized_features = normalize
+        # Within sentence-transformers' own limit (all-MiniLM-L6-v2: 256 of 512 positions) the features
+        # equal SentenceTransformer.encode; a longer text is refused rather than truncated.
+        folder = getattr(model.config, "_name_or_path", "") or ""
+        self.seq_limit = read_max_seq_length(Path(folder)) if folder and Path(folder).is_dir() else None
 
     @property
     def last_editable(self) -> int:
@@ -71,7 +85,8 @@ class BertAdapter(EncoderAdapter):
 
     @property
     def max_length(self) -> int:
-        return int(self.model.config.max_position_embeddings)
+        positions = int(self.model.config.max_position_embeddings)
+        return min(positions, self.seq_limit) if self.seq_limit else positions
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         hidden = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))

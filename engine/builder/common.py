@@ -9,7 +9,7 @@ from typing import Any
 from engine.errors import EngineError
 
 SIZES = ("tiny", "full")
-ARCHS = ("sd1", "sd2", "sdxl", "sd3", "flux")
+ARCHS = ("sd1", "sd2", "sdxl", "sd3", "flux", "z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image")
 DTYPES = ("float32", "bfloat16")
 TEXT_ENCODER_FAMILIES = ("clip", "bert")
 
@@ -20,6 +20,12 @@ PIPELINE_CLASSES = {
     "sdxl": "StableDiffusionXLPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "flux": "FluxPipeline",
+    "z-image": "ZImagePipeline",
+    "flux2-klein": "Flux2KleinPipeline",
+    "lumina2": "Lumina2Pipeline",
+    "pixart-sigma": "PixArtSigmaPipeline",
+    "chroma": "ChromaPipeline",
+    "qwen-image": "QwenImagePipeline",
 }
 
 

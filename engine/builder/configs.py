@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.builder.common import ARCHS, SIZES, BuildError, check_choice
+from engine.builder.configs_2026 import FULL_ENCODERS, LLM_ARCHS, SCHEDULERS, denoiser_and_vae, encoder_class
 from engine.builder.vocab import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE
 
 # Stable Diffusion v1.x training noise schedule, as its PNDM scheduler ships it.
@@ -41,7 +42,7 @@ FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 SCHEDULER_CLASSES = {
     "sd1": "PNDMScheduler", "sd2": "PNDMScheduler", "sdxl": "EulerDiscreteScheduler",
-    "sd3": "FlowMatchEulerDiscreteScheduler", "flux": "FlowMatchEulerDiscreteScheduler",
+    "sd3": "FlowMatchEulerDiscreteScheduler", "flux": "FlowMatchEulerDiscreteScheduler", **SCHEDULERS,
 }
 
 
@@ -65,6 +66,8 @@ class PipelineConfigs:
     scheduler: dict[str, Any]
     arch: str = "sd1"
     denoiser_full: bool = field(default=True)  # False: small denoiser with the real conditioning widths
+    denoiser_class: str = ""  # diffusers class of the denoiser; "" = the SD1-FLUX.1 rule in builder.pipelines
+    vae_class: str = "AutoencoderKL"
 
     @property
     def text_encoder(self) -> dict[str, Any]:
@@ -181,6 +184,8 @@ def pipeline_configs(size: str = "tiny", arch: str = "sd1") -> PipelineConfigs:
     """
     check_choice("size", size, SIZES)
     check_choice("arch", arch, ARCHS)
+    if arch in LLM_ARCHS:
+        return _configs_2026(size, arch)
     clip_l = clip_config("clip-l", size)
     if arch == "sd1":
         encoders = {"text_encoder": EncoderSpec("CLIPTextModel", clip_l, "clip")}
@@ -229,3 +234,19 @@ def pipeline_configs(size: str = "tiny", arch: str = "sd1") -> PipelineConfigs:
     )
     return PipelineConfigs(size, encoders, transformer, _flow_vae(size, 0.3611, 0.1159),
                            dict(FLUX_SCHEDULER_CONFIG), arch, denoiser_full=False)
+
+
+def _configs_2026(size: str, arch: str) -> PipelineConfigs:
+    if size != "tiny":
+        raise BuildError(
+            f"--size full is not built for {arch}: it needs the real text encoder ({FULL_ENCODERS[arch]}) and a "
+            "multi-billion-parameter denoiser; load the published pipeline folder instead"
+        )
+    model_class, config, tokenizer = encoder_class(arch)
+    width = config.get("hidden_size") or config.get("d_model") or config["text_config"]["hidden_size"]
+    if arch == "flux2-klein":
+        width *= 3  # hidden_states 9, 18 and 27 stacked on channels
+    denoiser_class, denoiser, vae_class, vae, scheduler = denoiser_and_vae(arch, width)
+    encoders = {"text_encoder": EncoderSpec(model_class, config, tokenizer)}
+    return PipelineConfigs(size, encoders, denoiser, vae, scheduler, arch, denoiser_full=False,
+                           denoiser_class=denoiser_class, vae_class=vae_class)

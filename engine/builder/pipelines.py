@@ -9,6 +9,7 @@ import torch
 
 from engine.builder.common import DTYPES, PIPELINE_CLASSES, check_choice, prepare_folder, write_build_info
 from engine.builder.configs import SCHEDULER_CLASSES, EncoderSpec, pipeline_configs
+from engine.builder.llm_vocab import STYLES, build_llm_tokenizer
 from engine.builder.vocab import build_clip_tokenizer, build_t5_tokenizer
 from engine.offline import quiet_hf_logging
 
@@ -18,9 +19,11 @@ _SEED_OFFSETS = {"text_encoder": 0, "denoiser": 1, "vae": 2, "text_encoder_2": 3
 
 
 def make_tokenizer(kind: str):
-    """The offline tokenizer of an encoder spec's kind (``clip``, ``clip-bang`` or ``t5``)."""
+    """The offline tokenizer of an encoder spec's kind (``clip``, ``clip-bang``, ``t5``, ``qwen`` or ``gemma``)."""
     if kind == "t5":
         return build_t5_tokenizer()
+    if kind in STYLES:
+        return build_llm_tokenizer(kind)
     return build_clip_tokenizer(pad_token="!" if kind == "clip-bang" else "<|endoftext|>")
 
 
@@ -28,8 +31,10 @@ def make_text_encoder(spec: EncoderSpec, dtype: torch.dtype = torch.float32) -> 
     """A text encoder with random weights drawn from torch's current RNG state, in ``dtype``."""
     import transformers
 
-    config_cls = transformers.T5Config if spec.model_class == "T5EncoderModel" else transformers.CLIPTextConfig
     model_cls = getattr(transformers, spec.model_class)
+    config_cls = {"T5EncoderModel": transformers.T5Config}.get(spec.model_class, model_cls.config_class)
+    if spec.model_class.startswith("CLIPText"):
+        config_cls = transformers.CLIPTextConfig
     config = config_cls(**spec.config)
     if dtype == torch.float32:
         return model_cls(config).eval()
@@ -37,11 +42,16 @@ def make_text_encoder(spec: EncoderSpec, dtype: torch.dtype = torch.float32) -> 
     return model_cls._from_config(config, dtype=dtype).eval()
 
 
-def _denoiser(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _denoiser(arch: str, kwargs: dict[str, Any], name: str = "") -> torch.nn.Module:
     import diffusers
 
-    name = {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}.get(arch, "UNet2DConditionModel")
-    return getattr(diffusers, name)(**kwargs).eval()
+    name = name or {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}.get(arch, "UNet2DConditionModel")
+    model = getattr(diffusers, name)(**kwargs).eval()
+    for pad in ("x_pad_token", "cap_pad_token"):  # Z-Image allocates these with torch.empty
+        if hasattr(model, pad):
+            with torch.no_grad():
+                getattr(model, pad).normal_()
+    return model
 
 
 def make_pipeline(size: str = "tiny", seed: int = 0, arch: str = "sd1", dtype: str = "float32"):
@@ -51,7 +61,6 @@ def make_pipeline(size: str = "tiny", seed: int = 0, arch: str = "sd1", dtype: s
     build (T5-XXL: 9.5 GB instead of 19 GB).
     """
     import diffusers
-    from diffusers import AutoencoderKL
 
     cfg = pipeline_configs(size, arch)
     check_choice("dtype", dtype, DTYPES)
@@ -64,15 +73,18 @@ def make_pipeline(size: str = "tiny", seed: int = 0, arch: str = "sd1", dtype: s
             parts[name] = make_text_encoder(spec, torch_dtype)
             parts[name.replace("text_encoder", "tokenizer")] = make_tokenizer(spec.tokenizer)
         torch.manual_seed(seed + _SEED_OFFSETS["denoiser"])
-        parts["transformer" if arch in ("sd3", "flux") else "unet"] = _denoiser(arch, cfg.denoiser).to(torch_dtype)
+        denoiser = "unet" if arch in ("sd1", "sd2", "sdxl") else "transformer"
+        parts[denoiser] = _denoiser(arch, cfg.denoiser, cfg.denoiser_class).to(torch_dtype)
         torch.manual_seed(seed + _SEED_OFFSETS["vae"])
-        parts["vae"] = AutoencoderKL(**cfg.vae).eval().to(torch_dtype)
+        parts["vae"] = getattr(diffusers, cfg.vae_class)(**cfg.vae).eval().to(torch_dtype)
     parts["scheduler"] = getattr(diffusers, SCHEDULER_CLASSES[arch])(**cfg.scheduler)
     if arch in ("sd1", "sd2"):
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     elif arch == "sdxl":
         parts.update(image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=True,
                      add_watermarker=False)
+    elif arch == "chroma":
+        parts.update(image_encoder=None, feature_extractor=None)
     return getattr(diffusers, PIPELINE_CLASSES[arch])(**parts)
 
 

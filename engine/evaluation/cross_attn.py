@@ -19,13 +19,12 @@ import torch
 
 from engine.evaluation.scoring import EditScores, pair_probs_l2
 from engine.evaluation.text_metrics import FeatureCache
+from engine.methods.closed_form.projections import cross_attention_projections, text_width, token_embeddings
 from engine.request import EditRequest
 
 
 def projections(model: Any) -> dict[str, torch.nn.Linear] | None:
     """The cross-attention K/V projections of the model's UNet, or None when it has none."""
-    from engine.methods.closed_form import cross_attention_projections, text_width
-
     unet = getattr(getattr(model, "pipeline", None), "unet", None)
     if not isinstance(unet, torch.nn.Module):
         return None
@@ -61,8 +60,6 @@ def _encoder_state(encoder: torch.nn.Module) -> tuple:
 
 def _mean_embeddings(model: Any, texts: list[str]) -> torch.Tensor:
     """[N, d] float64 cpu: ``token_embeddings(model, texts)`` averaged over the positions (cached)."""
-    from engine.methods.closed_form import token_embeddings
-
     encoder = model.text_encoder
     key = (_encoder_state(encoder), int(model.adapter.max_length), id(model.tokenizer), str(model.device),
            tuple(texts))

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from engine.evaluation.config import GENERALITY_THRESHOLDS
 
@@ -30,6 +32,8 @@ METRIC_NAMES = ("efficacy", "generality", "generality_75", "generality_90", "spe
 
 def pair_probs(feats: torch.Tensor, feats_a: torch.Tensor, feats_b: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """softmax(scale * cos) over [A, B] per row; inputs [N, d] (need not be normalized)."""
+    import torch  # deferred for `refact bench ls/show` (start-up rule: refact_tui/cli/__init__.py)
+
     f = torch.nn.functional.normalize(feats.float(), dim=-1)
     a = torch.nn.functional.normalize(feats_a.float(), dim=-1)
     b = torch.nn.functional.normalize(feats_b.float(), dim=-1)
@@ -39,6 +43,8 @@ def pair_probs(feats: torch.Tensor, feats_a: torch.Tensor, feats_b: torch.Tensor
 
 def pair_probs_l2(feats: torch.Tensor, feats_a: torch.Tensor, feats_b: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(-||f - t|| / temperature) over [A, B] per row (the engine's default l2 similarity)."""
+    import torch  # deferred for `refact bench ls/show` (start-up rule: refact_tui/cli/__init__.py)
+
     f = feats.float()
     logits = -torch.stack([(f - feats_a.float()).norm(dim=-1), (f - feats_b.float()).norm(dim=-1)], dim=-1)
     return (logits / temperature).softmax(-1)

@@ -1,4 +1,4 @@
-"""Read edit-request files: RoAD CSV, TIMED CSV, our JSON Lines and JSON.
+"""Read edit-request files: RoAD CSV, TIMED CSV, ICEB CSV, our JSON Lines and JSON.
 
 ``load_requests(path)`` detects the format from the extension and the header, validates every
 row and returns an ``ImportResult``; a file with any problem imports nothing unless
@@ -20,6 +20,7 @@ from engine.importers.base import (
     ImportResult,
     read_csv,
 )
+from engine.importers.iceb import is_iceb_header, parse_iceb, read_class_prompts
 from engine.importers.jsonl import parse_json, parse_jsonl
 from engine.importers.road import is_road_header, parse_road
 from engine.importers.timed import is_timed_header, parse_timed
@@ -35,7 +36,7 @@ __all__ = [
     "load_requests",
 ]
 
-FORMATS = ("auto", "road", "timed", "jsonl", "json", "csv")
+FORMATS = ("auto", "road", "timed", "iceb", "jsonl", "json", "csv")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # far above any real request file; guards against a wrong path
 
 
@@ -72,7 +73,7 @@ def read_text(path: Path, encoding_errors: str = "strict") -> str:
 
 
 def detect_format(path: Path, text: str) -> str:
-    """"road", "timed", "jsonl" or "json", from the extension, then the content."""
+    """"road", "timed", "iceb", "jsonl" or "json", from the extension, then the content."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl" or suffix == ".ndjson":
         return "jsonl"
@@ -89,13 +90,15 @@ def detect_format(path: Path, text: str) -> str:
 
 def _csv_flavour(path: Path, text: str) -> str:
     header = read_csv(text, str(path)).header
+    if is_iceb_header(header):
+        return "iceb"
     if is_road_header(header):
         return "road"
     if is_timed_header(header):
         return "timed"
     raise ImportFileError(
         f"{path} is not a known request format (expected RoAD CSV with Prompt/Old/New, TIMED CSV with "
-        "old/new, .jsonl or .json); fix the header or pass --format"
+        "old/new, ICEB CSV with source/dest/prompts, .jsonl or .json); fix the header or pass --format"
     )
 
 
@@ -107,15 +110,19 @@ def load_requests(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     checker: RequestChecker | None = None,
     encoding_errors: str = "strict",
+    negatives: str | Path | None = None,
 ) -> ImportResult:
     """Read and validate a request file.
 
-    ``format`` is "auto", "road", "timed", "csv" (RoAD or TIMED by header), "jsonl" or "json".
+    ``format`` is "auto", "road", "timed", "iceb", "csv" (RoAD, TIMED or ICEB by header), "jsonl" or
+    "json". ``negatives`` (ICEB only) is a class-prompt file (``modify_imgnet_prompts.csv``) that the
+    specificity probes are drawn from.
     ``checker`` checks every text the worker will encode (all templates, every encoder's limit);
     a bare ``tokenizer`` stands for ``RequestChecker.single(tokenizer, max_tokens)`` with the
     default templates. ``encoding_errors`` "replace" reads invalid UTF-8 as U+FFFD instead of
     refusing the file. Problems are returned in ``ImportResult.errors``; only an unreadable, empty,
-    non-UTF-8 or unrecognisable file raises ImportFileError.
+    non-UTF-8 or unrecognisable file (or ``negatives`` file, or ``negatives`` with another format)
+    raises ImportFileError.
     """
     if checker is None and tokenizer is not None:
         checker = RequestChecker.single(tokenizer, max_tokens)
@@ -126,6 +133,14 @@ def load_requests(
     fmt = detect_format(path, text) if format == "auto" else format
     if fmt == "csv":
         fmt = _csv_flavour(path, text)
+    if negatives is not None and fmt != "iceb":
+        raise ImportFileError(f"--negatives applies to ICEB files only and {path} is {fmt}; leave it out")
+    if fmt == "iceb":
+        classes = []
+        if negatives is not None:
+            neg_path = Path(negatives).expanduser()
+            classes = read_class_prompts(neg_path, read_text(neg_path, encoding_errors))
+        return parse_iceb(read_csv(text, str(path)), path, checker, skip_invalid, classes)
     if fmt == "jsonl":
         return parse_jsonl(text, path, checker, skip_invalid)
     if fmt == "json":

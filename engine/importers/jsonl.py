@@ -23,7 +23,7 @@ from engine.importers.base import (
     collect,
     finish_request,
 )
-from engine.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, Probe
 
 TEXT_FIELDS = ("prompt", "source", "target")

@@ -1,48 +1,59 @@
-"""The edit-method interface shared by the worker, the bench and the history.
+"""The edit-method contract shared by the worker, the bench, `refact layers` and the history.
 
-A method computes an ``EditDelta`` for a request without touching the model (``compute``), checks
-first that it can edit the model's family (``check``: a one-line ``MethodRefusedError`` otherwise)
-and has its own frozen hyperparameter dataclass (``hparams_from_dict`` / ``default_hparams``).
-``applied(model, delta)`` applies a delta for the duration of a block and puts the touched weights
-back bit-exactly from a copy (never by subtracting).
+``EditMethod.compute(model, requests, hparams, context) -> EditOutcome``: 1..N requests over the
+slots planned for them, one delta, never touching the weights; ``EditOutcome.insert`` applies it.
+``check`` refuses (one line, MethodRefusedError) a model the method cannot edit; every method has
+its own frozen hyperparameter dataclass (``hparams_from_dict`` / ``default_hparams``).
+``EditContext`` carries what a run supplies besides the hyperparameters: the second-moment cache,
+progress and step callbacks, the stop check, the earlier requests to protect.
 """
 
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import torch
 
-from engine.delta import EditDelta, component_module
-from engine.errors import EngineError
+from engine.covariance import SecondMomentStore
+from engine.delta import component_module
+from engine.events import ProgressCallback, StepEvent, StopCheck
+from engine.methods.errors import MethodRefusedError
+from engine.methods.outcome import EditOutcome
 from engine.request import EditRequest
 
-METHODS = ("refact", "time", "uce")
+if TYPE_CHECKING:
+    from engine.methods.refact.batch import BatchInsertConfig
 
-
-class MethodError(EngineError):
-    """An unknown method or bad method hyperparameters."""
-
-
-class MethodRefusedError(EngineError):
-    """The method cannot edit this model (e.g. a UNet method on a pipeline without a UNet)."""
+# (slot name, request position, step event) for every v* step of every slot and request
+OutcomeStepCallback = Callable[[str, int, StepEvent], None]
+# Earlier edits to protect (--preserve): per slot name, or one sequence for every slot (one-slot models).
+PreserveRequests = Union[Sequence[EditRequest], Mapping[str, Sequence[EditRequest]]]
 
 
 @dataclass
-class MethodResult:
-    """What one method produced for one request: the delta and a few numbers for reports."""
+class EditContext:
+    """What a run supplies to ``EditMethod.compute`` besides the model, requests and hyperparameters.
 
-    delta: EditDelta
-    method: str
-    seconds: float
-    p_target: float | None = None       # ReFACT's final P(target); None for closed-form methods
-    steps_run: int = 0
-    early_stopped: bool = False
-    detail: Any = None                   # the method's own result object (ReFACT: EditResult)
-    numbers: dict[str, float] = field(default_factory=dict)
+    ``insertion``: ReFACT only, how N requests go into the weights as one delta (joint, spread, ...;
+    None: one request over every slot, or the rank-one sum for several); ``batch_size`` caps the
+    requests per padded batch of the vectorised v*. Closed-form methods ignore what they do not use."""
+
+    second_moments: SecondMomentStore | None = None
+    corpus: Path | None = None
+    n_samples: int | None = None
+    progress: ProgressCallback | None = None
+    on_step: OutcomeStepCallback | None = None
+    should_stop: StopCheck | None = None
+    preserve: PreserveRequests = ()
+    insertion: "BatchInsertConfig | None" = None
+    batch_size: int | None = None
+
+    def step(self, slot: str, request: int, event: StepEvent) -> None:
+        if self.on_step is not None:
+            self.on_step(slot, request, event)
 
 
 class EditMethod:
@@ -50,6 +61,8 @@ class EditMethod:
 
     name: str = ""
     component: str = ""          # the pipeline component the deltas edit
+    needs_pipeline = False       # edits a part of the pipeline besides its text encoders (the caller loads it)
+    vectorised = False           # ``compute_each`` shares work between the requests
 
     def default_hparams(self, model: Any) -> Any:
         raise NotImplementedError
@@ -60,16 +73,26 @@ class EditMethod:
     def check(self, model: Any) -> None:
         """Raise MethodRefusedError (one line) when the method cannot edit ``model``."""
 
-    def compute(self, model: Any, request: EditRequest, hparams: Any, **kwargs: Any) -> MethodResult:
-        """The delta for ``request``; never modifies weights."""
+    def check_hparams(self, model: Any, hparams: Any) -> None:
+        """Raise a one-line error when ``hparams`` cannot edit ``model`` (e.g. a layer it lacks)."""
+
+    def compute(self, model: Any, requests: Sequence[EditRequest], hparams: Any,
+                context: EditContext | None = None) -> EditOutcome:
+        """One edit of ``requests`` (1..N); never modifies weights."""
         raise NotImplementedError
 
+    def compute_each(self, model: Any, requests: Sequence[EditRequest], hparams: Any,
+                     context: EditContext | None = None) -> list[EditOutcome]:
+        """One independent edit per request, each as ``compute`` of that request alone (a method may
+        share work between them, e.g. ReFACT's vectorised v*)."""
+        return [self.compute(model, [r], hparams, context) for r in requests]
+
     def target_modules(self, model: Any, hparams: Any) -> dict[str, torch.nn.Module]:
-        """"component:module" -> the Linear modules this method may edit (hashed before every bench row)."""
+        """"component:module" -> every Linear this method may edit (hashed before every bench row)."""
         raise NotImplementedError
 
     def weights_hash(self, model: Any, hparams: Any) -> str:
-        """sha256 over the weights this method edits (cheap: only those matrices)."""
+        """sha256 over the weights this method may edit (cheap: only those matrices)."""
         h = hashlib.sha256()
         for name, mod in sorted(self.target_modules(model, hparams).items()):
             w = mod.weight.detach().to("cpu").contiguous()
@@ -77,53 +100,6 @@ class EditMethod:
             h.update(str(w.dtype).encode())
             h.update(w.numpy().tobytes() if w.dtype != torch.bfloat16 else w.float().numpy().tobytes())
         return h.hexdigest()
-
-
-def get_method(name: str) -> EditMethod:
-    """The method called ``name`` (refact, time or uce); MethodError for anything else."""
-    key = (name or "").strip().lower()
-    if key == "refact":
-        from engine.methods.refact import ReFACTMethod
-
-        return ReFACTMethod()
-    if key == "time":
-        from engine.methods.time import TimeMethod
-
-        return TimeMethod()
-    if key == "uce":
-        from engine.methods.uce import UCEMethod
-
-        return UCEMethod()
-    raise MethodError(f"unknown edit method {name!r}; use one of {', '.join(METHODS)}")
-
-
-class WeightSnapshot:
-    """CPU copies of the weights a delta touches, restored in place bit-exactly."""
-
-    def __init__(self, model: Any, delta: EditDelta) -> None:
-        self._saved: list[tuple[torch.nn.Module, torch.Tensor]] = []
-        seen: set[int] = set()
-        for update in delta.updates:
-            linear = update.linear(model)
-            if id(linear) not in seen:
-                seen.add(id(linear))
-                self._saved.append((linear, linear.weight.detach().clone()))
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for linear, weight in self._saved:
-            linear.weight.copy_(weight)
-
-
-@contextmanager
-def applied(model: Any, delta: EditDelta) -> Iterator[None]:
-    """Apply ``delta`` inside the block; afterwards the touched weights are bit-exactly the old ones."""
-    snap = WeightSnapshot(model, delta)
-    delta.apply(model)
-    try:
-        yield
-    finally:
-        snap.restore()
 
 
 def pipeline_component(model: Any, component: str, method: str) -> torch.nn.Module:

@@ -38,13 +38,28 @@ def _parse_hp(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--hp")
+        if not sep or not key.strip():
+            from engine.methods.refact.hparams import HParamsError
+
+            raise HParamsError(f"--hp {item!r} is not KEY=VALUE; pass e.g. --hp lam=0.1")
         try:
             out[key.strip()] = json.loads(raw)
         except ValueError:
             out[key.strip()] = raw
     return out
+
+
+def _hparams(method: str, hp: list[str], layer: list[str] | None, slots: str | None) -> dict[str, Any]:
+    """--hp KEY=VALUE plus ReFACT's --layer / --slots (the same values `refact queue add` takes)."""
+    from engine.methods.refact.hparams import HParamsError
+    from refact_tui.cli.common import parse_layers, parse_slots
+
+    per_slot = {**parse_layers(layer), **parse_slots(slots)}
+    if per_slot and method.strip().lower() != "refact":
+        raise HParamsError(f"--layer and --slots choose ReFACT's encoder slots; {method} takes --hp KEY=VALUE")
+    if "slots" in per_slot:
+        per_slot["slots"] = list(per_slot["slots"])
+    return {**_parse_hp(hp), **per_slot}
 
 
 @bench_app.command("run", hidden=True)
@@ -54,8 +69,14 @@ def run(
     method: str = typer.Option("refact", "--method", help="refact, time or uce."),
     hp: list[str] = typer.Option([], "--hp", help="Method hyperparameter KEY=VALUE (repeatable), e.g. layer=9, "
                                  "lam=0.1, with_to_k=true."),
+    layer: Optional[list[str]] = typer.Option(None, "--layer", help="ReFACT: N (the first encoder slot) or SLOT=N "
+                                              "per slot, repeatable, as for `refact queue add`."),
+    slots: Optional[str] = typer.Option(None, "--slots", help="ReFACT: encoder slots to edit, comma-separated "
+                                        "(default: every text encoder of the pipeline, as a queued job)."),
     text_only: bool = typer.Option(False, "--text-only", help="Text space and cross-attention proxy only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="First N rows only."),
+    negatives: Optional[Path] = typer.Option(None, "--negatives", help="ICEB: class-prompt file "
+                                             "(modify_imgnet_prompts.csv) for the specificity probes."),
     seeds: int = typer.Option(25, "--seeds", help="Images per prompt (paper: 25).", rich_help_panel=IMG),
     steps: int = typer.Option(50, "--steps", help="Denoising steps (paper: 50).", rich_help_panel=IMG),
     size: Optional[int] = typer.Option(None, "--size", help="Image side (default: the pipeline's).", rich_help_panel=IMG),
@@ -74,8 +95,10 @@ def run(
     from refact_tui.services.bench import run_bench
     from refact_tui.services.bench_config import BenchOptions
 
-    options = BenchOptions(file=str(file.expanduser().absolute()), method=method, hparams=_parse_hp(hp),
+    options = BenchOptions(file=str(file.expanduser().absolute()), method=method,
+                           hparams=_hparams(method, hp, layer, slots),
                            text_only=text_only, limit=limit, seeds=seeds, steps=steps, height=size, width=size,
+                           negatives=str(negatives.expanduser().absolute()) if negatives else None,
                            judge=judge, captions=str(captions) if captions else None, n_captions=n_captions,
                            batch_size=batch_size, model=model, device=device, stats_samples=stats_samples)
     progress, on_progress = progress_printer(disable=json_out)
@@ -101,7 +124,7 @@ def _finish(ctx, run_id: int, json_out: bool, csv_out: Path | None) -> None:
 
 def print_view(view) -> None:
     """The paper table per space, the per-row table with failed probes, quality and notes."""
-    from refact_tui.services.bench_view import fmt_value, row_cells, space_title
+    from refact_tui.services.bench_view import edited_label, fmt_value, row_cells, space_title
 
     console.print(f"[bold]bench run {view.id}[/]: {view.method} on {view.n_rows} row(s) of "
                   f"{view.config.get('corpus', {}).get('path', '?')} ({view.seconds:.1f} s, "
@@ -112,9 +135,10 @@ def print_view(view) -> None:
                      for p in view.paper if p.space == space])
     if view.rows:
         spaces = view.spaces
-        print_table("per row (efficacy generality specificity)", ["#", "prompt", "source → target", *spaces, "failed probes"],
+        print_table("per row (efficacy generality specificity)",
+                    ["#", "prompt", "source → target", *spaces, "edited", "failed probes"],
                     [(r.index + 1, short(r.prompt, 28), short(f"{r.source} → {r.target}", 34), *row_cells(r, spaces),
-                      _failed(r.failed)) for r in view.rows])
+                      edited_label(r.edited), _failed(r.failed)) for r in view.rows])
     q = view.quality
     if q:
         fid = "-" if q.get("fid") is None else f"{q['fid']:.2f}"

@@ -18,6 +18,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine.methods.refact.hparams import HPARAM_RANGES, NORMALIZED_FEATURES_TEMPERATURE, SIMILARITIES, ReFACTHParams
+
+# Typer prints a "<bool>" type next to on/off flags, which take no value: show no type for flags.
+# (One class-level override, so every command's --help, --json, --yes, ... follows it.)
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+
 # file=None makes rich resolve sys.stdout / sys.stderr at print time (CliRunner swaps them).
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -117,8 +124,8 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     from refact_tui.services.display import plain
 
     table = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for col in columns:  # a header never wraps mid-word (min_width); long cells fold
+        table.add_column(col, overflow="fold", min_width=max((len(w) for w in col.split()), default=1))
     for row in rows:
         table.add_row(*(v if isinstance(v, Text) else plain("-" if v is None else v) for v in row))
     console.print(table)
@@ -143,7 +150,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON in
 
 def parse_layers(values: Any) -> dict[str, Any]:
     """``--layer`` values (N, or SLOT=N per encoder slot, repeatable) -> {"layer": N, "slot_layers": {...}}."""
-    from engine.hparams import HParamsError
+    from engine.methods.refact.hparams import HParamsError
 
     if values is None or isinstance(values, int):
         return {} if values is None else {"layer": values}
@@ -169,11 +176,16 @@ def parse_layers(values: Any) -> dict[str, Any]:
 
 
 def parse_slots(value: str | None) -> dict[str, Any]:
-    """``--slots a,b`` -> {"slots": ("a", "b")} (empty when not given)."""
-    if not value:
+    """``--slots a,b`` -> {"slots": ("a", "b")} (empty when not given); HParamsError when it names none."""
+    from engine.methods.refact.hparams import HParamsError
+
+    if value is None:
         return {}
     names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
-    return {"slots": names} if names else {}
+    if not names:
+        raise HParamsError(f"--slots {value!r} names no encoder slot; give e.g. --slots text_encoder "
+                           "(`refact layers` lists them), or leave it out to edit every slot")
+    return {"slots": names}
 
 
 def hparam_overrides(
@@ -202,21 +214,39 @@ def hparam_overrides(
 
 # Reusable option declarations for the hyperparameters (queue add / import / replay).
 HP = "Hyperparameters"
+_PAPER = ReFACTHParams()
+_RANGES = {r.name: r for r in HPARAM_RANGES}
+
+
+def _hp(name: str, text: str, default: str | None = None) -> str:
+    """Help text with the hyperparameter's default and allowed range."""
+    shown = default if default is not None else f"{getattr(_PAPER, name):g}"
+    spec = _RANGES.get(name)
+    allowed = spec.describe().replace("a finite number in ", "").replace("an integer in ", "") if spec else None
+    return f"{text} Default {shown}" + (f"; range {allowed}." if allowed else ".")
 LayerOpt = typer.Option(None, "--layer", help="Encoder layer whose fc2 is edited: N (the first encoder slot) "
-                        "or SLOT=N per slot, repeatable (e.g. --layer text_encoder=8 --layer text_encoder_2=26).",
+                        "or SLOT=N per slot, repeatable (e.g. --layer text_encoder=8 --layer text_encoder_2=26). "
+                        "Default: the workspace's (7 on SD1); range 0..layers-1.",
                         rich_help_panel=HP)
 SlotsOpt = typer.Option(None, "--slots", help="Encoder slots to edit, comma-separated (default: every text "
                         "encoder of the pipeline; see `refact layers`).", rich_help_panel=HP)
-LrOpt = typer.Option(None, "--lr", help="Adam learning rate for v*.", rich_help_panel=HP)
-StepsOpt = typer.Option(None, "--max-steps", help="Most optimization evaluations.", rich_help_panel=HP)
-ThresholdOpt = typer.Option(None, "--prob-threshold", help="Early stop at this mean P(target).", rich_help_panel=HP)
-WdOpt = typer.Option(None, "--weight-decay", help="Weight decay on ||delta||.", rich_help_panel=HP)
-ClampOpt = typer.Option(None, "--clamp-factor", help="Clamp ||delta|| to this times ||v0||.", rich_help_panel=HP)
-SimOpt = typer.Option(None, "--similarity", help="l2 or cosine.", rich_help_panel=HP)
-TempOpt = typer.Option(None, "--temperature", help="Softmax temperature.", rich_help_panel=HP)
-RidgeOpt = typer.Option(None, "--ridge", help="Ridge added to C before the solve.", rich_help_panel=HP)
-PreserveOpt = typer.Option(None, "--preserve", help="Weight of earlier edits' keys in C (0 = paper's ReFACT; "
-                           "e.g. 1 protects earlier edits of the same layer).", rich_help_panel=HP)
+LrOpt = typer.Option(None, "--lr", help=_hp("lr", "Adam learning rate for v*."), rich_help_panel=HP)
+StepsOpt = typer.Option(None, "--max-steps", help=_hp("max_steps", "Most optimization evaluations."),
+                        rich_help_panel=HP)
+ThresholdOpt = typer.Option(None, "--prob-threshold", help=_hp("prob_threshold", "Early stop at this mean P(target)."),
+                            rich_help_panel=HP)
+WdOpt = typer.Option(None, "--weight-decay", help=_hp("weight_decay", "Weight decay on ||delta||."), rich_help_panel=HP)
+ClampOpt = typer.Option(None, "--clamp-factor", help=_hp("clamp_factor", "Clamp ||delta|| to this times ||v0||."),
+                        rich_help_panel=HP)
+SimOpt = typer.Option(None, "--similarity", help=f"{' or '.join(SIMILARITIES)}. Default {_PAPER.similarity}.",
+                      rich_help_panel=HP)
+TempOpt = typer.Option(None, "--temperature", help=_hp(
+    "temperature", "Softmax temperature.",
+    f"{_PAPER.temperature:g}, {NORMALIZED_FEATURES_TEMPERATURE:g} on encoders with normalised features, "
+    "as recorded by `refact init`"), rich_help_panel=HP)
+RidgeOpt = typer.Option(None, "--ridge", help=_hp("ridge", "Ridge added to C before the solve."), rich_help_panel=HP)
+PreserveOpt = typer.Option(None, "--preserve", help=_hp("preserve", "Weight of earlier edits' keys in C (0 = paper's "
+                           "ReFACT; e.g. 1 protects earlier edits of the same layer)."), rich_help_panel=HP)
 
 # name -> (type, option) of every hyperparameter option, in help order.
 HPARAM_OPTIONS: dict[str, tuple[type, Any]] = {

@@ -66,6 +66,10 @@ def print_report(report) -> None:
         names = [m.name for m in report.lines if any(m.name in v for v in report.per_slot.values())]
         print_table("text space per encoder slot", ["metric", *slots],
                     [(n, *(fmt_float(report.per_slot[s].get(n)) for s in slots)) for n in names])
+    for edit_id, rows in report.per_request.items():  # a batch edit: the table above is the mean of these
+        names = [m.name for m in report.lines if m.text is not None and all(m.name in r for r in rows)]
+        print_table(f"edit {edit_id}: text space per request ({len(rows)} requests)", ["request", *names],
+                    [(i, *(fmt_float(r[n]) for n in names)) for i, r in enumerate(rows, 1)])
     for path in report.grids:
         console.print(f"grid  {path}", markup=False)
     for note in report.notes:
@@ -90,7 +94,7 @@ def progress_printer(disable: bool = False):
 
     progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                        transient=True, disable=disable)
+                        transient=True, disable=disable or not console.is_terminal)  # piped: no bars, no blank line
     tasks: dict[str, int] = {}
 
     def on_progress(p) -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-
 import typer
 
-from refact_tui.services.display import markup_escape as esc, quoted
 from refact_tui.cli.common import (
-    JSON_OPTION, console, fmt_float, open_workspace, print_json, print_table, short, with_hparam_options,
+    JSON_OPTION,
+    console,
+    fmt_float,
+    open_workspace,
+    print_json,
+    print_table,
+    short,
+    with_hparam_options,
 )
+from refact_tui.services.convergence import edit_label
+from refact_tui.services.display import markup_escape as esc
+from refact_tui.services.display import quoted
 
 PANEL = "History"
 
@@ -20,12 +28,20 @@ def register(app: typer.Typer) -> None:
         app.command(name, rich_help_panel=PANEL)(fn)
 
 
+def edit_where(e) -> str:
+    """What an edit changed: its encoder layer, or for a UNet method (TIME / UCE, recorded with layer -1)
+    its method and the component and modules it edited."""
+    if e.layer is not None and e.layer >= 0:
+        return str(e.layer)
+    return f"{getattr(e, 'method', '') or 'edit'} ({e.module})" if e.module else str(getattr(e, "method", "-"))
+
+
 def print_edits(edits, title: str) -> None:
     print_table(
         title,
         ["seq", "id", "status", "prompt", "source → target", "layer", "steps", "P(target)", "‖δ‖"],
-        [[e.seq, e.id, e.status, short(e.request.prompt, 32), short(f"{e.request.source} → {e.request.target}", 36),
-          e.layer, e.steps_run, fmt_float(e.p_target, 3), fmt_float(e.delta_norm, 3)] for e in edits],
+        [[e.seq, e.id, edit_label(e), short(e.request.prompt, 32), short(f"{e.request.source} → {e.request.target}", 36),
+          edit_where(e), e.steps_run, fmt_float(e.p_target, 3), fmt_float(e.delta_norm, 3)] for e in edits],
     )
 
 
@@ -58,7 +74,8 @@ def show(ctx: typer.Context, edit_id: int = typer.Argument(..., help="Edit id (s
         print_json(out)
         return
     e = d.edit
-    console.print(f"[bold]edit {e.id}[/] (seq {e.seq} of {esc(d.history_name)}, {e.status}, layer {e.layer}, {esc(e.device)})")
+    console.print(f"[bold]edit {e.id}[/] (seq {e.seq} of {esc(d.history_name)}, {esc(edit_label(e))}, layer {esc(edit_where(e))}, "
+                  f"{esc(e.device)})")
     console.print(f"  prompt  {esc(quoted(e.request.prompt))} (subject {esc(quoted(e.request.subject_text))})")
     console.print(f"  change  {esc(quoted(e.request.source))} → {esc(quoted(e.request.target))}")
     hp = e.hparams.to_dict()

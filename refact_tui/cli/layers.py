@@ -31,7 +31,7 @@ def layers(
 ) -> None:
     """Edit one request at every editable layer of a slot on a scratch copy (the workspace's model at its
     head, in memory; nothing is recorded) and print efficacy, generality, specificity and drift per layer."""
-    from engine.hparams import HParamsError
+    from engine.methods.refact.hparams import HParamsError
     from engine.request import EditRequest, Probe
     from refact_tui.services.layers import sweep_workspace
 

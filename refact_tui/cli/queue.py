@@ -7,9 +7,15 @@ from pathlib import Path
 import typer
 
 from refact_tui.cli.common import (
-    JSON_OPTION, console, err_console, open_workspace, print_json, print_table, short, with_hparam_options,
+    JSON_OPTION,
+    console,
+    err_console,
+    open_workspace,
+    print_json,
+    print_table,
+    short,
+    with_hparam_options,
 )
-
 from refact_tui.services.display import plain, quoted
 
 queue_app = typer.Typer(help="The edit queue the worker (`refact run`) processes.", no_args_is_help=True)
@@ -50,10 +56,9 @@ def add(
 ) -> None:
     """Queue one edit on the current history."""
     from engine.request import EditRequest
-    from refact_tui.services.queue import add_edit
-
     from refact_tui.cli.bench import _parse_hp
     from refact_tui.services.methods import with_method
+    from refact_tui.services.queue import add_edit
 
     request = with_method(EditRequest(prompt=prompt, source=source, target=target, subject=subject), method,
                           _parse_hp(method_hp))
@@ -71,7 +76,9 @@ def add(
 def import_(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="RoAD / TIMED CSV, JSONL or JSON file of edit requests."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto | road | timed | jsonl | json"),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | road | timed | iceb | jsonl | json"),
+    negatives: Path = typer.Option(None, "--negatives", help="ICEB: class-prompt file (modify_imgnet_prompts.csv) "
+                                   "the specificity probes are drawn from."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Queue the valid rows, report the rest."),
     allow_duplicate: bool = typer.Option(False, "--allow-duplicate",
                                          help="Also queue requests already queued or applied."),
@@ -92,7 +99,7 @@ def import_(
     with open_workspace(ctx) as ws:
         report = import_requests(ws, file, format=format, skip_invalid=skip_invalid, hparams=hparams,
                                  allow_duplicates=allow_duplicate, encoding_errors=encoding_errors,
-                                 method=method, method_hparams=method_hparams or None)
+                                 method=method, method_hparams=method_hparams or None, negatives=negatives)
     if json_out:
         print_json({"added": [j.id for j in report.added], "errors": [str(e) for e in report.errors],
                     "skipped_invalid": report.skipped_invalid, "duplicates": report.duplicates})
@@ -179,10 +186,21 @@ def cancel(ctx: typer.Context, job_id: int = typer.Argument(...), json_out: bool
 
 
 @queue_app.command("retry")
-def retry(ctx: typer.Context, job_id: int = typer.Argument(...), json_out: bool = JSON_OPTION) -> None:
-    """Queue a failed or cancelled job again."""
-    from refact_tui.services.queue import retry as retry_job
+def retry(
+    ctx: typer.Context,
+    job_ids: list[int] = typer.Argument(None, help="Failed or cancelled jobs to queue again."),
+    all_failed: bool = typer.Option(False, "--all-failed", help="Every failed job."),
+    reason: str = typer.Option(None, "--reason", help="Only failed jobs whose error contains this text "
+                               "(case-insensitive; implies --all-failed without ids)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Queue failed or cancelled jobs again (all of them or none)."""
+    from refact_tui.services.queue import retry_many
 
     with open_workspace(ctx) as ws:
-        job = retry_job(ws, job_id)
-    print_json(job) if json_out else console.print(f"job {job.id} queued again")
+        jobs = retry_many(ws, list(job_ids or []), all_failed=all_failed, reason=reason)
+    if json_out:
+        print_json(jobs)
+    else:
+        ids = ", ".join(str(j.id) for j in jobs)
+        console.print(f"job {ids} queued again" if len(jobs) == 1 else f"jobs {ids} queued again")

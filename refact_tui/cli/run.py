@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from refact_tui.services.display import markup_escape, plain
 from refact_tui.cli.common import JSON_OPTION, console, open_workspace, print_json, short
+from refact_tui.services.convergence import APPLIED, applied_label, count_line
+from refact_tui.services.display import markup_escape, plain
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +21,7 @@ class JobProgress:
         self.progress = progress
         self.task = None
         self.max_steps = 0
+        self.budget_used = 0  # applied edits that used their step budget below the threshold
 
     def __call__(self, ev) -> None:
         from engine.events import StepEvent
@@ -43,7 +45,10 @@ class JobProgress:
                      p=f"{ev.p_target:.3f}")
         elif isinstance(ev, JobFinished) and self.task is not None:
             p.update(self.task, completed=self.max_steps, p=f"{ev.p_target:.3f}")
-            p.console.print(f"[green]✓[/] job {ev.job_id} → edit {ev.seq}: P(target) {ev.p_target:.3f} after "
+            label = applied_label(ev.p_target, ev.steps_run, ev.early_stopped, ev.prob_threshold)
+            mark = "[green]✓[/]" if label == APPLIED else "[yellow]![/]"
+            self.budget_used += label != APPLIED
+            p.console.print(f"{mark} {label} job {ev.job_id} → edit {ev.seq}: P(target) {ev.p_target:.3f} after "
                             f"{ev.steps_run} steps ({ev.seconds:.1f} s)")
             self.task = None
         elif isinstance(ev, JobFailed):
@@ -107,8 +112,9 @@ def make_progress(disable: bool = False) -> Progress:
     )
 
 
-def print_summary(summary) -> None:
-    parts = [f"{summary.done} edit(s) applied", f"{summary.failed} failed"]
+def print_summary(summary, budget_used: int = 0) -> None:
+    """The count line; ``budget_used`` of the ``done`` edits did not reach their threshold."""
+    parts = [count_line(summary.done, budget_used, summary.failed)]
     if summary.requeued:
         parts.append(f"{summary.requeued} requeued")
     if summary.recovered_jobs:
@@ -121,27 +127,44 @@ def print_summary(summary) -> None:
 def run(
     ctx: typer.Context,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    max_jobs: int = typer.Option(None, "--max", min=1, help="Stop after this many jobs (at least 1)."),
+    max_jobs: int = typer.Option(None, "--max", help="Stop after this many jobs (at least 1; a batch's jobs "
+                                 "count one by one)."),
     watch: bool = typer.Option(False, "--watch", help="Keep waiting for new jobs instead of exiting."),
-    batch: int = typer.Option(None, "--batch", help="Edit up to N queued jobs of one history together as one edit."),
+    batch: int = typer.Option(None, "--batch", help="Edit up to N (1..4096) queued jobs of one history together as "
+                              "one edit."),
     insert: str = typer.Option("rank-one", "--insert", help="With --batch: rank-one | joint | spread."),
-    layers: str = typer.Option(None, "--layers", help="With --insert spread: the layers, e.g. 5,6,7."),
-    lam: float = typer.Option(None, "--lambda", help="With --batch joint/spread: ridge relative to mean diag(K^T C^-1 K)."),
-    null_space: bool = typer.Option(False, "--null-space", help="With --batch: keep earlier edits' keys exactly."),
+    layers: str = typer.Option(None, "--layers", help="With --insert spread: the layers, e.g. 5,6,7 (each must reach "
+                               "the encoder's readout, as --layer must; see `refact layers`)."),
+    lam: float = typer.Option(None, "--lambda", help="With --batch --insert joint/spread: ridge relative to mean "
+                              "diag(K^T C^-1 K), 0..0.0399 (above it the batch guard accepts empty edits); "
+                              "default 0.01."),
+    null_space: bool = typer.Option(False, "--null-space", help="With --batch --insert joint/spread: keep earlier "
+                                    "edits' keys exactly."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Run queued edits (one worker per workspace; Ctrl-C stops between steps and requeues the job)."""
-    from refact_tui.services.runner import run_worker, stop_on_signals
+    """Run queued edits (one worker per workspace; Ctrl-C stops between steps and requeues the job).
 
-    settings = batch_settings(batch, insert, layers, lam, null_space)
+    Every option is checked before the first job is claimed: a bad one exits 2 with one line."""
+    from engine.methods.refact.hparams import HParamsError
+    from refact_tui.cli.common import print_error
+    from refact_tui.services.runner import check_run_options, run_worker, stop_on_signals
+
+    try:
+        if max_jobs is not None and max_jobs < 1:
+            raise HParamsError(f"--max must be at least 1, got {max_jobs}; it is the number of jobs to run")
+        settings = batch_settings(batch, insert, layers, lam, null_space)
+        with open_workspace(ctx) as ws:
+            check_run_options(ws, device, settings)
+    except HParamsError as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
     with open_workspace(ctx) as ws, stop_on_signals() as should_stop:
         with make_progress(disable=json_out) as progress:
-            summary = run_worker(ws, device=device, max_jobs=max_jobs, on_event=JobProgress(progress),
+            job_progress = JobProgress(progress)
+            summary = run_worker(ws, device=device, max_jobs=max_jobs, on_event=job_progress,
                                  should_stop=should_stop, watch=watch, batch=settings)
-    print_json(summary) if json_out else print_summary(summary)
+    print_json(summary) if json_out else print_summary(summary, job_progress.budget_used)
     if getattr(summary, "lease_lost", None):
-        from refact_tui.cli.common import print_error
-
         print_error(summary.lease_lost)
         raise typer.Exit(1)
     if summary.failed and not summary.done:
@@ -149,19 +172,20 @@ def run(
 
 
 def batch_settings(batch, insert, layers, lam, null_space):
-    """BatchSettings from the `run` options (None: sequential, the default); one-line errors."""
-    from engine.hparams import HParamsError
+    """BatchSettings from the `run` options (None: sequential, the default); one-line HParamsError."""
+    from engine.methods.refact.hparams import HParamsError
     from refact_tui.services.batch_worker import BatchSettings
 
     if batch is None:
-        if insert != "rank-one" or layers or lam is not None or null_space:
+        if insert != "rank-one" or layers is not None or lam is not None or null_space:
             raise HParamsError("--insert, --layers, --lambda and --null-space need --batch N")
         return None
-    try:
-        parsed = tuple(int(x) for x in layers.split(",") if x.strip()) if layers else ()
-    except ValueError:
-        raise HParamsError(f"--layers {layers!r} is not a comma-separated list of layer numbers, e.g. 5,6,7") from None
-    kw = {} if lam is None else {"lam": lam}
-    settings = BatchSettings(size=batch, insert=insert, layers=parsed, null_space=null_space, **kw)
+    parsed: tuple[int, ...] = ()
+    if layers is not None:
+        try:
+            parsed = tuple(int(x) for x in layers.split(","))
+        except ValueError:
+            raise HParamsError(f"--layers {layers!r} is not a comma-separated list of layer numbers, e.g. 5,6,7") from None
+    settings = BatchSettings(size=batch, insert=insert, layers=parsed, null_space=null_space, lam=lam)
     settings.validate()
     return settings

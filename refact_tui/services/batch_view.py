@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sqlite_utils
 
 from store.batches import BatchRequestRow, batch_requests
-from store.db import fetch_all
+from store.reads import batch_jobs, edit_mean_loss_curve, last_step, mean_loss_curve
 from store.records import JobRow
 
 
@@ -38,34 +39,23 @@ class BatchLiveView:
         return sum(r.converged for r in self.rows)
 
 
-def _curve(db: sqlite_utils.Database, pairs: list[tuple[int, int]]) -> tuple[tuple[int, float], ...]:
-    if not pairs:
-        return ()
-    cond = " OR ".join("(job_id = ? AND attempt = ?)" for _ in pairs)
-    params = [x for p in pairs for x in p]
-    rows = fetch_all(db, f"SELECT step, AVG(loss) AS loss FROM steps WHERE ({cond}) AND loss IS NOT NULL "
-                         "GROUP BY step ORDER BY step", params)
-    return tuple((int(r["step"]), float(r["loss"])) for r in rows)
-
-
 def batch_live_view(db: sqlite_utils.Database, job: JobRow | None) -> BatchLiveView | None:
     """The batch ``job`` (the Live screen's job) belongs to, or None for a sequential job."""
     token = getattr(job, "batch_token", None) if job is not None else None
     if not token:
         return None
-    jobs = [JobRow.from_row(r) for r in fetch_all(db, "SELECT * FROM jobs WHERE batch_token = ? ORDER BY position, id", [token])]
+    jobs = batch_jobs(db, token)
     if not jobs:
         return None
     hp = jobs[0].hparams
     rows = []
     for j in jobs:
-        last = fetch_all(db, "SELECT step, p_target FROM steps WHERE job_id = ? AND attempt = ? ORDER BY step DESC LIMIT 1",
-                         [j.id, max(j.attempts, 1)])
-        step = int(last[0]["step"]) if last else None
-        p = last[0]["p_target"] if last else None
+        last = last_step(db, j.id, max(j.attempts, 1))
+        step = last.step if last else None
+        p = None if last is None or math.isnan(last.p_target) else last.p_target
         rows.append(BatchLiveRow(j.id, j.request.prompt, j.request.target, j.state, step, p,
                                  p is not None and p > hp.prob_threshold))
-    curve = _curve(db, [(j.id, max(j.attempts, 1)) for j in jobs])
+    curve = mean_loss_curve(db, [(j.id, max(j.attempts, 1)) for j in jobs])
     return BatchLiveView(token, tuple(rows), curve, hp.prob_threshold, hp.max_steps)
 
 
@@ -82,6 +72,4 @@ def batch_detail_view(db: sqlite_utils.Database, edit_id: int) -> BatchDetailVie
     reqs = batch_requests(db, edit_id)
     if not reqs:
         return None
-    rows = fetch_all(db, "SELECT step, AVG(loss) AS loss FROM steps WHERE edit_id = ? AND loss IS NOT NULL "
-                         "GROUP BY step ORDER BY step", [edit_id])
-    return BatchDetailView(tuple(reqs), tuple((int(r["step"]), float(r["loss"])) for r in rows))
+    return BatchDetailView(tuple(reqs), edit_mean_loss_curve(db, edit_id))

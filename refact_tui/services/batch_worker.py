@@ -1,10 +1,11 @@
-"""The batch worker: up to N queued jobs of the current history edited together as ONE edit.
+"""`refact run --batch N`: up to N queued ReFACT jobs of one history edited together as ONE edit.
 
-Same crash contract as the sequential worker (services.worker): the N jobs are claimed in one
-transaction, the delta file is written atomically before the single transaction that records the
-batch edit, finishes all N jobs, attaches their step rows and per-request results and moves the
-head. A kill before that commit leaves N running jobs that the next worker requeues; after it,
-N done jobs and one applied edit. Nothing in between exists.
+The batch is a unit of work of the worker (services.worker), with the same outcome ladder and the same
+fenced commit as a single job, so the same crash contract: the N jobs are claimed in one transaction,
+the delta file is written atomically before the single transaction that records the batch edit,
+finishes all N jobs, attaches their step rows and per-request results and moves the head. A kill
+before that commit leaves N running jobs that the next worker requeues (the death is charged to the
+batch, and each job then runs alone); after it, N done jobs and one applied edit.
 """
 
 from __future__ import annotations
@@ -12,54 +13,104 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
-
-from engine.batch_insert import DEFAULT_LAMBDA, MODES, BatchInsertConfig, compute_batch
-from engine.errors import EditCancelled, EngineError
 from engine.events import StepEvent
-from engine.hparams import HParamsError
-from engine.request import RequestError
-from refact_tui.services.methods import method_of
-from refact_tui.services.state import model_weights_hash
-from refact_tui.services.worker import JobFailed, Worker, WorkerNotice, WorkerSummary, _delta_meta, _HeadMoved
-from store.artifacts import add_artifact
-from store.batches import BatchOutcome, batch_requests, batch_step_writer, check_same_base, claim_batch, \
-    record_batch_requests, requests_of_edits, set_request_metrics
-from store.db import transaction
-from store.edits import applied_edits, record_edit
+from engine.methods.base import EditContext
+from engine.methods.refact.batch import DEFAULT_LAMBDA, MODES, BatchInsertConfig
+from engine.methods.refact.hparams import HParamsError
+from engine.methods.refact.joint_solve import residual_bound
+from engine.slots import check_slot_layer
+from refact_tui.services.methods import compute_outcome, insert_outcome
+from refact_tui.services.worker import WorkerNotice, _delta_meta
+from refact_tui.services.worker_records import touched_slots
+from store.batches import (
+    BatchOutcome,
+    batch_requests,
+    batch_step_writer,
+    check_same_base,
+    claim_batch,
+    record_batch_requests,
+    requests_of_edits,
+    set_request_metrics,
+)
+from store.edits import applied_edits
 from store.events import log_event
-from store.histories import get_history
-from store.jobs import finish_job, is_cancel_requested, peek_next, requeue_job, set_phase
-from store.leases import LeaseLostError, check_lease
-from store.steps import attach_steps
+from store.states import EditKind
+
+# `--batch` upper bound: far above any padded batch that fits a GPU, far below an integer that overflows.
+MAX_BATCH = 4096
+# `--lambda` upper bound (relative ridge, see engine.methods.refact.joint_solve); lambda_limit() may be lower.
+MAX_LAMBDA = 1.0
+
+
+def lambda_limit() -> float:
+    """The largest accepted ``--lambda``: MAX_LAMBDA, or less where the batch guard's residual bound
+    reaches 1, past which a request that ends no closer to its target would pass (an empty edit)."""
+    if residual_bound(MAX_LAMBDA) < 1.0:
+        return MAX_LAMBDA
+    lo, hi = 0.0, MAX_LAMBDA
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if residual_bound(mid) < 1.0 else (lo, mid)
+    return lo
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space]`."""
+    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space]`.
+
+    ``lam`` None: the default (DEFAULT_LAMBDA); ``--lambda`` and ``--null-space`` shape the joint and
+    spread solves only, so a rank-one batch refuses them."""
 
     size: int
     insert: str = "rank-one"
     layers: tuple[int, ...] = ()
-    lam: float = DEFAULT_LAMBDA
+    lam: float | None = None
     null_space: bool = False
     chunk: int | None = None  # requests per padded batch (memory cap); None = all N at once
 
     def validate(self) -> None:
-        if self.size < 1:
-            raise HParamsError(f"--batch must be >= 1, got {self.size}; pass the number of jobs to edit together")
+        """HParamsError (one line) on any option that cannot work or would be ignored."""
+        if not 1 <= self.size <= MAX_BATCH:
+            raise HParamsError(f"--batch must be >= 1 and <= {MAX_BATCH}, got {self.size}; pass the number of jobs "
+                               "to edit together")
         if self.insert not in MODES:
             raise HParamsError(f"--insert must be one of {', '.join(MODES)}, got {self.insert!r}")
         if self.layers and self.insert != "spread":
             raise HParamsError("--layers applies to --insert spread only; other modes edit the jobs' own layer")
+        if len(set(self.layers)) != len(self.layers):
+            raise HParamsError("--layers lists a layer twice; give each layer once")
+        if self.insert == "rank-one" and (self.lam is not None or self.null_space):
+            raise HParamsError("--lambda and --null-space shape the --insert joint/spread solves; a rank-one batch "
+                               "would ignore them (add --insert joint, or drop them)")
+        if self.lam is not None:
+            limit = lambda_limit()
+            if not (math.isfinite(self.lam) and 0 <= self.lam <= limit):
+                raise HParamsError(f"--lambda must be a finite number in 0..{limit:.3g}, got {self.lam}; larger values "
+                                   "would accept a batch that leaves its requests where they were")
         if self.chunk is not None and self.chunk < 1:
             raise HParamsError(f"the batch chunk must be >= 1, got {self.chunk}")
 
     def insert_config(self) -> BatchInsertConfig:
-        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=self.lam, null_space=self.null_space)
+        lam = DEFAULT_LAMBDA if self.lam is None else self.lam
+        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=lam, null_space=self.null_space)
+
+    def check_layers(self, slots: dict) -> None:
+        """``--layers`` against a base model's first encoder slot as `refact init` recorded it (``slots``:
+        BaseModelRow.config["slots"]): every layer must reach the slot's readout, the range a single
+        edit's --layer is held to. Runs before any job is claimed."""
+        if not self.layers or not slots:
+            return
+        name, info = next(iter(slots.items()))
+        low, high = info.get("editable", [0, int(info.get("num_layers", 1)) - 1])
+        for layer in self.layers:
+            if not low <= layer <= high:
+                raise HParamsError(
+                    f"--layers {layer} is out of range for {name} (editable: layers {low}..{high} of "
+                    f"{info.get('num_layers')}; later layers cannot reach its {info.get('readout', 'final')} readout, "
+                    "so their update would be zero); pick layers in that range"
+                )
 
 
 @dataclass(frozen=True)
@@ -100,7 +151,7 @@ class BatchFinished:
 def edits_first_slot_only(model, hparams) -> bool:
     """True when ``hparams`` plan an edit of the model's first encoder slot alone, at ``hparams.layer``
     (what a batch changes); a one-slot model always qualifies."""
-    from engine.slot_edit import plan_slots
+    from engine.methods.refact.model_edit import plan_slots
 
     slots = getattr(model, "slots", None) or []
     if len(slots) <= 1:
@@ -113,272 +164,146 @@ def edits_first_slot_only(model, hparams) -> bool:
 
 
 @dataclass
-class _Claimed:
+class JobBatch:
+    """Up to N ReFACT jobs of one history, claimed together and committed as ONE edit (kind batch)."""
+
     jobs: list
+    settings: BatchSettings
     token: str = ""
-    ids: list[int] = field(default_factory=list)
+    kind: EditKind = EditKind.BATCH
 
     @property
-    def id(self) -> int:  # Worker.run reports a lost lease with the job's id
-        return self.jobs[0].id
+    def ids(self) -> list[int]:
+        return [j.id for j in self.jobs]
 
+    @property
+    def history_id(self) -> int:
+        return self.jobs[0].history_id
 
-class BatchWorker(Worker):
-    """A Worker whose unit of work is a batch of up to ``settings.size`` jobs."""
+    @property
+    def config(self) -> BatchInsertConfig:
+        return self.settings.insert_config()
 
-    def __init__(self, config, load_model, settings: BatchSettings, **kwargs) -> None:
-        settings.validate()
-        super().__init__(config, load_model, **kwargs)
-        self.settings = settings
-        self._batch_ids: list[int] = []
+    def started(self) -> BatchStarted:
+        jobs, hp = self.jobs, self.jobs[0].hparams
+        return BatchStarted(self.token, tuple(self.ids), tuple(j.request.prompt for j in jobs),
+                            tuple(j.request.target for j in jobs), hp.max_steps, self.config.mode,
+                            self.config.edit_layers(hp), hp.prob_threshold)
 
-    def running_job_ids(self) -> list[int]:
-        return list(self._batch_ids) or super().running_job_ids()
-
-    def _claim(self):
-        nxt = peek_next(self._db)
-        if nxt is None:
-            return None
-        if method_of(nxt.request) != "refact":
-            # closed-form methods (TIME, UCE) take seconds each and have no shared v*: one at a time
-            return super()._claim()
-        if self._lease_lost.is_set():
-            check_lease(self._db, self._fence)
-        model = self._model_for(nxt.history_id)
-        if not edits_first_slot_only(model, nxt.hparams):
-            # a batch edits one encoder slot (the first); a request for more slots (or another one)
-            # runs alone, so that every slot it asks for is edited
-            first = model.slots[0].name
-            log_event(self._db, "worker", f"job {nxt.id} edits more than {first} at layer {nxt.hparams.layer}: "
-                                          "it runs alone (a batch edits that slot only)")
-            return super()._claim()
-        if self.settings.layers:
-            BatchInsertConfig(mode="spread", layers=self.settings.layers).validate(model.adapter.num_layers)
-        jobs = claim_batch(self._db, self.config.worker_id, self.settings.size, fence=self._fence)
-        if not jobs:
-            return None
-        return _Claimed(jobs=jobs, token=jobs[0].batch_token or "", ids=[j.id for j in jobs])
-
-    # ------------------------------------------------------------------ one batch
-
-    def _requeue_all(self, batch: _Claimed) -> None:
-        for job_id in batch.ids:
-            requeue_job(self._db, job_id, worker_id=self.config.worker_id, fence=self._fence)
-
-    def _fail_all(self, batch: _Claimed, reason: str, summary: WorkerSummary, exc: BaseException) -> None:
-        for job in batch.jobs:
-            self._fail(job, reason, summary, exc)
-
-    def _run_job(self, batch: _Claimed, summary: WorkerSummary) -> None:  # type: ignore[override]
-        if not isinstance(batch, _Claimed):  # a single non-ReFACT job claimed by Worker._claim
-            self._batch_ids = []
-            return super()._run_job(batch, summary)
-        db, cfg = self._db, self.config
-        own = dict(worker_id=cfg.worker_id, fence=self._fence)
-        jobs = batch.jobs
-        self._batch_ids = list(batch.ids)
-        self._current_job = jobs[0].id
-        self._cancelled = False
-        started = time.perf_counter()
-        config = self.settings.insert_config()
-        hp = jobs[0].hparams
-        layers = config.edit_layers(hp)
-        try:
-            self._emit(BatchStarted(batch.token, tuple(batch.ids), tuple(j.request.prompt for j in jobs),
-                                    tuple(j.request.target for j in jobs), hp.max_steps, config.mode, layers,
-                                    hp.prob_threshold))
-            try:
-                check_same_base(db, jobs)
-                model = self._model_for(jobs[0].history_id)
-            except LeaseLostError:
-                raise
-            except BaseException:
-                self._requeue_all(batch)
-                raise
-            for job in jobs:
-                set_phase(db, job.id, "optimizing", **own)
-            try:
-                result = self._compute_batch(model, batch, config)
-            except EditCancelled:
-                if self._lease_lost.is_set():
-                    check_lease(db, self._fence)
-                self._end_cancelled(batch, summary)
-                return
-            except LeaseLostError:
-                raise
-            except (EngineError, RequestError, HParamsError, ValueError, RuntimeError) as exc:
-                self._fail_all(batch, str(exc) or type(exc).__name__, summary, exc)
-                return
-            except BaseException:
-                self._requeue_all(batch)
-                raise
-            try:
-                edit = self._commit_batch(model, batch, result)
-            except _HeadMoved:
-                self._requeue_all(batch)
-                summary.requeued += len(jobs)
-                for job_id in batch.ids:
-                    self._emit(JobFailed(job_id, "history head moved while editing; requeued", requeued=True))
-                return
-            except LeaseLostError:
-                raise
-            except EngineError as exc:
-                self._fail_all(batch, str(exc), summary, exc)
-                return
-            except BaseException:
-                self._requeue_all(batch)
-                raise
-            summary.done += len(jobs)
-            summary.edit_ids.append(edit.id)
-            self._emit(BatchFinished(edit.id, edit.seq, tuple(batch.ids), tuple(o.p_target for o in result.outcomes),
-                                     tuple(o.residual for o in result.outcomes), time.perf_counter() - started))
-            if self._after_edit is not None:
-                try:
-                    record_batch_text_metrics(db, model, edit)
-                except Exception as exc:  # metrics are a bonus; the batch itself is committed
-                    log_event(db, "worker", f"text metrics for batch edit {edit.id} failed: {exc}", level="warning")
-        finally:
-            self._current_job = None
-            self._batch_ids = []
-
-    def _end_cancelled(self, batch: _Claimed, summary: WorkerSummary) -> None:
-        """A stop requeues every job; a cancel of some jobs cancels those and requeues the rest."""
-        own = dict(worker_id=self.config.worker_id, fence=self._fence)
-        cancelled = [j for j in batch.ids if is_cancel_requested(self._db, j)] if not self._should_stop() else []
-        for job_id in batch.ids:
-            if job_id in cancelled:
-                finish_job(self._db, job_id, "cancelled", error="cancelled while its batch ran", **own)
-                summary.failures[job_id] = "cancelled"
-                self._emit(JobFailed(job_id, "cancelled"))
-            else:
-                requeue_job(self._db, job_id, **own)
-                summary.requeued += 1
-                self._emit(JobFailed(job_id, "batch stopped; requeued", requeued=True))
-        if not cancelled:
-            summary.stopped = True
-        log_event(self._db, "worker", f"batch {batch.token} stopped between steps; jobs requeued")
-
-    def _compute_batch(self, model, batch: _Claimed, config: BatchInsertConfig):
-        jobs = batch.jobs
+    def compute(self, worker, model):
+        """Every request's v* (vectorised) and the batch's delta; weights unchanged."""
+        jobs, config = self.jobs, self.config
+        check_same_base(worker.db, jobs)
         slots = getattr(model, "slots", None)  # a batch edits the first slot
-        writer = batch_step_writer(self.config.db_path, jobs[0].id, slots[0].name if slots else "text_encoder")
+        writer = batch_step_writer(worker.config.db_path, jobs[0].id, slots[0].name if slots else "text_encoder")
 
-        def on_step(index: int, ev: StepEvent) -> None:
+        def on_step(_slot: str, index: int, ev: StepEvent) -> None:
             writer.add_for(jobs[index].id, jobs[index].attempts, ev)
-            self._emit(BatchStep(jobs[index].id, index, ev))
+            worker.emit(BatchStep(jobs[index].id, index, ev))
 
         hp = jobs[0].hparams
-        preserve = self._earlier_batch_requests(hp, config)
-        stop_checks = [self._stop_check(j.id) for j in jobs[:1]]
-        cancel_poll = _any_cancelled(self._db, batch.ids)
+        context = EditContext(
+            second_moments=worker.stats_store(), corpus=worker.config.stats_corpus,
+            n_samples=worker.config.stats_samples, on_step=on_step, should_stop=worker.stop_check(self.ids),
+            preserve=self._earlier_requests(worker, model, hp, config), insertion=config,
+            batch_size=self.settings.chunk,
+        )
         try:
-            return compute_batch(
-                model, [j.request for j in jobs], hp, config, stats=self._stats_store(), preserve_requests=preserve,
-                corpus=self.config.stats_corpus, n_samples=self.config.stats_samples, on_step=on_step,
-                should_stop=lambda: stop_checks[0]() or cancel_poll(), batch=self.settings.chunk,
-            )
+            return compute_outcome(model, [j.request for j in jobs], hp, context)
         finally:
             writer.close()
 
-    def _earlier_batch_requests(self, hp, config: BatchInsertConfig) -> list:
+    def _earlier_requests(self, worker, model, hp, config: BatchInsertConfig) -> list:
         """Requests of the applied edits at the head (a batch counts with all its requests) on the
         edited layers, for protection (``preserve`` > 0 or the null-space projection)."""
         if hp.preserve <= 0 and not config.null_space:
             return []
-        from refact_tui.services.worker_records import touched_slots
-
-        history_id, head = self._model_key
-        slots = getattr(self._model, "slots", None)  # a batch edits the first slot
+        history_id, head = worker.model_key
+        slots = getattr(model, "slots", None)  # a batch edits the first slot
         first = slots[0].name if slots else "text_encoder"
         wanted = {(first, layer) for layer in config.edit_layers(hp)}
-        applied = applied_edits(self._db, history_id, head)
-        touched = touched_slots(self._db, applied, first)
-        return requests_of_edits(self._db, [e for e in applied if touched[e.id] & wanted])
+        applied = applied_edits(worker.db, history_id, head)
+        touched = touched_slots(worker.db, applied, first)
+        return requests_of_edits(worker.db, [e for e in applied if touched[e.id] & wanted])
 
-    def _commit_batch(self, model, batch: _Claimed, result):
-        cfg = self.config
-        jobs = batch.jobs
-        own = dict(worker_id=cfg.worker_id, fence=self._fence)
-        history_id, built_head = self._model_key
-        delta = result.delta
-        delta.meta = {**delta.meta, **_delta_meta(model, jobs[0], self._base_hash),
-                      "job_ids": json.dumps(batch.ids), "batch_token": batch.token}
-        delta.meta.pop("request", None)
-        for job in jobs:
-            set_phase(self._db, job.id, "committing", **own)
-        path = cfg.deltas_dir / f"h{history_id:04d}-batch-{batch.token}-job{jobs[0].id:05d}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._pending_delta = path
-        sha = delta.save(path)
-        rel = path.relative_to(cfg.root).as_posix() if path.is_relative_to(cfg.root) else str(path)
-        linears = {u.module: model.adapter.model.get_submodule(u.module) for u in delta.updates}
-        backup = {name: lin.weight.detach().clone() for name, lin in linears.items()}
-        try:
-            delta.apply(model)
-        except BaseException:
-            self._drop_pending_delta()
-            raise
-        outcomes = [BatchOutcome(j.id, j.request, o.p_target, o.steps_run, o.early_stopped, o.residual)
-                    for j, o in zip(jobs, result.outcomes)]
-        n = len(jobs)
-        top = result.layers[-1]
-        label = dataclasses.replace(jobs[0].request, name=f"batch of {n} ({result.mode})")
-        try:
-            weights_hash = model_weights_hash(model)
-            t = result.values.timings
-            timings = {"stats_s": t.stats_s, "key_s": t.key_s, "optimize_s": t.optimize_s,
-                       "insert_s": result.solve_s, "total_s": t.total_s + result.solve_s}
-            with transaction(self._db):
-                check_lease(self._db, self._fence)
-                if get_history(self._db, history_id).head_seq != built_head:
-                    raise _HeadMoved()
-                edit = record_edit(
-                    self._db, history_id=history_id, job_id=jobs[0].id, request=label,
-                    hparams=jobs[0].hparams.with_overrides(layer=top), status="applied", layer=top,
-                    module=model.adapter.fc2_name(top), delta_path=rel, delta_sha256=sha, weights_hash=weights_hash,
-                    steps_run=max(o.steps_run for o in outcomes), early_stopped=all(o.early_stopped for o in outcomes),
-                    p_target=sum(o.p_target for o in outcomes) / n, delta_norm=None, division_factor=None,
-                    timings=timings, device=str(model.device),
-                )
-                self._db.execute("UPDATE edits SET kind = 'batch', lease_generation = ? WHERE id = ?",
-                                 [self._fence.generation, edit.id])
-                for job in jobs:
-                    finish_job(self._db, job.id, "done", edit_id=edit.id, **own)
-                    attach_steps(self._db, job.id, job.attempts, edit.id)
-                record_batch_requests(self._db, edit.id, outcomes)
-                add_artifact(self._db, "edit", edit.id, "delta", rel, sha256=sha, bytes=path.stat().st_size)
-                worst = max((o.residual for o in outcomes), default=0.0)
-                log_event(self._db, "worker",
-                          f"batch edit {edit.seq} applied ({n} jobs, {result.mode}, mean P(target) "
-                          f"{edit.p_target:.3f}, worst residual {worst:.2e})", job_id=jobs[0].id)
-        except BaseException:
-            with torch.no_grad():
-                for name, lin in linears.items():
-                    lin.weight.copy_(backup[name])
-            self._drop_pending_delta()
-            raise
-        self._pending_delta = None
-        self._model_key = (history_id, edit.seq)
-        from store.edits import get_edit
+    def insert(self, model, result):
+        return insert_outcome(model, result)
 
-        return get_edit(self._db, edit.id)
+    def delta_name(self, history_id: int) -> str:
+        return f"h{history_id:04d}-batch-{self.token}-job{self.jobs[0].id:05d}.safetensors"
+
+    def delta_meta(self, model, base_hash: str, meta: dict) -> dict[str, str]:
+        out = {**meta, **_delta_meta(model, self.jobs[0], base_hash), "job_ids": json.dumps(self.ids),
+               "batch_token": self.token}
+        out.pop("request", None)  # N requests: they are the batch_requests rows
+        return out
+
+    def _outcomes(self, result) -> list[BatchOutcome]:
+        return [BatchOutcome(j.id, j.request, o.p_target, o.steps_run, o.early_stopped, o.residual)
+                for j, o in zip(self.jobs, result.requests)]
+
+    def edit_fields(self, model, result) -> dict:
+        n, top = len(self.jobs), result.layer
+        return dict(
+            request=dataclasses.replace(self.jobs[0].request, name=f"batch of {n} ({_mode(result)})"),
+            hparams=self.jobs[0].hparams.with_overrides(layer=top), layer=top, module=result.module,
+            steps_run=result.steps_run, early_stopped=result.early_stopped, p_target=result.p_target,
+            delta_norm=None, division_factor=None, timings=result.timings.as_dict(),
+        )
+
+    def record_rows(self, db, edit, result) -> None:
+        record_batch_requests(db, edit.id, self._outcomes(result))
+
+    def summary_line(self, edit, result) -> str:
+        worst = max((o.residual for o in result.requests), default=0.0)
+        return (f"batch edit {edit.seq} applied ({len(self.jobs)} jobs, {_mode(result)}, mean P(target) "
+                f"{edit.p_target:.3f}, worst residual {worst:.2e})")
+
+    def finished(self, edit, result, seconds: float) -> BatchFinished:
+        return BatchFinished(edit.id, edit.seq, tuple(self.ids), tuple(o.p_target for o in result.requests),
+                             tuple(o.residual for o in result.requests), seconds)
+
+    def refuse(self, worker, reason: str, summary, exc) -> None:
+        """A batch of one fails as its single edit would; a larger batch's refusal is the batch's, not its
+        jobs': they go back to the queue with the reason, each to run alone next (store.jobs.runs_alone)."""
+        reason = " ".join(reason.split())
+        if len(self.jobs) == 1:
+            worker.fail_job(self.jobs[0], reason, summary, exc)
+            return
+        worker.requeue_refused(self, f"its batch of {len(self.jobs)} was refused ({reason}); it runs alone next",
+                               summary)
+
+    def after_edit(self, worker, model, edit) -> None:
+        if worker.after_edit_hook is not None:
+            record_batch_text_metrics(worker.db, model, edit)
 
 
-def _any_cancelled(db, job_ids: list[int]):
-    """Poll (twice a second) whether any job of the batch was cancelled from the queue."""
-    last, hit = [0.0], [False]
+def _mode(outcome) -> str:
+    """The insertion mode a batch outcome used (rank-one, joint or spread)."""
+    return outcome.delta.meta.get("insert_mode", "rank-one")
 
-    def check() -> bool:
-        t = time.monotonic()
-        if not hit[0] and t - last[0] >= 0.5:
-            last[0] = t
-            try:
-                hit[0] = any(is_cancel_requested(db, j) for j in job_ids)
-            except Exception:
-                pass
-        return hit[0]
 
-    return check
+def claim_batch_unit(worker, model, nxt, limit: int | None):
+    """Claim the batch that starts at the next queued job ``nxt`` (its model loaded); False when that
+    job runs alone (another method, or more slots than a batch edits), None when nothing was claimed.
+    HParamsError, nothing claimed, when a --layers layer cannot reach the model's readout."""
+    settings = worker.batch
+    if nxt.method != "refact":
+        return False  # closed-form methods (TIME, UCE) take seconds each and have no shared v*: one at a time
+    if not edits_first_slot_only(model, nxt.hparams):
+        # a batch edits one encoder slot (the first); a request for more slots (or another one) runs
+        # alone, so that every slot it asks for is edited
+        log_event(worker.db, "worker", f"job {nxt.id} edits more than {model.slots[0].name} at layer "
+                                       f"{nxt.hparams.layer}: it runs alone (a batch edits that slot only)")
+        return False
+    slots = getattr(model, "slots", None)
+    for layer in settings.layers:  # the single edit's readout-aware range, on the loaded model
+        check_slot_layer(model.adapter, layer, slots[0].name if slots else "text_encoder")
+    size = settings.size if limit is None else min(settings.size, limit)
+    jobs = claim_batch(worker.db, worker.config.worker_id, size, fence=worker.lease.fence)
+    if not jobs:
+        return None
+    return JobBatch(jobs=jobs, settings=settings, token=jobs[0].batch_token or "")
 
 
 def record_batch_text_metrics(db, model, edit) -> dict[str, float]:
@@ -414,6 +339,5 @@ def record_batch_text_metrics(db, model, edit) -> dict[str, float]:
     finish_eval_run(db, run.id, "done")
     return means
 
-
-__all__ = ["BatchSettings", "BatchWorker", "BatchStarted", "BatchStep", "BatchFinished", "WorkerNotice",
-           "record_batch_text_metrics"]
+__all__ = ["BatchSettings", "BatchStarted", "BatchStep", "BatchFinished", "JobBatch", "WorkerNotice",
+           "claim_batch_unit", "record_batch_text_metrics"]

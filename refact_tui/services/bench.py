@@ -10,7 +10,6 @@ no run. Before every row the hash of the matrices the method edits must equal th
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,13 @@ from engine.files import file_sha256
 from engine.request import EditRequest
 from refact_tui.services.bench_config import BenchOptions, digest, library_versions
 from refact_tui.services.bench_scores import (
-    aggregate, failed_probes, from_json, oracle_request, row_metrics, to_json, with_specificity,
+    aggregate,
+    failed_probes,
+    from_json,
+    oracle_request,
+    row_metrics,
+    to_json,
+    with_specificity,
 )
 
 RowHook = Callable[[Any, int], None]   # (model, row index) before each row's edit, for tests
@@ -40,6 +45,7 @@ class BenchRow:
     seconds: float
     weights_hash: str
     error: str | None = None
+    edited: list[dict[str, Any]] = field(default_factory=list)   # {"slot", "layer", "module"} per edited part
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -69,13 +75,13 @@ class BenchReport:
 
 
 def read_rows(path: str | Path, tokenizer: Any, max_tokens: int, fmt: str = "auto",
-              limit: int | None = None) -> list[EditRequest]:
+              limit: int | None = None, negatives: str | Path | None = None) -> list[EditRequest]:
     """The file's requests (any queue-importable format), length-checked; BenchError on any problem."""
     from engine.importers import load_requests
 
     if limit is not None and limit < 1:
         raise BenchError(f"--limit must be >= 1, got {limit}")
-    result = load_requests(path, format=fmt, tokenizer=tokenizer, max_tokens=max_tokens)
+    result = load_requests(path, format=fmt, tokenizer=tokenizer, max_tokens=max_tokens, negatives=negatives)
     if result.errors:
         more = f" (and {len(result.errors) - 1} more problem(s))" if len(result.errors) > 1 else ""
         raise BenchError(f"{result.errors[0]}{more}; fix the file, nothing was benchmarked")
@@ -97,8 +103,9 @@ def _load(ws, options: BenchOptions):
 
 
 def _judge_provenance(spec: str | None) -> dict[str, Any]:
-    from engine.evaluation.judge import JUDGE_ENV, _cached_pretrained, parse_judge_spec
     import os
+
+    from engine.evaluation.judge import JUDGE_ENV, _cached_pretrained, parse_judge_spec
 
     js = parse_judge_spec(spec or os.environ.get(JUDGE_ENV) or None)
     path = js.checkpoint if js.checkpoint is not None else _cached_pretrained(js.model, js.pretrained_tag, None)
@@ -114,7 +121,7 @@ def _provenance(model, options: BenchOptions, method, hparams, corpus_sha: str, 
         "options": {**options.to_dict(), "hparams": hparams.to_dict()},
         "method": method.name, "hparams": hparams.to_dict(),
         "model": {"source": model.source, "path": str(model.path), "kind": model.kind,
-                  "encoder_hash": model.encoder_hash(),
+                  "encoder_hash": model.encoder_hash(), "weights_hash": model.weights_hash(),
                   "unet_hash": module_hash(pipe.unet) if pipe is not None and hasattr(pipe, "unet") else None},
         "corpus": {"path": str(Path(options.file).expanduser().resolve()), "sha256": corpus_sha, "rows": n_rows},
         "versions": library_versions(), "device": str(model.device),
@@ -186,28 +193,33 @@ class _Progress:
 
 
 def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None = None,
-              on_row_start: RowHook | None = None, rerun_of: int | None = None) -> BenchReport:
-    """Benchmark ``options.method`` on every row of ``options.file``; stores and returns the run."""
+              on_row_start: RowHook | None = None, rerun_of: int | None = None,
+              same_model: dict[str, Any] | None = None) -> BenchReport:
+    """Benchmark ``options.method`` on every row of ``options.file``; stores and returns the run.
+
+    Each row is edited as a queued job would be (every planned encoder slot, the method's own
+    insertion and checks). ``same_model``: a rerun's recorded model hashes, which must match."""
     from engine.evaluation import cross_attn
     from engine.evaluation.bench_images import images_per_request, request_image_scores
     from engine.evaluation.text_metrics import FeatureCache, text_scores
-    from engine.methods import applied, get_method
+    from engine.methods import get_method
     from engine.models import load_tokenizer, token_limit
     from store.base_models import get_base_model
     from store.bench_runs import insert_bench_run
 
     t_start = time.perf_counter()
     method = get_method(options.method)
-    options = _resolve_stats(ws, options)
+    options = _resolve_judge(ws, _resolve_stats(ws, options))
     if options.seeds < 1 or options.steps < 1:
         raise BenchError("--seeds and --steps must be >= 1")
     source = options.model or get_base_model(ws.db, ws.history().base_model_id).path
     tok = load_tokenizer(source)
-    requests = read_rows(options.file, tok, token_limit(tok), options.format, options.limit)
+    requests = read_rows(options.file, tok, token_limit(tok), options.format, options.limit, options.negatives)
     corpus_sha = file_sha256(Path(options.file).expanduser())
     model = _load(ws, options)
     hparams = method.hparams_from_dict(options.hparams, model)
     method.check(model)
+    method.check_hparams(model, hparams)  # e.g. --hp layer=999: one line before any row, nothing stored
     images = not options.text_only
     if images and model.pipeline is None:
         raise BenchError(f"{model.path} is a text encoder only; image space needs a pipeline (use --text-only)")
@@ -219,6 +231,8 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
         judge = load_judge(options.judge, eval_device(options.device))
         judge_info = _judge_provenance(options.judge)
     config = _provenance(model, options, method, hparams, corpus_sha, len(requests), judge_info)
+    if same_model is not None:
+        _check_same_model(config["model"], same_model, rerun_of)
     notes: list[str] = []
     n = len(requests)
     img_cfg = options.image_config()
@@ -274,8 +288,9 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
                                  progress.images_step)
         quality.before()
 
-    base_hash = method.weights_hash(model, hparams)
-    precomputed, shared_s = _vectorised(method, model, requests, hparams, options, ws, notes)
+    context = _edit_context(ws, options)
+    base_hash = method.weights_hash(model, hparams)  # every matrix the method may edit, every slot
+    precomputed, shared_s = _vectorised(method, model, requests, hparams, options, context, notes)
     rows: list[BenchRow] = []
     for i, req in enumerate(requests):
         if on_row_start is not None:
@@ -285,14 +300,15 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
             raise DeltaIntegrityError(f"before row {i + 1} the edited weights differ from the base; "
                                       "an earlier row's edit leaked (bug); nothing was stored")
         t0 = time.perf_counter()
-        error = None
+        error, outcome, undo = None, None, None
         try:
-            delta = precomputed[i] if precomputed is not None else _compute(method, model, req, hparams, options, ws)
+            outcome = precomputed[i] if precomputed is not None else method.compute(model, [req], hparams, context)
+            undo = outcome.insert(model)  # as the worker inserts it (ReFACT: W k_e == v* per slot)
         except (EngineError, ValueError) as exc:  # a refused row is scored unedited and marked
-            delta, error = None, f"edit failed: {' '.join(str(exc).split())}"
+            outcome, error = None, f"edit failed: {' '.join(str(exc).split())}"
         seconds = time.perf_counter() - t0 + shared_s
         scores: dict[str, EditScores] = {}
-        with (applied(model, delta) if delta is not None else nullcontext()):
+        try:
             for space, score in scorers.items():
                 scores[space] = score(req)
             if images:
@@ -300,14 +316,20 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
                     request_image_scores(model, [req], img_cfg, judge, on_progress=cb)[0][0]))
                 if quality is not None:
                     quality.after_row()
-        rows.append(BenchRow(i, req, scores, seconds, h, error))
+        finally:
+            if undo is not None:
+                undo()
+        rows.append(BenchRow(i, req, scores, seconds, h, error, edited_parts(outcome)))
         progress.row(i + 1, req.prompt)
+    if all(r.error for r in rows):
+        raise BenchError(f"every edit of the run failed ({rows[0].error.removeprefix('edit failed: ')}); "
+                         "nothing was stored; check the method's hyperparameters")
 
     aggregates = {s: {"method": aggregate([r.scores[s] for r in rows]), "baseline": aggregate(refs[s][0]),
                       "oracle": aggregate(refs[s][1])} for s in spaces}
     quality_out = quality.result(notes) if quality is not None else {}
     summary = {"aggregates": aggregates, "notes": notes, "quality": quality_out,
-               "edit_seconds": [r.seconds for r in rows]}
+               "edit_seconds": [r.seconds for r in rows], "edited": [r.edited for r in rows]}
     total = time.perf_counter() - t_start
     stored = insert_bench_run(
         ws.db, method=method.name, hparams=hparams.to_dict(), config=config,
@@ -328,46 +350,60 @@ def _resolve_stats(ws, options: BenchOptions) -> BenchOptions:
                    stats_corpus=options.stats_corpus or (str(corpus) if corpus else None))
 
 
-def _stats_kwargs(ws, options: BenchOptions) -> dict[str, Any]:
-    corpus = Path(options.stats_corpus) if options.stats_corpus else None
-    return {"stats": _stats(ws), "corpus": corpus, "n_samples": options.stats_samples}
+def _resolve_judge(ws, options: BenchOptions) -> BenchOptions:
+    """The judge as `refact eval` picks it: --judge, else $REFACT_JUDGE, else the workspace's."""
+    from refact_tui.services.eval_image import with_workspace_judge
+
+    return replace(options, judge=with_workspace_judge(ws, options.image_config()).judge)
 
 
-def _stats(ws):
+def _edit_context(ws, options: BenchOptions):
     from engine.covariance import SecondMomentStore
+    from engine.methods.base import EditContext
 
-    return SecondMomentStore(Path(ws.stats_dir))
-
-
-def _compute(method, model, req, hparams, options: BenchOptions, ws):
-    kwargs = {}
-    if method.name == "refact":
-        kwargs = _stats_kwargs(ws, options)
-    return method.compute(model, req, hparams, **kwargs).delta
+    corpus = Path(options.stats_corpus) if options.stats_corpus else None
+    return EditContext(second_moments=SecondMomentStore(Path(ws.stats_dir)), corpus=corpus,
+                       n_samples=options.stats_samples)
 
 
-def _vectorised(method, model, requests, hparams, options: BenchOptions, ws, notes: list[str]):
-    """All ReFACT deltas at once on the base model with the batch helper, when it is installed; a
-    ReFACT run's notes say which path computed its v* (both agree to 1e-5, docs/BENCH.md)."""
-    if method.name != "refact":
+def edited_parts(outcome) -> list[dict[str, Any]]:
+    """What a row's edit changed: each encoder slot and layer, or each other component (TIME / UCE's
+    UNet) with a summary of its matrices; [] when the edit failed."""
+    if outcome is None:
+        return []
+    if outcome.slots:
+        return [{"slot": r.slot, "layer": r.layer, "module": r.module} for r in outcome.slots]
+    return [{"slot": c, "layer": None, "module": outcome.module} for c in outcome.delta.components]
+
+
+def _vectorised(method, model, requests, hparams, options: BenchOptions, context, notes: list[str]):
+    """Every row's edit at once on the base model when the method shares work between them (ReFACT:
+    the v* of all rows vectorised, per slot); a ReFACT run's notes say which path computed its v*
+    (both agree to 1e-5, docs/BENCH.md)."""
+    if not method.vectorised:
         return None, 0.0
-    single = "ReFACT v* computed row by row (engine.refact.compute_edit, as single edits)"
+    single = "ReFACT v* computed row by row (engine.methods.refact.edit.compute_edit, as single edits)"
     if not options.vectorised or len(requests) < 2:
         notes.append(single + ("" if options.vectorised else "; vectorised v* switched off"))
         return None, 0.0
-    try:
-        from engine.batch_edit import compute_values
-    except ImportError:
-        notes.append(single + "; engine.batch_edit is not installed")
-        return None, 0.0
     t0 = time.perf_counter()
     try:
-        values = compute_values(model, requests, hparams, **_stats_kwargs(ws, options))
+        outcomes = method.compute_each(model, requests, hparams, context)
     except (EngineError, ValueError) as exc:
         notes.append(f"vectorised v* not used ({' '.join(str(exc).split())}); rows edited one by one")
         return None, 0.0
-    notes.append("ReFACT v* vectorised over all rows (engine.batch_edit); seconds per row = batch time / rows")
-    return [r.delta for r in values.results], (time.perf_counter() - t0) / len(requests)
+    notes.append("ReFACT v* vectorised over all rows, per slot (engine.methods.refact.edit.compute_values); "
+                 "seconds per row = batch time / rows")
+    return outcomes, (time.perf_counter() - t0) / len(requests)
+
+
+def _check_same_model(now: dict[str, Any], recorded: dict[str, Any], run_id: int | None) -> None:
+    """A rerun edits the model it recorded: every recorded weights hash must match (BenchError)."""
+    for key in ("encoder_hash", "weights_hash", "unet_hash"):
+        if recorded.get(key) is not None and now.get(key) != recorded.get(key):
+            raise BenchError(f"the model at {now.get('path')} is not the one bench run {run_id} edited "
+                             f"({key.replace('_', ' ')} {str(now.get(key))[:12]} vs {str(recorded[key])[:12]}); "
+                             "restore it to rerun, or run `refact bench FILE` for a new run")
 
 
 # ----------------------------------------------------------------------------------- stored runs
@@ -384,4 +420,5 @@ def rerun_bench(ws, run_id: int, *, on_progress: ProgressCallback | None = None)
         raise BenchError(f"bench run {run_id} read {path}, which is gone; restore it to rerun")
     if file_sha256(path) != rec.corpus_sha256:
         raise BenchError(f"{path} changed since bench run {run_id} (sha256 differs); restore it to rerun exactly")
-    return run_bench(ws, replace(opts, hparams=dict(rec.hparams)), on_progress=on_progress, rerun_of=run_id)
+    return run_bench(ws, replace(opts, hparams=dict(rec.hparams)), on_progress=on_progress, rerun_of=run_id,
+                     same_model=rec.config.get("model", {}))

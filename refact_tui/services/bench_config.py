@@ -40,6 +40,7 @@ class BenchOptions:
     device: str = "auto"
     model: str | None = None
     format: str = "auto"
+    negatives: str | None = None         # ICEB: class-prompt file the specificity probes come from
     stats_samples: int | None = None     # ReFACT's C: None = the workspace's setting, resolved when run
     stats_corpus: str | None = None
     vectorised: bool = True              # ReFACT: the batch helper's vectorised v* when it is there

@@ -31,6 +31,7 @@ class RowLine:
     metrics: dict[str, dict[str, float]]
     failed: dict[str, list[str]]
     seconds: float
+    edited: list[dict[str, Any]] = field(default_factory=list)  # {"slot", "layer", "module"}: what the edit changed
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(BenchRunRecord))
@@ -106,10 +107,12 @@ def view_run(ws, run_id: int, with_rows: bool = True) -> BenchView:
 
     view = BenchView(get_bench_run(_db(ws), run_id))
     if with_rows:
+        edited = view.record.summary.get("edited", [])
         for r in bench_rows(_db(ws), run_id):
             q = r.request
+            parts = edited[r.row_index] if r.row_index < len(edited) else []
             view.rows.append(RowLine(r.row_index, q.get("prompt", ""), q.get("source", ""), q.get("target", ""),
-                                     r.metrics, r.failed, r.seconds))
+                                     r.metrics, r.failed, r.seconds, parts))
     return view
 
 
@@ -171,12 +174,18 @@ def write_csv(view: BenchView, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "prompt", "source", "target", *cols, "seconds", "failed"])
+        w.writerow(["row", "prompt", "source", "target", *cols, "seconds", "edited", "failed"])
         for r in view.rows:
             vals = [r.metrics.get(s, {}).get(m) for s in spaces for m in REPORT_METRICS]
             failed = "; ".join(f"{s}: {p}" for s, ps in r.failed.items() for p in ps)
             w.writerow([r.index + 1, r.prompt, r.source, r.target, *["" if v is None else f"{v:.6g}" for v in vals],
-                        f"{r.seconds:.4f}", failed])
+                        f"{r.seconds:.4f}", edited_label(r.edited), failed])
+
+
+def edited_label(parts: Sequence[dict[str, Any]]) -> str:
+    """'text_encoder@7 text_encoder_2@26' (a UNet edit: its component and module summary); '-' for none."""
+    return " ".join(f"{p['slot']}@{p['layer']}" if p.get("layer") is not None else str(p.get("module") or p["slot"])
+                    for p in parts) or "-"
 
 
 def space_title(space: str) -> str:

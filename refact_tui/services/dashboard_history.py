@@ -8,8 +8,12 @@ from pathlib import Path
 import sqlite_utils
 
 from refact_tui.services.dashboard_snapshot import history_row, read_snapshot
-from store.db import fetch_all, fetch_one
+from store.artifacts import list_artifacts
+from store.histories import list_histories
+from store.metrics import latest_metrics
+from store.reads import find_edit, history_edits, latest_text_efficacy
 from store.records import ArtifactRow, EditRow, HistoryRow, MetricRow, StepRow
+from store.steps import steps_for_edit
 
 
 @dataclass(frozen=True)
@@ -29,18 +33,10 @@ def history_view(db: sqlite_utils.Database, *, history_id: int | None = None) ->
     """Every edit of the history in seq order, with the key figure of each."""
     with read_snapshot(db):
         history = history_row(db, history_id)
-        histories = tuple(HistoryRow.from_row(r) for r in fetch_all(db, "SELECT * FROM histories ORDER BY id"))
+        histories = tuple(list_histories(db))
         if history is None:
             return HistoryView(None, histories, ())
-        edits = tuple(EditRow.from_row(r) for r in fetch_all(
-            db, "SELECT * FROM edits WHERE history_id = ? ORDER BY seq", [history.id]))
-        eff = fetch_all(
-            db,
-            "SELECT m.edit_id, m.value FROM latest_metrics m JOIN edits e ON e.id = m.edit_id "
-            "WHERE e.history_id = ? AND m.space = 'text' AND m.name = 'efficacy' AND m.slot = ''",
-            [history.id],
-        )
-    return HistoryView(history, histories, edits, {r["edit_id"]: r["value"] for r in eff})
+        return HistoryView(history, histories, history_edits(db, history.id), latest_text_efficacy(db, history.id))
 
 
 @dataclass(frozen=True)
@@ -64,21 +60,14 @@ class EditDetailView:
 def edit_detail_view(db: sqlite_utils.Database, edit_id: int, *, root: Path) -> EditDetailView | None:
     """Detail of one edit; ``root`` resolves artifact paths (stored relative to the workspace)."""
     with read_snapshot(db):
-        row = fetch_one(db, "SELECT * FROM edits WHERE id = ?", [edit_id])
-        if row is None:
+        edit = find_edit(db, edit_id)
+        if edit is None:
             return None
-        edit = EditRow.from_row(row)
         history = history_row(db, edit.history_id)
-        from store.steps import steps_for_edit
-
         steps = steps_for_edit(db, edit_id)  # the first slot's (the loss curve)
-        metrics = fetch_all(db, "SELECT * FROM latest_metrics WHERE edit_id = ? AND slot = '' ORDER BY space, name",
-                            [edit_id])
-        per_slot = fetch_all(db, "SELECT * FROM latest_metrics WHERE edit_id = ? AND slot != '' "
-                                 "ORDER BY slot, space, name", [edit_id])
-        arts = fetch_all(
-            db, "SELECT * FROM artifacts WHERE owner_kind = 'edit' AND owner_id = ? ORDER BY id", [edit_id])
-    artifacts = tuple(ArtifactRow.from_row(a) for a in arts)
+        metrics = latest_metrics(db, edit_id)
+        per_slot = [m for m in latest_metrics(db, edit_id, slot=None) if m.slot]
+        artifacts = tuple(list_artifacts(db, "edit", edit_id))
     grid = next((a for a in reversed(artifacts) if a.kind == "grid"), None)
     grid_path = None
     if grid is not None:
@@ -86,6 +75,6 @@ def edit_detail_view(db: sqlite_utils.Database, edit_id: int, *, root: Path) -> 
         grid_path = p if p.is_absolute() else Path(root) / p
     return EditDetailView(
         edit=edit, history=history, steps=tuple(steps),
-        metrics=tuple(MetricRow.from_row(m) for m in metrics), artifacts=artifacts, grid_path=grid_path,
-        slot_metrics=tuple(MetricRow.from_row(m) for m in per_slot),
+        metrics=tuple(metrics), artifacts=artifacts, grid_path=grid_path,
+        slot_metrics=tuple(sorted(per_slot, key=lambda m: (m.slot, m.space, m.name))),
     )

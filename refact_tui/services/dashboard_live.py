@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import sqlite_utils
 
-from refact_tui.services.dashboard_snapshot import (
-    WorkerInfo, current_history_row, newest_events, read_snapshot, worker_info,
-)
-from store.db import fetch_all, fetch_one
+from refact_tui.services.dashboard_snapshot import WorkerInfo, history_row, newest_events, read_snapshot, worker_info
+from store.reads import find_job, live_job, slot_lasts
 from store.records import EventRow, HistoryRow, JobRow, StepRow
+from store.states import JobState
+from store.steps import steps_for_job
 
 
 @dataclass(frozen=True)
@@ -42,30 +41,6 @@ class LiveView:
     slots: tuple[StepRow, ...] = ()
 
 
-def _slot_lasts(db: sqlite_utils.Database, job_id: int, attempt: int) -> tuple[StepRow, ...]:
-    """Each slot's latest step row of a job attempt, in slot order."""
-    from store.steps import slot_rank
-
-    rows = fetch_all(db, "SELECT s.* FROM steps s JOIN (SELECT slot, MAX(step) AS step FROM steps "
-                         "WHERE job_id = ? AND attempt = ? GROUP BY slot) m ON s.slot = m.slot AND s.step = m.step "
-                         "WHERE s.job_id = ? AND s.attempt = ?", [job_id, attempt, job_id, attempt])
-    return tuple(sorted((StepRow.from_row(r) for r in rows), key=lambda r: (slot_rank(r.slot), r.slot)))
-
-
-def _live_job(db: sqlite_utils.Database, history_id: int | None, job_id: int | None) -> JobRow | None:
-    if job_id is not None:
-        row = fetch_one(db, "SELECT * FROM jobs WHERE id = ?", [job_id])
-        return JobRow.from_row(row) if row else None
-    where = "kind = 'edit'" + (" AND history_id = ?" if history_id is not None else "")
-    params: list[Any] = [history_id] if history_id is not None else []
-    row = fetch_one(db, f"SELECT * FROM jobs WHERE {where} AND state = 'running' "
-                        "ORDER BY started_at DESC, id DESC LIMIT 1", params)
-    if row is None:
-        row = fetch_one(db, f"SELECT * FROM jobs WHERE {where} AND state IN ('done', 'failed', 'cancelled') "
-                            "AND attempts > 0 ORDER BY finished_at DESC, id DESC LIMIT 1", params)
-    return JobRow.from_row(row) if row else None
-
-
 def live_view(db: sqlite_utils.Database, *, now: float, since_step: int = -1,
               known_job: int | None = None, known_attempt: int | None = None, known_slot: str | None = None,
               job_id: int | None = None, event_limit: int = 12) -> LiveView:
@@ -76,27 +51,26 @@ def live_view(db: sqlite_utils.Database, *, now: float, since_step: int = -1,
     attempt's current slot is returned.
     """
     with read_snapshot(db):
-        history = current_history_row(db)
-        job = _live_job(db, history.id if history else None, job_id)
+        history = history_row(db, None)
+        if job_id is not None:
+            job = find_job(db, job_id)
+        else:
+            job = live_job(db, history.id if history else None)
         events = newest_events(db, event_limit)
         worker = worker_info(db, now)
         if job is None:
             return LiveView(history, None, 0, False, known_job is not None, (), None, None, 0,
                             None, None, None, events, worker)
         attempt = max(job.attempts, 1)
-        slots = _slot_lasts(db, job.id, attempt)
+        slots = slot_lasts(db, job.id, attempt)
         slot = slots[-1].slot if slots else (known_slot or "")
         reset = (job.id, attempt) != (known_job, known_attempt) or (known_slot is not None and slot != known_slot)
         since = -1 if reset else since_step
-        rows = fetch_all(
-            db, "SELECT * FROM steps WHERE job_id = ? AND attempt = ? AND slot = ? AND step > ? ORDER BY step",
-            [job.id, attempt, slot, since],
-        )
-        steps = tuple(StepRow.from_row(r) for r in rows)
+        steps = tuple(steps_for_job(db, job.id, since, attempt=attempt, slot=slot))
         last = steps[-1] if steps else None
         if last is None and not reset:
             last = slots[-1] if slots else None
-    running = job.state == "running"
+    running = job.state == JobState.RUNNING
     hp = job.hparams
     eta = None
     if running and last is not None:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from refact_tui.services.dashboard_snapshot import history_row, read_snapshot
-from store.db import fetch_all
-from store.records import EvalRunRow, HistoryRow, MetricRow, metric_progress
+from store.metrics import list_eval_runs
+from store.reads import history_run_metrics
+from store.records import EvalRunRow, HistoryRow, metric_progress
 
 # The metric panels, in display order: (stored name, label).
 METRICS: tuple[tuple[str, str], ...] = (
@@ -69,26 +70,17 @@ def metrics_view(db: sqlite_utils.Database, *, history_id: int | None = None) ->
         if history is None:
             empty = tuple(MetricPanelView(n, lbl, None, None, (), ()) for n, lbl in METRICS)
             return MetricsView(None, empty, (), None)
-        rows = fetch_all(
-            db,
-            "SELECT m.*, r.state AS run_state, r.at_seq AS run_seq, e.seq AS edit_seq "
-            "FROM metrics m JOIN eval_runs r ON r.id = m.eval_run_id "
-            "LEFT JOIN edits e ON e.id = m.edit_id "
-            "WHERE r.history_id = ? AND m.slot = '' AND (e.id IS NULL OR e.status = 'applied') ORDER BY m.id",
-            [history.id],
-        )
-        runs = [EvalRunRow.from_row(r) for r in fetch_all(
-            db, "SELECT * FROM eval_runs WHERE history_id = ? ORDER BY id", [history.id])]
+        rows = history_run_metrics(db, history.id)
+        runs = list_eval_runs(db, history.id)[::-1]  # oldest first
     latest: dict[tuple[str, str], MetricValue] = {}
     series: dict[tuple[str, str], dict[int, float]] = {}
     for r in rows:
-        key = (r["space"], r["name"])
-        m = MetricRow.from_row(r)
-        latest[key] = MetricValue(m.value, m.std, m.n, m.total, m.final, r["run_state"] == "running",
-                                  m.edit_id, r["run_seq"])
+        m = r.metric
+        key = (m.space, m.name)
+        latest[key] = MetricValue(m.value, m.std, m.n, m.total, m.final, r.run_state == "running",
+                                  m.edit_id, r.run_seq)
         if m.final:
-            x = r["edit_seq"] if r["edit_seq"] is not None else r["run_seq"]
-            series.setdefault(key, {})[int(x)] = m.value
+            series.setdefault(key, {})[r.run_seq if r.edit_seq is None else r.edit_seq] = m.value
     panels = tuple(
         MetricPanelView(
             name, label, latest.get(("text", name)), latest.get(("image", name)),

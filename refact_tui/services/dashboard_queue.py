@@ -8,10 +8,11 @@ from typing import Sequence
 import sqlite_utils
 
 from refact_tui.services.dashboard_snapshot import WorkerInfo, history_row, read_snapshot, worker_info
-from store.db import fetch_all
+from store.reads import job_state_counts, queue_jobs
 from store.records import HistoryRow, JobRow
+from store.states import JobState
 
-QUEUE_STATES: tuple[str, ...] = ("running", "queued", "failed", "cancelled")
+QUEUE_STATES: tuple[JobState, ...] = (JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,5 @@ def queue_view(db: sqlite_utils.Database, *, now: float, history_id: int | None 
         history = history_row(db, history_id)
         if history is None:
             return QueueView(None, (), {}, worker_info(db, now))
-        marks = ",".join("?" for _ in states)
-        rows = fetch_all(
-            db,
-            f"SELECT * FROM jobs WHERE history_id = ? AND kind = 'edit' AND state IN ({marks}) "
-            "ORDER BY CASE state WHEN 'running' THEN 0 ELSE 1 END, position, id",
-            [history.id, *states],
-        )
-        counts = {
-            r["state"]: r["n"]
-            for r in fetch_all(
-                db, "SELECT state, COUNT(*) AS n FROM jobs WHERE history_id = ? GROUP BY state",
-                [history.id],
-            )
-        }
-        return QueueView(history, tuple(JobRow.from_row(r) for r in rows), counts, worker_info(db, now))
+        jobs = queue_jobs(db, history.id, states)
+        return QueueView(history, jobs, dict(job_state_counts(db, history.id)), worker_info(db, now))

@@ -1,7 +1,7 @@
 """`refact doctor`: a full health check of a workspace, and clean-up of what crashed workers leave.
 
 Checks: the database file (present, not empty, opens), the full ``integrity_check`` and foreign keys,
-the schema version, the invariants every command relies on (see ``store.db.check_database``), every
+the schema version, the invariants every command relies on (see ``store.integrity.check_database``), every
 edit's delta file (present, sha256 as recorded), and the lease. Lists, and with ``clean`` removes,
 the leftovers of attempts that never committed: delta files no edit refers to, and step rows of jobs
 that are no longer running. Cleaning is refused while a live worker holds the lease (its delta may be
@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from refact_tui.services.workspace import DB_NAME
+from store.db import OutdatedSchemaError, StoreError, open_db
+from store.integrity import check_database
+from store.leases import get_lease, lease_is_stale
+from store.reads import delta_file_refs, stray_step_count
+from store.steps import remove_stray_steps
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,6 @@ RESTORE = "restore refact.db from a backup"
 
 def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
     """Check the workspace at ``root``; with ``clean`` remove orphan delta files and stray step rows."""
-    from refact_tui.services.workspace import DB_NAME
-    from store.db import OutdatedSchemaError, StoreError, open_db
-    from store.integrity import check_database
-
     root = Path(root).expanduser().absolute()
     report = DoctorReport(root)
     db_path = root / DB_NAME
@@ -61,7 +64,7 @@ def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
         report.findings.append(Finding("error", f"{db_path} is an empty (0-byte) file", RESTORE))
         return report
     try:
-        db = open_db(db_path, check=False, read_only=not clean)  # a check alone never writes (or migrates)
+        db = open_db(db_path, read_only=not clean)  # a check alone never writes (or migrates)
     except OutdatedSchemaError as exc:
         report.findings.append(Finding("warning", str(exc).split(";")[0], "run `refact migrate` to upgrade it"))
         return report
@@ -84,9 +87,9 @@ def diagnose(root: Path | str, clean: bool = False) -> DoctorReport:
 def _check_deltas(db, root: Path, report: DoctorReport) -> None:
     from engine.files import file_sha256
 
-    rows = db.conn.execute("SELECT id, history_id, seq, status, delta_path, delta_sha256 FROM edits "
-                           "WHERE delta_path IS NOT NULL ORDER BY id").fetchall()
-    for edit_id, history_id, seq, status, rel, sha in rows:
+    for ref in delta_file_refs(db):
+        edit_id, history_id, seq, status, rel, sha = (ref.edit_id, ref.history_id, ref.seq, ref.status,
+                                                      ref.delta_path, ref.delta_sha256)
         path = Path(rel) if Path(rel).is_absolute() else root / rel
         if not path.is_file():
             level = "error" if status == "applied" else "warning"
@@ -98,19 +101,15 @@ def _check_deltas(db, root: Path, report: DoctorReport) -> None:
 
 
 def _leftovers(db, root: Path, report: DoctorReport, clean: bool) -> None:
-    from store.leases import get_lease, lease_is_stale
-
     referenced = set()
-    for (rel,) in db.conn.execute("SELECT delta_path FROM edits WHERE delta_path IS NOT NULL"):
-        p = Path(rel)
+    for ref in delta_file_refs(db):
+        p = Path(ref.delta_path)
         referenced.add((p if p.is_absolute() else root / p).resolve())
     deltas_dir = root / "deltas"
     orphans = sorted(p for p in deltas_dir.glob("*") if p.is_file() and p.resolve() not in referenced) \
         if deltas_dir.is_dir() else []
     report.orphan_deltas = [p.relative_to(root).as_posix() for p in orphans]
-    report.stray_step_rows = int(db.conn.execute(
-        "SELECT COUNT(*) FROM steps s JOIN jobs j ON j.id = s.job_id WHERE s.edit_id IS NULL AND j.state != 'running'"
-    ).fetchone()[0])
+    report.stray_step_rows = stray_step_count(db)
     lease = get_lease(db, "worker")
     live = lease is not None and not lease_is_stale(lease)
     if lease is not None and not live:
@@ -129,12 +128,7 @@ def _leftovers(db, root: Path, report: DoctorReport, clean: bool) -> None:
         report.findings.append(Finding("warning", f"not cleaning: a worker (pid {lease.pid} on {lease.host}) is "
                                                   "running", "run `refact doctor --clean` after it stops"))
         return
-    from store.db import transaction
-
-    with transaction(db):
-        report.cleaned_step_rows = db.execute(
-            "DELETE FROM steps WHERE edit_id IS NULL AND job_id IN (SELECT id FROM jobs WHERE state != 'running')"
-        ).rowcount
+    report.cleaned_step_rows = remove_stray_steps(db)
     for p in orphans:
         p.unlink(missing_ok=True)
         report.cleaned_deltas.append(p.relative_to(root).as_posix())

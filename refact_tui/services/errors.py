@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.errors import EngineError
-from engine.hparams import HParamsError
+from engine.methods.refact.hparams import HParamsError
 from engine.request import RequestError
 from refact_tui.services.workspace import WorkspaceError
 from store.db import StoreError

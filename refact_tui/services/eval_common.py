@@ -30,8 +30,8 @@ class FinalMetric:
 class EvalSummary:
     """What an evaluation wrote: its run ids and the final metric values per edit (None = history).
 
-    ``metrics`` holds the whole-edit values; ``slot_metrics`` (edit -> slot -> name -> value) those of
-    each encoder slot of a multi-slot model."""
+    ``metrics`` holds the whole-edit values (a batch edit's: the mean over its requests);
+    ``slot_metrics`` (edit -> slot -> name -> value) those of each encoder slot of a multi-slot model."""
 
     eval_run_ids: list[int] = field(default_factory=list)
     metrics: dict[int | None, dict[str, float]] = field(default_factory=dict)
@@ -39,6 +39,8 @@ class EvalSummary:
     notes: list[str] = field(default_factory=list)
     final: list[FinalMetric] = field(default_factory=list)
     slot_metrics: dict[int | None, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # batch edits: each request's whole-edit values, in batch order (edit -> [name -> value])
+    request_metrics: dict[int, list[dict[str, float]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for notifications."""

@@ -6,6 +6,9 @@ tokenizer). A model with one slot stores only the whole-edit rows (slot ''), exa
 existed. A model with several slots stores each edited slot's rows under the slot's name, and the
 whole-edit rows are the mean over the edited slots of each metric (``retention`` likewise: the
 per-slot retention of the head is the mean over the earlier edits that touched that slot).
+
+A batch edit is measured request by request: its rows are the mean over its requests (n = the number
+of requests), the aggregate the batch worker records, and the report lists each request's values.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from engine.evaluation.scoring import EditScores
 from engine.evaluation.text_metrics import FeatureCache, TextMetrics, metrics_of_scores, text_scores
 from engine.events import Progress, ProgressCallback
 from refact_tui.services.eval_common import (
-    EvalSummary, Kept, StoreSink, eval_targets, fail_run, is_main_process, record_retention, run_config,
+    EvalSummary,
+    Kept,
+    StoreSink,
+    eval_targets,
+    fail_run,
+    is_main_process,
+    record_retention,
+    run_config,
 )
 
 # Frozen (base-encoder) features per loaded text encoder, so the worker encodes each text once.
@@ -88,14 +98,6 @@ class SlotTextMetrics:
         tm = next(iter(self.per_slot.values()))
         return 1 + tm.n_positives + tm.n_negatives
 
-    def kept(self, slot: str | None = None) -> Kept:
-        """Efficacy / generality as retention values (``slot`` None: the whole-edit means)."""
-        if slot is not None:
-            tm = self.per_slot[slot]
-            return Kept(tm.efficacy, 1, tm.generality, tm.n_positives)
-        h, tm = self.headline(), next(iter(self.per_slot.values()))
-        return Kept(h["efficacy"], 1, h.get("generality"), tm.n_positives)
-
 
 def measure_slots(model, request, slots: Sequence[tuple[str, Any]], similarity: str,
                   temperature: float) -> SlotTextMetrics:
@@ -106,32 +108,99 @@ def measure_slots(model, request, slots: Sequence[tuple[str, Any]], similarity: 
     return SlotTextMetrics(per, len(_slots_of(model)) > 1, scores)
 
 
-def record_slot_metrics(sink: StoreSink, edit_id: int, stm: SlotTextMetrics) -> None:
+@dataclass(frozen=True)
+class EditTextMetrics:
+    """Text metrics of every request of one edit: a single edit has one, a batch edit one per request
+    in batch order. The edit's values are the mean over its requests (std: population std over the
+    requests; n: the number of requests of a batch, the scored items of a single edit), which is the
+    aggregate the batch worker records."""
+
+    requests: list[SlotTextMetrics]
+
+    @property
+    def multi(self) -> bool:
+        return self.requests[0].multi
+
+    @property
+    def slots(self) -> list[str]:
+        return list(self.requests[0].per_slot)
+
+    @property
+    def n(self) -> int:
+        return self.requests[0].n_items if len(self.requests) == 1 else len(self.requests)
+
+    def _rows(self, slot: str | None) -> list[dict[str, float]]:
+        return [r.headline() if slot is None else r.per_slot[slot].values() for r in self.requests]
+
+    def values(self, slot: str | None = None) -> dict[str, tuple[float, float | None]]:
+        """name -> (mean, std) over the requests (``slot`` None: the whole-edit values); std is None
+        for a single request."""
+        rows = self._rows(slot)
+        names = [k for k in rows[0] if all(k in r for r in rows)]
+        out = {}
+        for k in names:
+            vals = [float(r[k]) for r in rows]
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)) if len(vals) > 1 else None
+            out[k] = (mean, std)
+        return out
+
+    def per_request(self) -> list[dict[str, float]]:
+        """Each request's whole-edit values, in batch order."""
+        return self._rows(None)
+
+    def scores(self) -> dict[str, list[EditScores]]:
+        """slot -> the probability pairs of every request (what the history aggregates pool)."""
+        out: dict[str, list[EditScores]] = {}
+        for r in self.requests:
+            for name, s in r.scores.items():
+                out.setdefault(name, []).append(s)
+        return out
+
+    def kept(self, slot: str | None = None) -> Kept:
+        """Efficacy / generality as retention values: the means over the requests."""
+        v = self.values(slot)
+        tms = [r.per_slot[slot] if slot is not None else next(iter(r.per_slot.values())) for r in self.requests]
+        gen = v.get("generality")
+        return Kept(v["efficacy"][0], len(self.requests), gen[0] if gen else None, sum(t.n_positives for t in tms))
+
+
+def record_slot_metrics(sink: StoreSink, edit_id: int, etm: EditTextMetrics) -> None:
     """The whole-edit rows, and each slot's rows when the model has several slots."""
-    n = stm.n_items
-    if stm.multi:
-        for slot, tm in stm.per_slot.items():
-            for name, value in tm.values().items():
-                sink.metric(edit_id, name, value, None, n, n, True, slot)
-    for name, value in stm.headline().items():
-        sink.metric(edit_id, name, value, None, n, n, True)
+    n = etm.n
+    if etm.multi:
+        for slot in etm.slots:
+            for name, (value, std) in etm.values(slot).items():
+                sink.metric(edit_id, name, value, std, n, n, True, slot)
+    for name, (value, std) in etm.values().items():
+        sink.metric(edit_id, name, value, std, n, n, True)
+    if len(etm.requests) > 1:
+        sink.summary.request_metrics[edit_id] = etm.per_request()
 
 
-def _record_slot_retention(sink: StoreSink, edits: Sequence, measured: dict[int, SlotTextMetrics]) -> None:
+def _record_slot_retention(sink: StoreSink, edits: Sequence, measured: dict[int, EditTextMetrics]) -> None:
     """Whole-edit retention rows, then per slot over the edits that touched the slot."""
     record_retention(sink, edits, {e.id: measured[e.id].kept() for e in edits})
     head = measured[edits[-1].id]
     if not head.multi:
         return
-    for slot in head.per_slot:
-        mine = [e for e in edits[:-1] if slot in measured[e.id].per_slot]
+    for slot in head.slots:
+        mine = [e for e in edits[:-1] if slot in measured[e.id].slots]
         if mine:
             record_retention(sink, [*mine, edits[-1]], {e.id: measured[e.id].kept(slot) for e in mine}, slot)
 
 
-def _edit_metrics(ws, model, edit, config: TextEvalConfig) -> SlotTextMetrics:
+def requests_of(db, edit) -> list:
+    """The requests an edit applied: every request of a batch edit (batch order), else its own."""
+    from store.batches import requests_of_edits
+
+    return requests_of_edits(db, [edit])
+
+
+def _edit_metrics(ws, model, edit, config: TextEvalConfig) -> EditTextMetrics:
     sim, temp = similarity_of(edit, config)
-    return measure_slots(model, edit.request, edited_slots(model, slot_names_of(ws.db, edit)), sim, temp)
+    slots = edited_slots(model, slot_names_of(ws.db, edit))
+    return EditTextMetrics([measure_slots(model, r, slots, sim, temp) for r in requests_of(ws.db, edit)])
 
 
 def record_text_metrics(ws, model, edit_row, config: TextEvalConfig = TextEvalConfig()) -> EvalSummary:
@@ -201,12 +270,11 @@ def run_text_eval(ws, edit_id: int | None = None, history: bool = False, on_prog
     multi = len(_slots_of(model)) > 1
     try:
         scores: dict[str, list] = {}
-        measured: dict[int, SlotTextMetrics] = {}
+        measured: dict[int, EditTextMetrics] = {}
         for k, e in enumerate(edits, 1):
-            sim, temp = similarity_of(e, config)
-            measured[e.id] = measure_slots(model, e.request, edited_slots(model, slot_names_of(ws.db, e)), sim, temp)
-            for name, s in measured[e.id].scores.items():  # the same scores, encoded once
-                scores.setdefault(name, []).append(s)
+            measured[e.id] = _edit_metrics(ws, model, e, config)
+            for name, rows in measured[e.id].scores().items():  # the same scores, encoded once
+                scores.setdefault(name, []).extend(rows)
             record_slot_metrics(sink, e.id, measured[e.id])
             if len(edits) > 1:
                 _history_rows(sink, scores, k, len(edits), multi)

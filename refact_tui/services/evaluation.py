@@ -28,15 +28,25 @@ from typing import Sequence
 from engine.evaluation.config import ImageEvalConfig, TextEvalConfig
 from engine.events import ProgressCallback
 from refact_tui.services.eval_common import (  # noqa: F401  (re-exported: the public evaluation API)
-    EvalSummary, FinalMetric, eval_targets, is_main_process,
+    EvalSummary,
+    FinalMetric,
+    eval_targets,
+    is_main_process,
 )
 from refact_tui.services.eval_image import (  # noqa: F401
-    JUDGE_META_KEY, _require_pipeline, run_image_eval, with_workspace_judge,
+    JUDGE_META_KEY,
+    _require_pipeline,
+    run_image_eval,
+    with_workspace_judge,
 )
 from refact_tui.services.eval_text import (  # noqa: F401
-    SlotTextMetrics, frozen_features, measure_slots, record_text_metrics, run_text_eval,
+    EditTextMetrics,
+    SlotTextMetrics,
+    frozen_features,
+    measure_slots,
+    record_text_metrics,
+    run_text_eval,
 )
-
 
 # --- `refact eval`: both spaces, one report -------------------------------------------------------
 
@@ -82,6 +92,8 @@ class EvalReport:
     per_edit: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # edit -> space -> name -> value
     # the scope's text values per encoder slot (slot -> name -> value); empty for a one-slot model
     per_slot: dict[str, dict[str, float]] = field(default_factory=dict)
+    # batch edits: each request's text values in batch order (the table shows their mean)
+    per_request: dict[int, list[dict[str, float]]] = field(default_factory=dict)
     run_ids: dict[str, list[int]] = field(default_factory=dict)
     grids: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -138,11 +150,12 @@ def run_evaluation(ws, options: EvalOptions = EvalOptions(),
     finals = [*text.final, *(image.final if image is not None else [])]
     report.lines = _lines(finals, scope, edits[-1].id)
     report.per_slot = {slot: dict(values) for slot, values in text.slot_metrics.get(scope, {}).items()}
+    report.per_request = {edit_id: [dict(v) for v in rows] for edit_id, rows in text.request_metrics.items()}
     return report
 
 
 __all__ = [
-    "EvalOptions", "EvalReport", "EvalSummary", "FinalMetric", "JUDGE_META_KEY", "MetricLine", "SlotTextMetrics",
+    "EditTextMetrics", "EvalOptions", "EvalReport", "EvalSummary", "FinalMetric", "JUDGE_META_KEY", "MetricLine", "SlotTextMetrics",
     "eval_targets", "frozen_features", "is_main_process", "measure_slots", "record_text_metrics", "run_evaluation",
     "run_image_eval", "run_text_eval", "with_workspace_judge",
 ]

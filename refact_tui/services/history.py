@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.errors import DeltaIntegrityError, EngineError
-from engine.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 
 
 @dataclass(frozen=True)
@@ -88,20 +88,18 @@ def list_history(ws, history: int | str | None = None) -> list:
 def list_all_histories(ws) -> list[HistoryInfo]:
     """All histories with edit and queue counts, marking the current one."""
     from store.base_models import get_base_model
-    from store.db import fetch_all
     from store.histories import list_histories
+    from store.reads import HistoryCounts, history_counts
+    from store.states import EditStatus
 
     current_id = _current(ws).id
-    counts: dict[tuple[int, str], int] = {}
-    for r in fetch_all(ws.db, "SELECT history_id, status, COUNT(*) AS n FROM edits GROUP BY history_id, status"):
-        counts[(r["history_id"], r["status"])] = r["n"]
-    for r in fetch_all(ws.db, "SELECT history_id, COUNT(*) AS n FROM jobs WHERE state = 'queued' GROUP BY history_id"):
-        counts[(r["history_id"], "queued")] = r["n"]
+    counts = history_counts(ws.db)
     out = []
     for h in list_histories(ws.db):
         base = get_base_model(ws.db, h.base_model_id)
-        out.append(HistoryInfo(h, h.id == current_id, counts.get((h.id, "applied"), 0),
-                               counts.get((h.id, "rolled_back"), 0), counts.get((h.id, "queued"), 0), base.source))
+        c = counts.get(h.id, HistoryCounts({}, 0))
+        out.append(HistoryInfo(h, h.id == current_id, c.edits.get(EditStatus.APPLIED, 0),
+                               c.edits.get(EditStatus.ROLLED_BACK, 0), c.queued, base.source))
     return out
 
 
@@ -166,8 +164,13 @@ def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True
     if seq < 0:
         raise EngineError(f"cannot roll back to {seq}; use 0 for the base model or an edit's seq")
     if seq > hist.head_seq:
+        from store.edits import list_edits
+
+        kept = {e.seq for e in list_edits(ws.db, hist.id) if e.status == "rolled_back"}
+        hint = (f"; restore it with `refact rollforward {seq}`" if seq in kept else
+                "; `refact history` lists the edits")
         raise EngineError(f"edit {seq} is after the head ({hist.head_seq}) of {hist.name!r}; rollback only goes "
-                          f"back (restore rolled-back edits with `refact rollforward {seq}`)")
+                          f"back: pick 0..{hist.head_seq} (0 = the base model){hint}")
     if seq > 0 and seq not in {e.seq for e in applied_edits(ws.db, hist.id, hist.head_seq)}:
         raise EngineError(f"edit {seq} of {hist.name!r} is not applied (rolled back earlier); pick a seq shown "
                           "as applied by `refact history`")
@@ -177,13 +180,15 @@ def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True
 
         # rebuild (and verify) before changing anything, so a damaged delta leaves the history as it was
         weights_hash = load_history_model(ws, hist.id, "cpu", upto_seq=seq).weights_hash
-    with transaction(ws.db):
-        n = mark_rolled_back_after(ws.db, hist.id, seq)
     from store.events import log_event
     from store.histories import get_history
 
-    log_event(ws.db, "cli", f"history {hist.name!r} rolled back from {hist.head_seq} to {seq} ({n} edit(s))")
-    return RollbackResult(get_history(ws.db, hist.id), hist.head_seq, seq, n, weights_hash)
+    with transaction(ws.db):
+        # the head as it is now: a worker may have committed an edit while the model was rebuilt
+        start = get_history(ws.db, hist.id).head_seq
+        n = mark_rolled_back_after(ws.db, hist.id, seq)
+    log_event(ws.db, "cli", f"history {hist.name!r} rolled back from {start} to {seq} ({n} edit(s))")
+    return RollbackResult(get_history(ws.db, hist.id), start, seq, n, weights_hash)
 
 
 def _unique_name(ws, wanted: str | None, stem: str) -> str:
@@ -206,7 +211,7 @@ def _copy_edit(ws, history_id: int, e, weights_hash: str | None):
         layer=e.layer, module=e.module, delta_path=e.delta_path, delta_sha256=e.delta_sha256,
         weights_hash=weights_hash, steps_run=e.steps_run, early_stopped=e.early_stopped, p_target=e.p_target,
         delta_norm=e.delta_norm, division_factor=e.division_factor, timings=e.timings, device=e.device,
-        source_edit_id=e.id,
+        source_edit_id=e.id, method=e.method, method_hparams=e.method_hparams,
     )
     if getattr(e, "kind", "edit") == "batch":  # a batch stays a batch: kind and its per-request rows
         from store.batches import copy_batch
@@ -289,7 +294,8 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
                                  forked_at_seq=0)
             for e in edits:
                 for request in _requests_of(ws, e):  # a batch edit queues each of its requests
-                    enqueue(ws.db, new.id, request, e.hparams.resolve(hparams))
+                    enqueue(ws.db, new.id, request, e.hparams.resolve(hparams), method=e.method,
+                            method_hparams=e.method_hparams)
             set_current_history(ws.db, new.id)
         return get_history(ws.db, new.id)
 
@@ -299,8 +305,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             f"({base.encoder_hash[:12]} vs {src_base.encoder_hash[:12]}); pass --force to apply the deltas anyway"
         )
     deltas = load_deltas(ws, edits)
-    from refact_tui.services.methods import ensure_pipeline, needs_pipeline
-    from refact_tui.services.state import apply_delta
+    from refact_tui.services.state import apply_delta, ensure_pipeline, needs_pipeline
 
     if loaded is None:
         from engine.models import load_model
@@ -309,9 +314,11 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
     elif needs_pipeline(deltas):  # TIME / UCE deltas edit the UNet of the other model's pipeline
         ensure_pipeline(loaded)
     hashes = []
-    for d in deltas:
+    for e, d in zip(edits, deltas):
         apply_delta(loaded, d)  # DeltaIntegrityError if the shapes do not fit this model
         hashes.append(model_weights_hash(loaded))
+        if model is not None and not force:
+            _check_same_step(model, src.name, e, d, hashes[-1])
     with transaction(ws.db):
         new = create_history(ws.db, base.id, _unique_name(ws, name, f"{src.name}-replay"), parent_id=src.id,
                              forked_at_seq=None)
@@ -319,6 +326,18 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             _copy_edit(ws, new.id, e, h)
         set_current_history(ws.db, new.id)
     return get_history(ws.db, new.id)
+
+
+def _check_same_step(model, source: str, edit, delta, weights_hash: str) -> None:
+    """Onto another model, every delta must give the weights recorded when its edit was made: the
+    recorded hash covers every component a history's deltas touch (the text encoders and the edited
+    UNet matrices), so a base that differs only in its UNet is caught at the first TIME / UCE delta."""
+    if edit.weights_hash and weights_hash != edit.weights_hash:
+        parts = ", ".join(sorted({u.component for u in delta.updates}))
+        raise DeltaIntegrityError(
+            f"{model} differs from the base of {source!r} in what edit {edit.seq} changes ({parts}): the weights "
+            f"after its delta are {weights_hash[:12]}, not the recorded {edit.weights_hash[:12]}; pass --force to "
+            "apply the deltas anyway")
 
 
 @dataclass(frozen=True)
@@ -341,8 +360,13 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
     the restored edits were made on another line of edits; nothing changes then).
     """
     from engine.models import load_model
-    from refact_tui.services.methods import needs_pipeline
-    from refact_tui.services.state import apply_delta, load_deltas, model_weights_hash, recorded_hash_matches
+    from refact_tui.services.state import (
+        apply_delta,
+        load_deltas,
+        model_weights_hash,
+        needs_pipeline,
+        recorded_hash_matches,
+    )
     from store.base_models import get_base_model
     from store.db import transaction
     from store.edits import list_edits, mark_rolled_forward

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
+from engine.errors import EngineError
 from engine.request import EditRequest
 
 DRIFT_CAPTIONS = 24
@@ -77,9 +76,9 @@ def sweep_layers(
     """Edit ``request`` at every editable layer (or ``layers``) of each slot (or ``slots``); see module doc."""
     from engine.covariance import SecondMomentStore
     from engine.evaluation.text_metrics import FeatureCache, encode_texts, text_metrics
-    from engine.insertion import insert
-    from engine.refact import compute_edit
-    from engine.slot_edit import SlotSelectionError, slot_list
+    from engine.methods import get_method
+    from engine.methods.base import EditContext
+    from engine.methods.refact.model_edit import SlotSelectionError, slot_list
 
     request.validate()
     all_slots = slot_list(model)
@@ -88,6 +87,8 @@ def sweep_layers(
         if wanted not in names:
             raise SlotSelectionError(f"this model has no encoder slot {wanted!r}; its slots are {', '.join(names)}")
     stats = stats if stats is not None else SecondMomentStore(None)
+    method = get_method("refact")
+    context = EditContext(second_moments=stats, corpus=corpus, n_samples=n_samples)
     unrelated = list(unrelated) if unrelated is not None else drift_texts(request, corpus=None)
     out: list[SlotSweep] = []
     for slot, name in zip(all_slots, names):
@@ -103,35 +104,35 @@ def sweep_layers(
             if layer not in editable:
                 row.error = f"not editable (layers 0..{editable[-1]} reach the {sweep.readout} readout)"
             else:
-                weight = slot.adapter.fc2(layer).weight
-                backup = weight.detach().clone()
+                undo = None
                 try:
-                    res = compute_edit(slot, request, replace(hparams, layer=int(layer), slots=(), slot_layers=()),
-                                       stats=stats, corpus=corpus, n_samples=n_samples)
-                    insert(slot.adapter, res.delta, res.tensors["k_e"], res.tensors["v_star"])
+                    outcome = method.compute(slot, [request], _at(hparams, int(layer)), context)
+                    undo = outcome.insert(slot)
                     m = text_metrics(slot, frozen, request, similarity=hparams.similarity,
                                      temperature=hparams.temperature)
-                    row.p_target, row.efficacy, row.steps_run = res.p_target, m.efficacy, res.steps_run
+                    row.p_target, row.efficacy, row.steps_run = outcome.p_target, m.efficacy, outcome.steps_run
                     row.generality, row.specificity = m.generality, m.specificity
                     if base_drift is not None:
                         now = encode_texts(slot, unrelated)
                         rel = (now - base_drift).norm(dim=-1) / base_drift.norm(dim=-1).clamp_min(1e-12)
                         row.drift = float(rel.mean())
-                except Exception as exc:  # an engine refusal at one layer is a result, not a crash
-                    from engine.errors import EngineError
-
-                    if not isinstance(exc, (EngineError, ValueError)):
-                        raise
+                except (EngineError, ValueError) as exc:  # an engine refusal at one layer is a result, not a crash
                     row.error = " ".join(str(exc).split())
                 finally:
-                    with torch.no_grad():
-                        weight.copy_(backup)
+                    if undo is not None:
+                        undo()
             row.seconds = time.perf_counter() - t0
             sweep.rows.append(row)
             if on_row is not None:
                 on_row(row)
         out.append(sweep)
     return out
+
+
+
+def _at(hparams: Any, layer: int) -> Any:
+    """``hparams`` for one slot at ``layer`` (the sweep picks the slot and the layer itself)."""
+    return replace(hparams, layer=layer, slots=(), slot_layers=())
 
 
 def sweep_workspace(ws, request: EditRequest, hparams: Any, *, slots: Sequence[str] = (),

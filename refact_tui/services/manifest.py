@@ -137,8 +137,16 @@ class _Checker:
         return resolved
 
 
-def parse_manifest(text: str, path: Path) -> Manifest:
-    """Validate manifest JSON text against the schema (ManifestError naming the first bad field)."""
+LEGACY_FORMAT = "refact-deltas/1"
+LEGACY_FLAG = "--legacy-manifest"
+
+
+def parse_manifest(text: str, path: Path, *, legacy: bool = False) -> Manifest:
+    """Validate manifest JSON text against the schema (ManifestError naming the first bad field).
+
+    ``refact-deltas/2`` must carry every hash of its chain (each edit's before_hash and weights_hash,
+    and final_weights_hash): without them a delta altered together with its sha256 would pass.
+    ``refact-deltas/1`` records no before_hash; it is read only with ``legacy``."""
     c = _Checker(path)
     try:
         data = json.loads(text)
@@ -156,12 +164,18 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     if fmt not in FORMATS:
         raise ManifestError(f"{path} is not a refact deltas manifest (format {' or '.join(FORMATS)} expected, "
                             f"got {_kind(fmt)})")
+    if fmt == LEGACY_FORMAT and not legacy:
+        raise ManifestError(f"{path} is a {LEGACY_FORMAT} manifest: it records no weights hash before each delta, "
+                            "so the chain from the base cannot be checked; re-export it, or pass "
+                            f"{LEGACY_FLAG} to apply it with only the files' sha256 and the weights hashes it "
+                            "records checked")
+    chained = fmt != LEGACY_FORMAT  # refact-deltas/2: every hash of the chain is required
     base = data.get("base")
     if not isinstance(base, dict):
         raise c.fail("base", "an object", base)
     base_hash = c.hash(base.get("encoder_hash"), "base.encoder_hash")
     base_hashes = c.hashes(base.get("weights_hashes"), "base.weights_hashes")
-    final = c.hash(data.get("final_weights_hash"), "final_weights_hash", optional=True)
+    final = c.hash(data.get("final_weights_hash"), "final_weights_hash", optional=not chained)
     edits = data.get("edits")
     if not isinstance(edits, list):
         raise c.fail("edits", "a list", edits)
@@ -190,8 +204,8 @@ def parse_manifest(text: str, path: Path) -> Manifest:
             sha256=c.hash(e.get("sha256"), f"{where}.sha256", sha=True),  # type: ignore[arg-type]
             layer=c.int_or_null(e.get("layer"), f"{where}.layer"),
             module=c.text_or_null(e.get("module"), f"{where}.module"),
-            before_hash=c.hash(e.get("before_hash"), f"{where}.before_hash", optional=True),
-            weights_hash=c.hash(e.get("weights_hash"), f"{where}.weights_hash", optional=True),
+            before_hash=c.hash(e.get("before_hash"), f"{where}.before_hash", optional=not chained),
+            weights_hash=c.hash(e.get("weights_hash"), f"{where}.weights_hash", optional=not chained),
             weights_hashes=c.hashes(e.get("weights_hashes"), f"{where}.weights_hashes"),
         ))
     _check_chain(path, base_hash, entries, final)  # type: ignore[arg-type]
@@ -211,8 +225,9 @@ def _check_chain(path: Path, base_hash: str, entries: list[ManifestEntry], final
                             "the edit chain was altered")
 
 
-def load_manifest(path: Path | str) -> Manifest:
-    """Read and validate a manifest file (ManifestError: missing, too big, not UTF-8, malformed)."""
+def load_manifest(path: Path | str, *, legacy: bool = False) -> Manifest:
+    """Read and validate a manifest file (ManifestError: missing, too big, not UTF-8, malformed; a
+    refact-deltas/1 manifest unless ``legacy``)."""
     path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise ManifestError(f"manifest {path} not found; pass the manifest.json written by "
@@ -223,7 +238,7 @@ def load_manifest(path: Path | str) -> Manifest:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"manifest {path} is not UTF-8 (bad byte at offset {exc.start}); re-export it") from None
-    return parse_manifest(text, path)
+    return parse_manifest(text, path, legacy=legacy)
 
 
 def verify_step(manifest: Manifest, entry: ManifestEntry, weights_hash: str, hashes: dict[str, str]) -> None:

@@ -1,23 +1,26 @@
 """Edit methods in the queue and the history: which method a request uses, and the worker's hooks.
 
-A request that names no method is a ReFACT edit (every existing job and edit). Another method is
-recorded in ``EditRequest.extra`` ("method" and "method_hparams", the full hyperparameters as JSON),
-so jobs, edits and histories of mixed methods need no schema change. The worker asks
-``compute_method_edit`` for such a job and commits the result like a ReFACT edit.
+A request that names no method is a ReFACT edit. ``with_method`` tags a request for the queue
+("method" and "method_hparams" in its ``extra``); the queue stores them in the jobs' ``method`` and
+``method_hparams`` columns, which the worker and the edits read from then on. The worker, the bench and
+`refact layers` compute every edit with ``compute_outcome`` (the method contract) and insert it with
+``insert_outcome``; none of them looks at which method produced it.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import torch
-
+from engine.methods import MethodError, MethodRefusedError, get_method
 from engine.request import EditRequest
-from refact_tui.services.state import TEXT_COMPONENTS  # the components ReFACT edits
+from refact_tui.services.state import ensure_pipeline, forget_edited, note_edited
+
+if TYPE_CHECKING:  # annotations only: the queue imports this module without loading torch
+    from engine.methods.base import EditContext
+    from engine.methods.outcome import EditOutcome
 
 METHOD_KEY = "method"
 HPARAMS_KEY = "method_hparams"
@@ -30,8 +33,6 @@ def method_of(request: EditRequest) -> str:
 
 def with_method(request: EditRequest, method: str, hparams: Mapping[str, Any] | None = None) -> EditRequest:
     """``request`` tagged with ``method`` and its full hyperparameters (validated; MethodError if bad)."""
-    from engine.methods import MethodError, get_method
-
     m = get_method(method)
     if m.name == "refact":
         if hparams:
@@ -47,10 +48,6 @@ def check_method_for_base(method: str, kind: str, path: str) -> None:
     judged from its folder without loading it: a UNet method on a bare text encoder or on a pipeline
     whose model_index.json lists no UNet (FLUX, SD3). A folder that cannot be read is let through
     (the worker refuses it when it loads the model)."""
-    from pathlib import Path
-
-    from engine.methods import MethodRefusedError, get_method
-
     m = get_method(method)
     if m.name == "refact":
         return
@@ -73,8 +70,6 @@ def check_method_for_base(method: str, kind: str, path: str) -> None:
 def method_hparams_of(request: EditRequest) -> dict[str, Any] | None:
     """The method hyperparameters a request carries in ``extra`` (None when it names none); MethodError
     when they are not a JSON object."""
-    from engine.methods import MethodError
-
     raw = (request.extra or {}).get(HPARAMS_KEY)
     if raw in (None, ""):
         return None
@@ -87,112 +82,29 @@ def method_hparams_of(request: EditRequest) -> dict[str, Any] | None:
     return value
 
 
-def needs_pipeline(deltas) -> bool:
-    """True when a delta edits something besides a text encoder (e.g. the UNet)."""
-    return any(c not in TEXT_COMPONENTS for d in deltas for c in d.components)
-
-
-def ensure_pipeline(model) -> None:
-    """Give a text-encoder-only LoadedModel of a pipeline folder its pipeline, sharing its encoder."""
-    if getattr(model, "pipeline", None) is not None or model.kind != "sd-pipeline":
-        return
-    from diffusers import DiffusionPipeline
-
-    from engine.offline import quiet_hf_logging
-
-    quiet_hf_logging()
-    pipe = DiffusionPipeline.from_pretrained(model.path, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                             local_files_only=True, use_safetensors=True)
-    pipe.to(model.device)
-    model.pipeline = pipe
-
-
-@dataclass
-class MethodEdit:
-    """A non-ReFACT edit as the worker records it (same fields as ReFACT's EditResult that it reads)."""
-
-    delta: Any
-    method: str
-    p_target: float               # the cross-attention proxy's P(target) of the edit prompt
-    seconds: float
-    steps_run: int = 0
-    early_stopped: bool = False
-    delta_norm: float = 0.0
-    division_factor: float = 1.0
-    timings: Any = None
-    layer: int = -1
-    module: str = ""
-    numbers: dict[str, float] = field(default_factory=dict)
-
-
-def compute_method_edit(model, request: EditRequest) -> MethodEdit:
-    """The delta of a TIME / UCE request on the working model (weights unchanged afterwards)."""
-    from engine.evaluation.cross_attn import cross_attn_scores, frozen_kv, request_texts
-    from engine.methods import applied, get_method
-    from engine.refact import EditTimings
-
-    m = get_method(method_of(request))
-    ensure_pipeline(model)
+def compute_outcome(model, requests: Sequence[EditRequest], hparams: Any, context: EditContext, *,
+                    method: str = "refact", method_hparams: Mapping[str, Any] | None = None) -> EditOutcome:
+    """The edit of a job (one request) or a batch (several, ReFACT) on the working model, through its
+    method's contract: loads the pipeline when the method edits more than the text encoders, checks the
+    model, computes. ``hparams`` are ReFACT's; another method runs with ``method_hparams`` (the job's
+    columns). The weights are unchanged afterwards."""
+    m = get_method(method)
+    if m.needs_pipeline:
+        ensure_pipeline(model)
     m.check(model)
-    h = m.hparams_from_dict(json.loads((request.extra or {}).get(HPARAMS_KEY) or "{}"))
-    t0 = time.perf_counter()
-    res = m.compute(model, request, h)
-    frozen = frozen_kv(model)
-    frozen.get(request_texts(request))
-    with applied(model, res.delta):
-        p = float(cross_attn_scores(model, frozen, request).efficacy[0, 0, 1])
-    seconds = time.perf_counter() - t0
-    norm = math.sqrt(sum(float(u.matrix().pow(2).sum()) for u in res.delta.updates))
-    return MethodEdit(res.delta, m.name, p, seconds, delta_norm=norm,
-                      timings=EditTimings(insert_s=res.seconds, total_s=seconds),
-                      module=f"{m.component}: {len(res.delta.updates)} cross-attention matrices",
-                      numbers=res.numbers)
+    own = hparams if m.name == "refact" else m.hparams_from_dict(method_hparams)
+    return m.compute(model, list(requests), own, context)
 
 
-def insert_result(model, result) -> Callable[[], None]:
-    """Apply a computed edit to the working model; returns the bit-exact undo. ReFACT's goes through
-    engine.insertion.insert (W k_e == v* checked); another method's delta is applied as is."""
-    if isinstance(result, MethodEdit):
-        from engine.methods import WeightSnapshot
-        from refact_tui.services.state import apply_delta, forget_edited
+def insert_outcome(model, outcome: EditOutcome) -> Callable[[], None]:
+    """``outcome.insert(model)`` (ReFACT: W k_e == v* checked per slot; refused with every matrix
+    restored) plus the working model's record of matrices edited outside the text encoders (for the
+    weights hash). Returns the bit-exact undo of both."""
+    undo = outcome.insert(model)
+    added = note_edited(model, outcome.delta)
 
-        snap = WeightSnapshot(model, result.delta)
-        added = apply_delta(model, result.delta)  # the recorded weights hash now covers these matrices
+    def undo_all() -> None:
+        undo()
+        forget_edited(model, added)
 
-        def undo_method() -> None:
-            snap.restore()
-            forget_edited(model, added)
-
-        return undo_method
-    if hasattr(result, "edits"):  # a multi-slot ReFACT edit: W k_e == v* checked per slot
-        from engine.slot_edit import insert_model_edit, slot_list
-
-        by_name = {getattr(s, "component", "text_encoder"): s for s in slot_list(model)}
-        weights = [by_name[e.slot].adapter.fc2(e.layer).weight for e in result.edits]
-        backups = [w.detach().clone() for w in weights]
-        insert_model_edit(model, result)
-
-        def undo_all() -> None:
-            with torch.no_grad():
-                for w, b in zip(weights, backups):
-                    w.copy_(b)
-
-        return undo_all
-    from engine.insertion import insert
-
-    weight = model.adapter.fc2(result.delta.layer).weight
-    backup = weight.detach().clone()
-    insert(model.adapter, result.delta, result.tensors["k_e"], result.tensors["v_star"])
-
-    def undo() -> None:
-        with torch.no_grad():
-            weight.copy_(backup)
-
-    return undo
-
-
-def edit_location(result) -> tuple[int, str]:
-    """(layer, module) recorded for an edit."""
-    if isinstance(result, MethodEdit) or hasattr(result, "edits"):  # hasattr: a multi-slot ReFACT edit
-        return result.layer, result.module
-    return result.delta.layer, result.delta.module
+    return undo_all

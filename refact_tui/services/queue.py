@@ -6,11 +6,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from engine.errors import EngineError
-from engine.hparams import HParamsError, ReFACTHParams
 from engine.admission import RequestChecker, TokenLimit
+from engine.errors import EngineError
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, RequestError
-from engine.slots import PAPER_DEPTH
 from refact_tui.services.workspace import Workspace
 from store import jobs as job_store
 from store.base_models import get_base_model
@@ -60,16 +59,20 @@ def default_hparams(ws: Workspace) -> ReFACTHParams:
     """
     base = get_base_model(ws.db, ws.history().base_model_id)
     first = next(iter((base.config.get("slots") or {}).values()), None)
+    # the temperature `refact init` recorded for the first slot; workspaces made before it keep 1.0
+    paper = ReFACTHParams(temperature=float(first.get("temperature", 1.0)) if isinstance(first, dict) else 1.0)
     if isinstance(first, dict) and "default_layer" in first and "editable" in first:
         # the first slot's readout bounds its layers (SDXL's penultimate readout stops two short)
         editable = first["editable"]
         fits = int(editable[0]) <= PAPER_LAYER <= int(editable[1])
+        from engine.slots import PAPER_DEPTH  # imports torch; `queue ls` must not (refact_tui/cli/__init__.py)
+
         own_depth = float(first.get("default_depth", PAPER_DEPTH)) != PAPER_DEPTH
-        return ReFACTHParams(layer=int(first["default_layer"])) if own_depth or not fits else ReFACTHParams()
+        return paper.with_overrides(layer=int(first["default_layer"])) if own_depth or not fits else paper
     num_layers = base.config.get("num_layers")
     if num_layers is not None and PAPER_LAYER >= int(num_layers):
-        return ReFACTHParams(layer=int(num_layers) // 2)
-    return ReFACTHParams()
+        return paper.with_overrides(layer=int(num_layers) // 2)
+    return paper
 
 
 def resolve_hparams(ws: Workspace, hparams: ReFACTHParams | Mapping[str, Any] | None) -> ReFACTHParams:
@@ -132,7 +135,7 @@ def add_edit(ws: Workspace, request: EditRequest,
     check_method(ws, request)
     checker = checker if checker is not None else request_checker(ws, hparams)
     if checker is not None:
-        problems = checker.problems(request)
+        problems = [*checker.problems(request), *method_text_problems(checker, request)]
         if problems:
             raise RequestError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
     if not allow_duplicate:
@@ -140,7 +143,7 @@ def add_edit(ws: Workspace, request: EditRequest,
         if duplicate is not None:
             raise RequestError(f"the same request is already {duplicate}; pass --allow-duplicate to queue it again")
     with transaction(ws.db):
-        job = job_store.enqueue(ws.db, ws.history().id, request, hparams)
+        job = job_store.enqueue(ws.db, ws.history().id, request, hparams, **_method_columns(request))
         log_event(ws.db, "queue", f"queued job {job.id}: {request.prompt!r} -> {request.target!r}", job_id=job.id)
     return job
 
@@ -149,7 +152,11 @@ def check_method(ws: Workspace, request: EditRequest) -> None:
     """The request's edit method (a TIME / UCE tag in ``extra``) is known, its hyperparameters are
     valid and it can edit the current history's base model (MethodError / MethodRefusedError)."""
     from refact_tui.services.methods import (
-        HPARAMS_KEY, check_method_for_base, method_hparams_of, method_of, with_method,
+        HPARAMS_KEY,
+        check_method_for_base,
+        method_hparams_of,
+        method_of,
+        with_method,
     )
 
     method = method_of(request)
@@ -158,6 +165,25 @@ def check_method(ws: Workspace, request: EditRequest) -> None:
     with_method(request, method, method_hparams_of(request))  # validates name and hyperparameters
     base = get_base_model(ws.db, ws.history().base_model_id)
     check_method_for_base(method, base.kind, base.path)
+
+
+def method_text_problems(checker: RequestChecker | None, request: EditRequest) -> list[str]:
+    """The texts a TIME / UCE request's hyperparameters make the worker encode (UCE's ``preserve``
+    concepts) that do not fit the first encoder's limit, the one the UNet is conditioned on."""
+    from engine.admission import token_count
+    from refact_tui.services.methods import method_hparams_of
+
+    if checker is None or not checker.limits:
+        return []
+    lim, out = checker.limits[0], []
+    for key, value in (method_hparams_of(request) or {}).items():
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for i, text in enumerate(t for t in texts if isinstance(t, str)):
+            n = token_count(lim.tokenizer, text)
+            if n is None or n > lim.limit:
+                size = "cannot be tokenized" if n is None else f"is {n} tokens long"
+                out.append(f"--hp {key}[{i}] {size}, over the {lim.name} limit of {lim.limit}; shorten it")
+    return out
 
 
 def _base_tokenizer(ws: Workspace) -> Any | None:
@@ -231,6 +257,7 @@ def import_requests(
     encoding_errors: str = "strict",
     method: str | None = None,
     method_hparams: Mapping[str, Any] | None = None,
+    negatives: Path | str | None = None,
 ) -> ImportReport:
     """Queue every request of a file (RoAD / TIMED CSV, JSONL, JSON) in one transaction.
 
@@ -245,7 +272,7 @@ def import_requests(
     row whose ``extra`` names a method of its own is checked like one (and must agree with ``method``).
     Raises ImportFileError for an unreadable / unknown / non-UTF-8 file, HParamsError for bad hparams,
     MethodError / MethodRefusedError for a bad method or one that cannot edit the base model (nothing
-    is read or queued then).
+    is read or queued then). ``negatives``: an ICEB file's class-prompt file (specificity probes).
     """
     from engine.importers import ImportProblem, load_requests  # lazy: only the import command needs it
 
@@ -255,7 +282,7 @@ def import_requests(
     tag = _import_method(ws, method, method_hparams)
     checker = request_checker(ws, hparams, tokenizer)
     result = load_requests(path, format=format, skip_invalid=skip_invalid, checker=checker,
-                           encoding_errors=encoding_errors)
+                           encoding_errors=encoding_errors, negatives=negatives)
     report = ImportReport(path=path, errors=list(result.errors))
     if report.errors and not skip_invalid:
         return report
@@ -278,6 +305,8 @@ def import_requests(
             row = replace(row, request=tag(row.request)) if tag is not None else row
             if tag is None:
                 check_method(ws, row.request)
+            for problem in method_text_problems(checker, row.request)[:1]:
+                report.errors.append(ImportProblem(str(path), row.row, "extra.method", problem))
         except EngineError as exc:  # MethodError / MethodRefusedError
             report.errors.append(ImportProblem(str(path), row.row, "extra.method", str(exc)))
         tagged.append(row)
@@ -302,7 +331,7 @@ def import_requests(
 
     with transaction(ws.db):
         for request, row_hp in to_add:
-            report.added.append(job_store.enqueue(ws.db, history_id, request, row_hp))
+            report.added.append(job_store.enqueue(ws.db, history_id, request, row_hp, **_method_columns(request)))
         if to_add:
             log_event(ws.db, "queue", f"imported {len(to_add)} edit(s) from {path.name}")
     return report
@@ -368,3 +397,31 @@ def cancel(ws: Workspace, job_id: int) -> JobRow:
 def retry(ws: Workspace, job_id: int) -> JobRow:
     """Put a failed or cancelled job back at the end of the queue."""
     return job_store.retry_job(ws.db, job_id)
+
+
+def retry_many(ws: Workspace, job_ids: list[int] = (), all_failed: bool = False,
+               reason: str | None = None) -> list[JobRow]:
+    """Requeue several jobs in one transaction: ``job_ids`` (failed or cancelled), and with ``all_failed``
+    every failed job, narrowed by ``reason`` (text its error contains) when given. StoreError, nothing
+    requeued, if an id cannot be retried or nothing is selected."""
+    from store.errors import StoreError
+
+    if reason is not None and not reason.strip():
+        raise StoreError("--reason is empty; give text the failed jobs' errors contain, e.g. --reason batch")
+    if reason is not None and not all_failed and not job_ids:
+        all_failed = True  # --reason alone filters the failed jobs
+    with transaction(ws.db):
+        ids = list(dict.fromkeys([*job_ids, *(job_store.failed_job_ids(ws.db, reason) if all_failed else [])]))
+        if not ids:
+            raise StoreError("no job to retry" + (f": no failed job's error contains {reason!r}" if reason else
+                             "; pass job ids, --all-failed or --reason TEXT"))
+        jobs = [job_store.retry_job(ws.db, i) for i in ids]
+        log_event(ws.db, "queue", f"requeued job(s) {ids}")
+    return jobs
+
+
+def _method_columns(request: EditRequest) -> dict:
+    """The jobs.method / method_hparams columns of a request tagged by ``with_method``."""
+    from refact_tui.services.methods import method_hparams_of, method_of
+
+    return {"method": method_of(request), "method_hparams": method_hparams_of(request)}

@@ -76,6 +76,26 @@ def _text_metrics_hook(ws) -> Callable:
     return hook
 
 
+def check_run_options(ws, device: str = "auto", batch=None) -> None:
+    """Every `run` option, before any job is claimed and whether or not the queue holds jobs: the device,
+    the batch settings, and ``--layers`` against the base model of the current history and of every
+    history with queued jobs (the readout-aware range a single edit's layer is held to). One-line
+    HParamsError / EngineError."""
+    from engine.models import resolve_device
+    from store.base_models import get_base_model
+    from store.histories import get_history
+    from store.jobs import list_jobs
+
+    resolve_device(device)
+    if batch is None:
+        return
+    batch.validate()
+    histories = {ws.history().id} | {j.history_id for j in list_jobs(ws.db, states=("queued",))}
+    bases = {get_history(ws.db, h).base_model_id for h in histories}
+    for base_id in sorted(bases):
+        batch.check_layers(get_base_model(ws.db, base_id).config.get("slots") or {})
+
+
 def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: EventCallback | None = None,
                should_stop: StopCheck | None = None, *, watch: bool = False,
                text_metrics: bool = True, batch=None) -> WorkerSummary:
@@ -85,9 +105,7 @@ def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: 
     """
     from refact_tui.services.state import load_history_model
 
-    from engine.models import resolve_device
-
-    resolve_device(device)  # a bad --device is refused before any job is claimed (nothing charged)
+    check_run_options(ws, device, batch)  # refused before any job is claimed (nothing charged)
     corpus, samples = stats_settings(ws)
     stale_after, heartbeat = lease_timing()
     config = WorkerConfig(
@@ -95,19 +113,13 @@ def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: 
         device=device, max_jobs=max_jobs, watch=watch, stats_corpus=corpus, stats_samples=samples,
         lease_stale_after=stale_after, heartbeat_interval=heartbeat,
     )
-    worker_cls, extra = Worker, {}
-    if batch is not None:  # `--batch N`: services.batch_worker.BatchSettings
-        from refact_tui.services.batch_worker import BatchWorker
-
-        batch.validate()
-        worker_cls, extra = BatchWorker, {"settings": batch}
-    worker = worker_cls(
+    worker = Worker(
         config,
         lambda history_id: load_history_model(ws, history_id, device),
         on_event=on_event,
         should_stop=should_stop,
         after_edit=_text_metrics_hook(ws) if text_metrics else None,
-        **extra,
+        batch=batch,  # `--batch N`: services.batch_worker.BatchSettings
     )
     return worker.run()
 

@@ -71,10 +71,36 @@ def apply_delta(model, delta) -> set[tuple[str, str]]:
     """``delta.apply(model)``, remembering on the model the matrices it changed outside the text
     encoders (so ``model_weights_hash`` covers them); returns the ones that were new (for an undo)."""
     delta.apply(model)
+    return note_edited(model, delta)
+
+
+def note_edited(model, delta) -> set[tuple[str, str]]:
+    """Remember on the model the matrices an applied ``delta`` changed outside the text encoders
+    (so ``model_weights_hash`` covers them); returns the ones that were new (for ``forget_edited``)."""
     new = edited_outside_text(delta) - set(getattr(model, EDITED_ATTR, None) or ())
     if new:
         setattr(model, EDITED_ATTR, set(getattr(model, EDITED_ATTR, None) or ()) | new)
     return new
+
+
+def needs_pipeline(deltas) -> bool:
+    """True when a delta edits something besides a text encoder (e.g. the UNet)."""
+    return any(c not in TEXT_COMPONENTS for d in deltas for c in d.components)
+
+
+def ensure_pipeline(model) -> None:
+    """Give a text-encoder-only LoadedModel of a pipeline folder its pipeline, sharing its encoder."""
+    if getattr(model, "pipeline", None) is not None or model.kind != "sd-pipeline":
+        return
+    from diffusers import DiffusionPipeline  # heavy: only for a history that edits the UNet
+
+    from engine.offline import quiet_hf_logging
+
+    quiet_hf_logging()
+    pipe = DiffusionPipeline.from_pretrained(model.path, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                             local_files_only=True, use_safetensors=True)
+    pipe.to(model.device)
+    model.pipeline = pipe
 
 
 def forget_edited(model, matrices: set[tuple[str, str]]) -> None:
@@ -138,8 +164,6 @@ def load_history_model(ws, history: int | str | None = None, device: str = "auto
     head = hist.head_seq if upto_seq is None else upto_seq
     edits = applied_edits(ws.db, hist.id, head) if head > 0 else []
     deltas = load_deltas(ws, edits)
-    from refact_tui.services.methods import needs_pipeline
-
     # a history with UNet edits (TIME, UCE) is rebuilt on the whole pipeline
     model = load_model(base.path, device=device, with_pipeline=with_pipeline or needs_pipeline(deltas))
     base_hash = model_weights_hash(model)

@@ -1,92 +1,86 @@
-"""The worker's lease side: claiming under the fence, the heartbeat thread, stopping when the lease
-is lost, and cleaning up delta files nothing refers to (split out of services/worker.py).
-
-``LeaseKeeping`` is a mixin of ``Worker``: it uses the worker's ``config``, ``_db``, ``_fence``,
-``_lease_lost``, ``_pending_delta``, ``_current_job``, ``_cancelled`` and ``_should_stop``.
+"""The worker lease as an object the worker holds: the fence it writes under, the heartbeat thread
+that renews it (and the running jobs' heartbeats), and whether another worker took it over.
+Also the collection of delta files that dead workers left and no edit refers to.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-import time
+from pathlib import Path
+from typing import Callable
 
-from engine.events import StopCheck
-from refact_tui.services.worker_types import JobFailed, WorkerNotice, WorkerSummary
 from store.db import open_db
-from store.jobs import claim_next, heartbeat_job, is_cancel_requested, peek_next
-from store.leases import LeaseLostError, check_lease, renew_lease
+from store.jobs import heartbeat_job
+from store.leases import Fence, LeaseLostError, acquire_fence, check_lease, release_lease, renew_lease
+from store.reads import delta_file_refs
 
 LEASE_NAME = "worker"
 
 
-class LeaseKeeping:
-    """Claim, heartbeat, lease-loss and orphan-delta handling of a queue worker."""
+class LeaseKeeper:
+    """Holds the workspace's worker lease for one worker run.
 
-    def _claim(self):
-        """Load the model for the next job first (so a model that cannot load charges nothing), then
-        claim it under the lease fence (LeaseLostError when the lease was taken over)."""
+    ``acquire`` takes it (LeaseHeldError when another live worker has it), ``start`` runs the
+    heartbeat on its own connection, ``check`` raises LeaseLostError once a renewal found the lease
+    taken over, ``release`` stops the heartbeat and gives the lease back. ``running_ids`` says which
+    jobs' heartbeats to refresh (a single job or every job of a batch).
+    """
 
-        nxt = peek_next(self._db)
-        if nxt is None:
-            return None
-        if self._lease_lost.is_set():
-            check_lease(self._db, self._fence)
-        self._model_for(nxt.history_id)
-        return claim_next(self._db, self.config.worker_id, fence=self._fence)
+    def __init__(self, db_path: Path, worker_id: str, *, stale_after: float, interval: float,
+                 running_ids: Callable[[], list[int]]) -> None:
+        self.db_path, self.worker_id = Path(db_path), worker_id
+        self.stale_after, self.interval = stale_after, interval
+        self._running_ids = running_ids
+        self.fence: Fence | None = None
+        self.lost = threading.Event()  # set by the heartbeat when the lease was taken over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _lost(self, summary: WorkerSummary, exc: LeaseLostError, job_id: int | None) -> None:
-        """This worker's lease was taken over: drop the uncommitted delta and stop, writing nothing."""
+    def acquire(self, db) -> Fence:
+        self.fence = acquire_fence(db, LEASE_NAME, self.worker_id, os.getpid(), socket.gethostname(),
+                                   stale_after=self.stale_after)
+        return self.fence
 
-        self._drop_pending_delta()
-        summary.lease_lost = str(exc)
-        summary.stopped = True
-        self._emit(WorkerNotice(f"stopped: {exc}"))
-        if job_id is not None:
-            self._emit(JobFailed(job_id, "lease lost; the worker that took over redoes this job", requeued=True))
+    @property
+    def owner(self) -> dict:
+        """The keyword arguments every store write on a running job takes (worker id and fence)."""
+        return {"worker_id": self.worker_id, "fence": self.fence}
 
-    def running_job_ids(self) -> list[int]:
-        """Jobs this worker runs now (heartbeat hook; services.batch_worker runs several at once)."""
-        return [] if self._current_job is None else [self._current_job]
+    def check(self, db) -> None:
+        """LeaseLostError when the heartbeat saw the lease taken over (confirmed in the database)."""
+        if self.lost.is_set():
+            check_lease(db, self.fence)
 
-    def _remove_orphan_deltas(self, job_ids: list[int]) -> None:
-        """Delete the delta files (and half-written temporaries) that dead workers' attempts of these
-        jobs left: no edit refers to them, and holding the lease, no one else can be writing them."""
+    def verify(self, db) -> None:
+        """LeaseLostError unless this worker still holds the lease generation it claimed under (call
+        inside the transaction that commits)."""
+        check_lease(db, self.fence)
 
-        from store.db import fetch_all
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="refact-heartbeat")
+        self._thread.start()
 
-        if not job_ids or not self.config.deltas_dir.is_dir():
-            return
-        referenced = {r["delta_path"] for r in fetch_all(self._db, "SELECT delta_path FROM edits "
-                                                                   "WHERE delta_path IS NOT NULL")}
-        for job_id in job_ids:
-            for path in self.config.deltas_dir.glob(f"*-job{job_id:05d}-a*"):
-                rel = path.relative_to(self.config.root).as_posix() if path.is_relative_to(self.config.root) \
-                    else str(path)
-                if rel not in referenced and str(path) not in referenced:
-                    path.unlink(missing_ok=True)
+    def release(self, db) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=5)
+        release_lease(db, LEASE_NAME, self.worker_id)
 
-    def _drop_pending_delta(self) -> None:
-        path, self._pending_delta = self._pending_delta, None
-        if path is not None:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # left for `refact doctor` to list
-                pass
-
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        """Renew the lease and the running job's heartbeat from a separate connection; a renewal that
-        finds the lease taken over sets ``_lease_lost`` (the job stops at its next step)."""
-
+    def _beat(self) -> None:
+        """Renew the lease and the running jobs' heartbeats from a separate connection; a renewal that
+        finds the lease taken over sets ``lost`` (the running work stops at its next step)."""
         db = None
-        fence = self._fence
+        fence = self.fence
         try:
-            db = open_db(self.config.db_path, check=False)  # run() checked it already
-            while not stop.wait(self.config.heartbeat_interval):
+            db = open_db(self.db_path)
+            while not self._stop.wait(self.interval):
                 try:
                     if not renew_lease(db, LEASE_NAME, fence.holder, fence.generation):
-                        self._lease_lost.set()
+                        self.lost.set()
                         return
-                    for job_id in self.running_job_ids():
+                    for job_id in self._running_ids():
                         heartbeat_job(db, job_id, worker_id=fence.holder)
                 except Exception:  # a busy database now and then must not kill the heartbeat
                     pass
@@ -94,21 +88,26 @@ class LeaseKeeping:
             if db is not None:
                 db.close()
 
-    def _stop_check(self, job_id: int) -> StopCheck:
-        """Stop between steps on a worker stop, or when the job is cancelled (polled twice a second)."""
 
-        last = [0.0]
+# every name a worker writes for a job, and its atomic-write temporary (.NAME.XXXX.tmp): single edits
+# h0001-job00009-a2-xxxxxx.safetensors, batches h0001-batch-TOKEN-job00009.safetensors (first job's id)
+ORPHAN_SHAPES = ("*-job{:05d}-a*", "*-batch-*-job{:05d}.safetensors*")
 
-        def check() -> bool:
-            if self._should_stop() or self._lease_lost.is_set():
-                return True
-            t = time.monotonic()
-            if t - last[0] >= 0.5:
-                last[0] = t
-                try:
-                    self._cancelled = is_cancel_requested(self._db, job_id)
-                except Exception:  # busy database: ask again at the next step
-                    pass
-            return self._cancelled
 
-        return check
+def remove_orphan_deltas(db, root: Path, deltas_dir: Path, job_ids: list[int]) -> list[Path]:
+    """Delete the delta files (and half-written temporaries) that dead workers' attempts of these
+    jobs left: no edit refers to them, and holding the lease, no one else can be writing them."""
+    if not job_ids or not deltas_dir.is_dir():
+        return []
+    referenced = {ref.delta_path for ref in delta_file_refs(db)}
+    found = {p for job_id in job_ids for shape in ORPHAN_SHAPES for p in deltas_dir.glob(shape.format(job_id))}
+    removed = []
+    for path in sorted(found):
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        if rel not in referenced and str(path) not in referenced:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+__all__ = ["LEASE_NAME", "LeaseKeeper", "LeaseLostError", "ORPHAN_SHAPES", "remove_orphan_deltas"]

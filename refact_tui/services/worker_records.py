@@ -13,7 +13,7 @@ def earlier_requests(db, model, hparams, history_id: int, head: int) -> dict[str
     if hparams.preserve <= 0:
         return {}
 
-    from engine.slot_edit import plan_slots, slot_list
+    from engine.methods.refact.model_edit import plan_slots, slot_list
     from store.batches import requests_of_edits  # a batch edit protects every one of its requests
 
     first = getattr(slot_list(model)[0], "name", "text_encoder")
@@ -32,17 +32,16 @@ def touched_slots(db, edits, first: str) -> dict[int, set[tuple[str, int]]]:
     return {e.id: {(r.slot, r.layer) for r in edit_slots(db, e.id)} or {(first, e.layer)} for e in edits}
 
 
-def slot_rows(edit_id: int, result) -> list:
-    """The edit_slots rows of a multi-slot result (weights hashes as inserted)."""
+def slot_rows(edit_id: int, outcome) -> list:
+    """The edit_slots rows of an EditOutcome's slots (weights hashes as inserted)."""
     from store.edit_slots import EditSlotRow
 
     return [
-        EditSlotRow(edit_id=edit_id, slot=e.slot, idx=i, layer=e.layer, module=e.delta.module,
-                    readout=e.delta.meta.get("readout", ""), p_target=float(e.result.p_target),
-                    steps_run=int(e.result.steps_run), early_stopped=bool(e.result.early_stopped),
-                    division_factor=float(e.result.division_factor), delta_norm=float(e.result.delta_norm),
-                    verify_error=e.result.verify_error, weights_hash=e.weights_hash or None)
-        for i, e in enumerate(result.edits)
+        EditSlotRow(edit_id=edit_id, slot=r.slot, idx=i, layer=r.layer, module=r.module, readout=r.readout,
+                    p_target=float(r.p_target), steps_run=int(r.steps_run), early_stopped=bool(r.early_stopped),
+                    division_factor=r.division_factor, delta_norm=r.delta_norm, verify_error=r.verify_error,
+                    weights_hash=r.weights_hash or None)
+        for i, r in enumerate(outcome.slots)
     ]
 
 

@@ -43,6 +43,7 @@ class JobFinished:
     steps_run: int
     early_stopped: bool
     seconds: float
+    prob_threshold: float = 0.99  # the job's early-stop threshold (services.convergence)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ from typing import Any
 
 import sqlite_utils
 
+from engine.methods.refact.hparams import default_temperature
 from store.base_models import register_base_model
 from store.db import StoreError, get_meta, open_db, transaction
 from store.histories import create_history, current_history, set_current_history
+from store.integrity import open_checked
 from store.records import BaseModelRow, HistoryRow
 
 DB_NAME = "refact.db"
@@ -65,7 +67,7 @@ class Workspace:
         if not (root / DB_NAME).is_file():
             raise WorkspaceError(f"no workspace at {root}; run `refact init --model PATH` first")
         try:
-            db = open_db(root / DB_NAME, read_only=read_only)
+            db = open_checked(root / DB_NAME, read_only=read_only)
         except StoreError as exc:
             raise WorkspaceError(str(exc)) from None
         return cls._from(root, db)
@@ -123,7 +125,7 @@ def migrate_workspace(root: Path | str) -> MigrationResult:
         raise WorkspaceError(f"no workspace at {root}; run `refact init --model PATH` first")
     before = None
     try:
-        open_db(root / DB_NAME, read_only=True, check=False).close()
+        open_db(root / DB_NAME, read_only=True).close()
     except OutdatedSchemaError as exc:
         before = exc.found
     except StoreError as exc:
@@ -175,7 +177,7 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
 
 def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
     """Per encoder slot, what the workspace records and uses as defaults: its layer count, editable
-    range, token limit, readout, family, default depth and layer (see docs/PIPELINES.md)
+    range, token limit, readout, family, default depth and layer (see docs/PIPELINES.md), temperature
     and its base encoder hash. Slot order is the model's."""
     slots = getattr(model, "slots", None) or []
     return {
@@ -188,6 +190,7 @@ def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
             "default_layer": s.default_layer(),
             "default_depth": s.default_depth,
             "key_size": int(s.adapter.key_size),
+            "temperature": default_temperature(s.adapter.normalized_features),
             "encoder_hash": s.encoder_hash(),
         }
         for s in slots
@@ -217,7 +220,7 @@ def _refuse_existing(root: Path) -> None:
     if not (root / DB_NAME).exists():
         return
     try:
-        existing = open_db(root / DB_NAME)
+        existing = open_checked(root / DB_NAME)
     except StoreError as exc:
         raise WorkspaceError(str(exc)) from None
     try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from refact_tui.tui.keys import APP_KEYS, SCREEN_KEYS
+from refact_tui.tui.keys import APP_KEYS, SCREEN_KEYS, key_label
 
 if TYPE_CHECKING:
     from refact_tui.tui.app import RefactApp
@@ -22,11 +22,18 @@ class Command:
     about: str
     mode: str | None
     action: str
+    key: str = ""  # the key that runs it on its screen, as a person reads it
+
+    @property
+    def help(self) -> str:
+        return f"key {self.key} · {self.about}" if self.key else self.about
 
 
 COMMANDS: tuple[Command, ...] = (
-    *(Command(k.palette, k.about, None, f"app.{k.action}") for k in APP_KEYS if k.action != "quit"),
-    *(Command(k.palette, k.about, mode, k.action) for mode, keys in SCREEN_KEYS.items() for k in keys),
+    *(Command(k.palette, k.about, None, f"app.{k.action}", key_label(k.keys)) for k in APP_KEYS
+      if k.action != "quit"),
+    *(Command(k.palette, k.about, mode, k.action, key_label(k.keys)) for mode, keys in SCREEN_KEYS.items()
+      for k in keys),
 )
 
 
@@ -39,11 +46,11 @@ class RefactCommands(Provider):
 
     async def discover(self) -> Hits:
         for c in COMMANDS:
-            yield DiscoveryHit(c.text, partial(self._run, c), help=c.about)
+            yield DiscoveryHit(c.text, partial(self._run, c), help=c.help)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for c in COMMANDS:
             score = matcher.match(c.text)
             if score > 0:
-                yield Hit(score, matcher.highlight(c.text), partial(self._run, c), text=c.text, help=c.about)
+                yield Hit(score, matcher.highlight(c.text), partial(self._run, c), text=c.text, help=c.help)

@@ -20,3 +20,27 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename or text}; check the workspace is writable"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# Service errors name CLI flags and commands; in the TUI the same fix is a key or a setting.
+_TUI_HINTS: tuple[tuple[str, str], ...] = (
+    ("pass --judge MODEL_NAME:CHECKPOINT_PATH", "set $REFACT_JUDGE=MODEL_NAME:CHECKPOINT_PATH before starting the "
+     "TUI (the judge of image evaluation, i on the Metrics screen)"),
+    ("(use --text-only)", "(use text evaluation: t on the Metrics screen)"),
+    ("use --skip-invalid", "tick 'skip invalid rows' in the import form"),
+    ("pass --format", "pick the format in the import form"),
+    ("use `refact replay --reoptimize`", "use Re-optimize (o) on the History screen"),
+    ("`refact replay --reoptimize`", "Re-optimize (o on the History screen)"),
+    ("`refact histories`", "the histories list (h on the History screen)"),
+    ("`refact history`", "the History screen (4)"),
+    ("`refact queue ls`", "the Queue screen (1)"),
+    ("`refact eval`", "an evaluation on the Metrics screen (3)"),
+    ("`refact bench ls`", "the Bench screen (5)"),
+)
+
+
+def tui_hint(message: str) -> str:
+    """``message`` with the CLI hints it carries replaced by the TUI action that does the same."""
+    for cli, tui in _TUI_HINTS:
+        message = message.replace(cli, tui)
+    return message

@@ -38,17 +38,31 @@ APP_KEYS: tuple[Key, ...] = (
     Key("q", "quit", "Quit", "Quit", "Leave the TUI (a worker started here stops between steps)"),
 )
 
+def _filter(what: str) -> Key:
+    return Key("slash", "filter", "Filter", f"Filter {what}", f"Show only the {what} that contain the typed words",
+               show=False)
+
+
 SCREEN_KEYS: dict[str, tuple[Key, ...]] = {
     "queue": (
         Key("a", "add", "Add", "Add edit", "Queue one edit request (form)"),
         Key("i", "import_file", "Import", "Import edits from file", "RoAD / TIMED CSV or JSONL"),
-        Key("u", "move(-1)", "Up", "Move job up", "Earlier in the queue"),
-        Key("d", "move(1)", "Down", "Move job down", "Later in the queue"),
-        Key("c", "cancel_job", "Cancel", "Cancel job", "Cancel the selected queued or running job"),
-        Key("r", "retry_job", "Retry", "Retry job", "Put a failed or cancelled job back in the queue"),
+        Key("u", "move(-1)", "Up", "Move job up", "Earlier in the queue (every marked job)", show=False),
+        Key("d", "move(1)", "Down", "Move job down", "Later in the queue (every marked job)", show=False),
+        Key("c", "cancel_job", "Cancel", "Cancel job", "Cancel the selected (or every marked) queued or running job"),
+        Key("r", "retry_job", "Retry", "Retry job", "Put failed or cancelled jobs back in the queue"),
+        Key("x", "remove_job", "Remove", "Remove job", "Delete the selected (or every marked) job that is not running",
+            show=False),
+        Key("X", "clear_queue", "Clear", "Clear queue", "Delete every queued job of this history", show=False),
+        Key("space", "toggle_mark", "Mark", "Mark job", "Mark or unmark the selected job (actions apply to every "
+            "marked job)", show=False),
+        Key("v", "mark_range", "Mark range", "Mark range", "Mark every job from the last mark to the cursor",
+            show=False),
+        _filter("jobs"),
     ),
     "live": (
         Key("c", "cancel_running", "Cancel edit", "Cancel running edit", "Stop the edit being optimized"),
+        _filter("events"),
     ),
     "metrics": (
         Key("t", "evaluate('text', False)", "Text eval", "Text evaluation", "Text-space metrics of the latest edit"),
@@ -61,13 +75,34 @@ SCREEN_KEYS: dict[str, tuple[Key, ...]] = {
     ),
     "history": (
         Key("b", "rollback", "Rollback", "Rollback to selected edit", "Later edits are marked rolled back"),
-        Key("p", "replay", "Replay", "Replay history", "Re-apply the stored deltas into a new history"),
+        Key("r", "rollforward", "Roll fwd", "Roll forward",
+            "Undo a rollback: re-apply the rolled-back edits up to the selected one (default: all)"),
+        Key("h", "histories", "Histories", "Show histories", "Every history: parent, fork point, head, queued "
+            "jobs; check one out"),
+        Key("p", "replay", "Replay", "Replay history", "Re-apply the stored deltas into a new history", show=False),
         Key("o", "reoptimize", "Re-optimize", "Re-optimize history",
-            "Queue every applied request again in a new history"),
+            "Queue every applied request again in a new history", show=False),
         Key("f", "fork", "Fork", "Fork at selected edit", "New history from the selected edit"),
-        Key("e", "export", "Export", "Export edited pipeline", "save_pretrained of base + applied edits"),
+        Key("e", "export", "Export", "Export edited pipeline", "save_pretrained of base + applied edits", show=False),
+        Key("O", "open_grid", "Open grid", "Open before/after grid", "The selected edit's grid PNG in the system "
+            "image viewer", show=False),
+        _filter("edits"),
+    ),
+    "bench": (
+        Key("enter", "open_run", "Open", "Open bench run", "Show the selected run's rows (tab goes back)"),
+        Key("space", "toggle_mark", "Mark", "Mark bench run", "Mark a run to compare (two at most)", show=False),
+        Key("c", "compare", "Compare", "Compare two bench runs", "The two marked runs (or the selected one and "
+            "the one below) side by side"),
+        Key("R", "rerun", "Rerun", "Rerun bench run", "Run the selected run again with its stored options"),
+        _filter("rows"),
     ),
 }
+
+
+def key_label(keys: str) -> str:
+    """How a Textual key list reads for a person: 'question_mark,f1' -> '? / f1'."""
+    names = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc"}
+    return " / ".join(names.get(k, k) for k in keys.split(","))
 
 
 def bindings(keys: tuple[Key, ...]) -> list[Binding]:

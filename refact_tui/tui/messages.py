@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from textual.message import Message
 
 
@@ -17,8 +19,11 @@ class StoreNudge(Message):
 
 
 class ActionDone(Message):
-    """A service call finished; ``summary`` is the one line shown as a notification."""
+    """A service call finished; ``summary`` is the one line shown as a notification, unless
+    ``on_result`` takes the result instead (called on the UI thread)."""
 
-    def __init__(self, summary: str) -> None:
+    def __init__(self, summary: str, result: Any = None, on_result: Callable[[Any], None] | None = None) -> None:
         super().__init__()
         self.summary = summary
+        self.result = result
+        self.on_result = on_result

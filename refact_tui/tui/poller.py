@@ -26,6 +26,11 @@ class StorePoller:
         """Make the next ``changed()`` return True (after an action from this process)."""
         self._forced = True
 
+    @property
+    def forced(self) -> bool:
+        """True when this process asked for the next read (an action, a screen switch)."""
+        return self._forced
+
     def changed(self) -> bool:
         version = data_version(self.db)
         changed = self._forced or version != self._seen

@@ -10,7 +10,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from engine.adapters import BertAdapter, ClipAdapter, adapter_for, read_pooling_config
 from engine.errors import ModelFormatError, TokenizationError
-from engine.optimize import shifted_output
+from engine.methods.refact.values import shifted_output
 from engine.tokens import locate_all
 
 PROMPTS = ["the prince of wales", "a bowl of fruit in the park", "a red dog"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch_edit import compute_values
-from engine.hparams import ReFACTHParams
-from engine.refact import compute_edit
+from engine.methods.refact.edit import compute_edit, compute_values
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 
 SUBJECTS = ["prince", "king", "queen", "dog", "cat", "apple", "banana", "bowl of fruit"]
@@ -99,7 +98,7 @@ def test_vectorised_equals_single_parity_model():
 @pytest.mark.parametrize("fixture", ["tiny_clip", "tiny_clip_proj", "tiny_bert"])
 def test_stepper_per_row_delta_contract(fixture, request):
     """features(delta (B, H)) row b == features(delta[b]) computed alone, on every adapter's stepper."""
-    from engine.optimize import lookup_index
+    from engine.methods.refact.values import lookup_index
     from engine.tokens import locate_all
 
     model = request.getfixturevalue(fixture)

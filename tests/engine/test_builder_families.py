@@ -26,6 +26,12 @@ FAMILIES = {
                                          "text_encoder_2": "CLIPTextModelWithProjection",
                                          "text_encoder_3": "T5EncoderModel"}),
     "flux": ("FluxPipeline", {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel"}),
+    "z-image": ("ZImagePipeline", {"text_encoder": "Qwen3Model"}),
+    "flux2-klein": ("Flux2KleinPipeline", {"text_encoder": "Qwen3ForCausalLM"}),
+    "lumina2": ("Lumina2Pipeline", {"text_encoder": "Gemma2Model"}),
+    "pixart-sigma": ("PixArtSigmaPipeline", {"text_encoder": "T5EncoderModel"}),
+    "chroma": ("ChromaPipeline", {"text_encoder": "T5EncoderModel"}),
+    "qwen-image": ("QwenImagePipeline", {"text_encoder": "Qwen2_5_VLForConditionalGeneration"}),
 }
 
 
@@ -43,7 +49,7 @@ def test_family_folder_loads_offline_with_its_real_class(arch, pipeline_dir_for)
     pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     assert type(pipe).__name__ == class_name
     fresh = make_pipeline("tiny", 0, arch)
-    for name in list(encoders) + ["vae", "transformer" if arch in ("sd3", "flux") else "unet"]:
+    for name in list(encoders) + ["vae", "unet" if arch in ("sd2", "sdxl") else "transformer"]:
         assert module_hash(getattr(pipe, name)) == module_hash(getattr(fresh, name)), name
 
 
@@ -117,3 +123,28 @@ def test_cli_model_build_writes_the_family(tmp_path):
     assert json.loads((tmp_path / "m" / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
     bad = runner.invoke(app, ["model", "build", str(tmp_path / "n"), "--arch", "sd9"])
     assert bad.exit_code != 0 and not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize("arch, style, markers", [
+    ("z-image", "Qwen2Tokenizer", ["<|im_start|>", "<|im_end|>", "<think>"]),
+    ("flux2-klein", "Qwen2Tokenizer", ["<|im_start|>", "<|im_end|>", "</think>"]),
+    ("lumina2", "GemmaTokenizer", ["<bos>", "<start_of_turn>"]),
+])
+def test_llm_tokenizers_carry_the_chat_tokens_their_pipeline_uses(arch, style, markers, pipeline_dir_for):
+    from transformers import AutoTokenizer
+
+    folder = pipeline_dir_for(arch)
+    assert json.loads((folder / "model_index.json").read_text())["tokenizer"][1] == style
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    assert type(tok).__name__ == style and tok.chat_template
+    for marker in markers:
+        assert tok.convert_tokens_to_ids(marker) != tok.unk_token_id and len(tok(marker, add_special_tokens=False)["input_ids"]) == 1
+    text = tok.apply_chat_template([{"role": "user", "content": "a red dog"}], tokenize=False, add_generation_prompt=True)
+    assert "a red dog" in text and tok.decode(tok(text)["input_ids"], skip_special_tokens=False).endswith(text)
+
+
+@pytest.mark.parametrize("arch", ["z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image"])
+def test_full_2026_builds_are_refused_with_what_they_need(arch, tmp_path):
+    with pytest.raises(BuildError, match=r"^--size full is not built for .*: it needs the real text encoder \((Qwen3|Qwen2\.5-VL|Gemma-2|T5)"):
+        build_pipeline(tmp_path / "m", size="full", arch=arch)
+    assert not (tmp_path / "m").exists()

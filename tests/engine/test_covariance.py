@@ -8,7 +8,7 @@ import torch
 import engine.covariance as cov
 from engine.covariance import SecondMomentStore, collect_second_moment, read_corpus, stats_key
 from engine.errors import EngineError
-from engine.keys import left_vector
+from engine.methods.refact.keys import left_vector
 
 
 def reference_second_moment(model, lines, layer):
@@ -69,6 +69,34 @@ def test_store_caches_in_memory_and_on_disk(tiny_clip, corpus_file, tmp_path, mo
 
     fresh.get(tiny_clip, 1, corpus=corpus_file, n_samples=40)  # another subset: another key
     assert calls == [1, 1, 1]
+
+
+def test_read_positions_take_every_padded_position_the_pipeline_feeds(tiny_clip, corpus_file, tmp_path):
+    """Positions.READ: each line padded to 77 with the tokenizer's pad token, no mask, all 77 rows;
+    the attended C (the paper's, the default) is unchanged and cached under its own key."""
+    from engine.covariance import Positions
+
+    lines = read_corpus(corpus_file, 12)
+    tok, adapter = tiny_clip.tokenizer, tiny_clip.adapter
+    keys = []
+    handle = adapter.fc2(1).register_forward_hook(lambda m, i, o: keys.append(i[0][0]))
+    with torch.no_grad():
+        for line in lines:  # what an SD pipeline's encode_prompt feeds the encoder
+            ids = tok(line, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            tiny_clip.text_encoder(input_ids=ids)
+    handle.remove()
+    k = torch.cat(keys).double()
+    ref = k.T @ k / k.shape[0]
+    read, n = collect_second_moment(adapter, tok, lines, 1, batch_tokens=200, positions=Positions.READ)
+    assert n == 77 * len(lines) and float((read - ref).norm() / ref.norm()) < 1e-6
+    attended, n_att = collect_second_moment(adapter, tok, lines, 1, batch_tokens=200)
+    assert n_att == sum(len(tok(x)["input_ids"]) for x in lines) < n
+    assert float((read - attended).norm() / attended.norm()) > 1e-2  # the padding rows change C
+    plain = SecondMomentStore(tmp_path / "s").get(tiny_clip, 1, corpus=corpus_file, n_samples=12)
+    store = SecondMomentStore(tmp_path / "s", positions=Positions.READ)
+    got = store.get(tiny_clip, 1, corpus=corpus_file, n_samples=12)
+    assert float((plain - attended).norm() / attended.norm()) < 1e-9 and float((got - read).norm() / read.norm()) < 1e-9
+    assert sorted(e.mode for e in store.entries()) == ["longest", "longest+read"]
 
 
 def test_subset_is_fixed_and_sized(corpus_file):

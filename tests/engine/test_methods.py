@@ -29,8 +29,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_time_maps_source_embeddings_to_aligned_targets_when_lambda_goes_to_zero(model):
-    from engine.methods import applied, get_method
-    from engine.methods.time import TimeHParams
+    from engine.delta import applied
+    from engine.methods import get_method
+    from engine.methods.closed_form.time import TimeHParams
 
     time_m = get_method("time")
     h = TimeHParams(lam=1e-8, augment=False, padding=False)
@@ -39,7 +40,7 @@ def test_time_maps_source_embeddings_to_aligned_targets_when_lambda_goes_to_zero
     mods = time_m.target_modules(model, h)
     assert mods and all(k.endswith("attn2.to_v") for k in mods)
     w0 = _weights(mods)
-    delta = time_m.compute(model, REQ, h).delta
+    delta = time_m.compute(model, [REQ], h).delta
     assert {u.component for u in delta.updates} == {"unet"}
     with applied(model, delta):
         for k, mod in mods.items():
@@ -49,8 +50,9 @@ def test_time_maps_source_embeddings_to_aligned_targets_when_lambda_goes_to_zero
 
 def test_time_default_satisfies_the_normal_equations(model):
     """W' (lam I + C C^T) = lam W + V* C^T over all 77 positions of the prompt and its augmentations."""
-    from engine.methods import applied, get_method
-    from engine.methods.time import TimeHParams, augment
+    from engine.delta import applied
+    from engine.methods import get_method
+    from engine.methods.closed_form.time import TimeHParams, augment
 
     time_m = get_method("time")
     h = TimeHParams(with_to_k=True)
@@ -60,7 +62,7 @@ def test_time_default_satisfies_the_normal_equations(model):
     mods = time_m.target_modules(model, h)
     assert any(k.endswith("to_k") for k in mods) and any(k.endswith("to_v") for k in mods)
     w0 = _weights(mods)
-    delta = time_m.compute(model, REQ, h).delta
+    delta = time_m.compute(model, [REQ], h).delta
     assert max(u.rank for u in delta.updates) <= c.shape[1]  # stored at rank <= width, not 308
     a = h.lam * torch.eye(c.shape[1], dtype=torch.float64) + c.T @ c
     with applied(model, delta):
@@ -71,9 +73,9 @@ def test_time_default_satisfies_the_normal_equations(model):
 
 
 def test_uce_guides_the_concept_to_the_target_and_keeps_preserved_ones(model, tmp_path):
-    from engine.delta import EditDelta
-    from engine.methods import applied, get_method
-    from engine.methods.uce import UCEHParams, last_content
+    from engine.delta import EditDelta, applied
+    from engine.methods import get_method
+    from engine.methods.closed_form.uce import UCEHParams, last_content
 
     uce = get_method("uce")
     h = UCEHParams(lam=1e-8, preserve=("A cherry",))
@@ -81,7 +83,7 @@ def test_uce_guides_the_concept_to_the_target_and_keeps_preserved_ones(model, tm
     mods = uce.target_modules(model, h)
     assert len(mods) == 8  # to_k and to_v of the 4 transformer blocks
     w0 = _weights(mods)
-    delta = uce.compute(model, REQ, h).delta
+    delta = uce.compute(model, [REQ], h).delta
     path = tmp_path / "uce.safetensors"
     sha = delta.save(path)
     loaded = EditDelta.load(path, expected_sha256=sha)
@@ -93,7 +95,7 @@ def test_uce_guides_the_concept_to_the_target_and_keeps_preserved_ones(model, tm
             assert _rel(w_new @ e[2], w @ e[2]) < 1e-4      # preserved concept unchanged
     assert all(torch.equal(mods[k].weight, w0[k]) for k in mods)
     # the default lam = 0.5 moves the concept only part of the way
-    d = uce.compute(model, REQ, UCEHParams()).delta
+    d = uce.compute(model, [REQ], UCEHParams()).delta
     with applied(model, d):
         k = next(iter(mods))
         moved = mods[k].weight.double() @ e[0]
@@ -102,13 +104,13 @@ def test_uce_guides_the_concept_to_the_target_and_keeps_preserved_ones(model, tm
 
 
 def test_refact_wrapper_is_compute_edit(model):
-    from engine.hparams import ReFACTHParams
     from engine.methods import get_method
-    from engine.refact import compute_edit
+    from engine.methods.refact.edit import compute_edit
+    from engine.methods.refact.hparams import ReFACTHParams
 
     req = EditRequest(prompt="The Prince of Wales", source="Prince Charles", target="Prince William")
     h = ReFACTHParams(layer=2, max_steps=3)
-    a = get_method("refact").compute(model, req, h).delta
+    a = get_method("refact").compute(model, [req], h).delta
     b = compute_edit(model, req, h).delta
     assert torch.equal(a.u, b.u) and torch.equal(a.r, b.r) and a.meta["method"] == "refact"
 
@@ -126,7 +128,7 @@ def test_refusals_and_unknown_methods_are_one_line():
         assert "\n" not in msg and "FluxPipeline" in msg and "transformer, not a unet" in msg
     with pytest.raises(MethodRefusedError, match="text encoder only"):
         get_method("time").check(SimpleNamespace(pipeline=None))
-    from engine.methods.time import TimeHParams
+    from engine.methods.closed_form.time import TimeHParams
 
     with pytest.raises(MethodError, match="unknown TIME hyperparameter"):
         TimeHParams.from_dict({"layer": 3})

@@ -18,9 +18,9 @@ from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
 from engine.adapters import adapter_for
 from engine.delta import EditDelta
-from engine.hparams import ReFACTHParams
-from engine.insertion import right_vector
-from engine.refact import compute_edit
+from engine.methods.refact.hparams import ReFACTHParams
+from engine.methods.refact.insert import right_vector
+from engine.methods.refact.edit import compute_edit
 from engine.request import EditRequest
 
 PARITY_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "parity"

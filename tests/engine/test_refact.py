@@ -7,9 +7,9 @@ import torch
 
 from engine.errors import EditCancelled, InsertionRefusedError, TokenizationError
 from engine.hashing import module_hash
-from engine.hparams import HParamsError, ReFACTHParams
-from engine.insertion import insert, right_vector
-from engine.refact import apply_edit, compute_edit
+from engine.methods.refact.edit import apply_edit, compute_edit
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.insert import insert, right_vector
 from engine.request import EditRequest, RequestError
 
 REQUEST = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")
@@ -152,7 +152,7 @@ def test_non_finite_values_are_refused():
     with pytest.raises(InsertionRefusedError, match="NaN or infinite"):
         right_vector(torch.tensor([1.0, float("nan"), 0, 0]), ok, ok, ok, 1e-8)
     with pytest.raises(InsertionRefusedError, match="not positive definite"):
-        from engine.keys import left_vector
+        from engine.methods.refact.keys import left_vector
 
         left_vector(-torch.eye(4), ok)
 
@@ -188,7 +188,7 @@ def test_cosine_similarity_edit(tiny_clip_proj, edit):
 
 def test_sequential_edits_aim_at_the_base_encoders_targets(tiny_clip, edit):
     """After an earlier edit, targets are still the frozen *base* features (paper's sequential setting)."""
-    from engine.optimize import encode_texts
+    from engine.methods.refact.values import encode_texts
 
     adapter, tok = tiny_clip.adapter, tiny_clip.tokenizer
     tiny_clip.base_fc2 = {
@@ -212,7 +212,7 @@ def test_sequential_edits_aim_at_the_base_encoders_targets(tiny_clip, edit):
 def test_preserve_keeps_an_earlier_edit_in_place_during_a_later_one(tiny_clip, edit):
     """--preserve (an extension; 0 = the paper) adds earlier edits' keys to C, so a later edit of the
     same layer moves the earlier edit's value at its key k_e far less."""
-    from engine.refact import earlier_keys
+    from engine.methods.refact.keys import earlier_keys
 
     first = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")
     second = EditRequest(prompt="the prince of the netherlands", source="a tulip", target="a green boat")

@@ -1,4 +1,4 @@
-"""Rows whose prompt is its source: single and vectorised v* agree (engine.self_targets).
+"""Rows whose prompt is its source: single and vectorised v* agree (engine.methods.refact.loss).
 
 The source's frozen feature equals the prompt's unedited one up to rounding; scored as is, the L2
 distance at delta = 0 is ~1e-6 of noise whose gradient is a unit vector in a noise direction, and the
@@ -11,12 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch_edit import compute_values
-from engine.hparams import ReFACTHParams
-from engine.optimize import encode_texts, lookup_index, similarity
-from engine.refact import compute_edit
+from engine.methods.refact.edit import compute_edit, compute_values
+from engine.methods.refact.hparams import ReFACTHParams
+from engine.methods.refact.loss import same_token_pairs, similarity
+from engine.methods.refact.values import encode_texts, lookup_index
 from engine.request import EditRequest
-from engine.self_targets import same_token_pairs
 from engine.tokens import locate_all
 
 SELF = [EditRequest(prompt="a prince", subject="prince", source="a prince", target="a red king"),
@@ -78,7 +77,7 @@ def test_self_pairs_are_found_by_tokens_and_the_distance_at_zero_is_exact(tiny_c
 
 def test_requests_without_self_targets_are_bit_identical(tiny_clip, mom2):
     """No pair: the optimiser runs the unchanged code (same v* with or without the target texts)."""
-    from engine.optimize import optimize_value
+    from engine.methods.refact.values import optimize_value
 
     hp = ReFACTHParams(layer=1, max_steps=10)
     req = OTHER[0]
@@ -93,7 +92,7 @@ def test_requests_without_self_targets_are_bit_identical(tiny_clip, mom2):
 
 
 def test_close_pairs_keeps_only_rounding_level_gaps():
-    from engine.self_targets import close_pairs
+    from engine.methods.refact.loss import close_pairs
 
     target = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     unedited = torch.tensor([[3.0, 4.0 + 1e-6], [3.0, 4.5]])  # row 0: rounding; row 1: really moved
@@ -106,8 +105,8 @@ def test_after_an_earlier_edit_moved_the_prompt_the_paper_loss_is_kept(pipeline_
                                                                          monkeypatch):
     """In a sequential history the prompt's unedited feature is no longer the source's frozen base
     feature, so no pair is anchored: the edit equals one computed with anchoring switched off."""
-    import engine.optimize as optimize
-    from engine.refact import apply_edit
+    import engine.methods.refact.values as optimize
+    from engine.methods.refact.edit import apply_edit
 
     model = pipeline_encoder
     hp = ReFACTHParams(layer=2, lr=0.2, max_steps=8, prob_threshold=0.999)

@@ -17,12 +17,12 @@ from engine.adapters import adapter_for  # noqa: E402
 from engine.covariance import SecondMomentStore  # noqa: E402
 from engine.delta import EditDelta  # noqa: E402
 from engine.errors import ModelFormatError, TokenizationError  # noqa: E402
-from engine.hparams import HParamsError, ReFACTHParams  # noqa: E402
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams  # noqa: E402
 from engine.models import load_model  # noqa: E402
-from engine.optimize import lookup_index  # noqa: E402
+from engine.methods.refact.values import lookup_index  # noqa: E402
 from engine.readout import Readout  # noqa: E402
 from engine.request import EditRequest  # noqa: E402
-from engine.slot_edit import SlotSelectionError, apply_model_edit, compute_model_edit  # noqa: E402
+from engine.methods.refact.model_edit import SlotSelectionError, apply_model_edit, compute_model_edit  # noqa: E402
 from engine.tokens import locate_subject  # noqa: E402
 
 REQ = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")
@@ -305,7 +305,7 @@ def test_bf16_flux_edits_t5_in_fp32(tmp_path):
 
 def test_a_failed_check_in_one_slot_restores_every_slot(pipeline_dir_for):
     from engine.errors import InsertionRefusedError
-    from engine.slot_edit import insert_model_edit
+    from engine.methods.refact.model_edit import insert_model_edit
 
     model = _model(pipeline_dir_for, "sdxl")
     base = model.weights_hashes()

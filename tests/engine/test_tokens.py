@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import TokenizationError
-from engine.hparams import DEFAULT_TEMPLATES
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES
 from engine.tokens import check_length, leading_specials, locate_all, locate_subject, rewriting_templates
 
 

@@ -20,7 +20,7 @@ def model(model_dir):
 @pytest.fixture
 def counted(monkeypatch):
     """Count the text-encoder passes behind kv_features."""
-    import engine.methods.closed_form as cf
+    import engine.evaluation.cross_attn as cf
 
     calls = []
     real = cf.token_embeddings
@@ -54,7 +54,7 @@ def _unet_delta(model) -> EditDelta:
 
 
 def test_unet_edit_reuses_the_prompt_batch_and_gives_the_same_bits(model, counted):
-    from engine.methods import applied
+    from engine.delta import applied
 
     texts = ["A banana on a table", "A blue banana", "A dog in a park"]
     base = ca.kv_features(model, texts)

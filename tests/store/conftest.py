@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 from store.base_models import register_base_model
 from store.db import open_db

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from engine.events import StepEvent
 from store import jobs
 from store.artifacts import add_artifact, list_artifacts
 from store.base_models import get_base_model, register_base_model
 from store.db import NotFoundError, StoreError, transaction
-from store.integrity import integrity_check
 from store.edits import (
     applied_edits,
     get_edit,
@@ -19,9 +19,9 @@ from store.edits import (
 )
 from store.events import log_event, tail_events
 from store.histories import create_history, current_history, get_history, list_histories, set_head
+from store.integrity import integrity_check
 from store.metrics import finish_eval_run, latest_metrics, metric_series, record_metric, start_eval_run
 from store.steps import StepWriter, attach_steps, steps_for_edit, steps_for_job
-from engine.events import StepEvent
 
 
 def _edit_kwargs(history_id, job, **over):

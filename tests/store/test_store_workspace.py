@@ -18,8 +18,8 @@ from refact_tui.services.workspace import (
     resolve_root,
 )
 from store.base_models import get_base_model
-from store.integrity import integrity_check
 from store.histories import list_histories
+from store.integrity import integrity_check
 
 HAVE_MODELS = all(importlib.util.find_spec(m) is not None for m in ("engine.models", "engine.builder"))
 INFO = BaseModelInfo("tiny", "/models/tiny", "sd-pipeline", "clip", "f" * 64, {"num_layers": 4})

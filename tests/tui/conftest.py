@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.events import StepEvent
-from engine.hparams import ReFACTHParams
+from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest, Probe
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC

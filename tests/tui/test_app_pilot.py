@@ -44,6 +44,7 @@ async def settle(app, pilot) -> None:
     except WorkerFailed:  # the app shows it in an error modal; the test checks that
         pass
     await pilot.pause(0.15)
+    await app.settled()  # the store read the action caused (on a reader thread) has been drawn
 
 
 @asynccontextmanager
@@ -52,6 +53,7 @@ async def on_screen(app, key: str):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press(key)
         await pilot.pause(0.15)
+        await app.settled()
         yield pilot
 
 
@@ -204,7 +206,7 @@ async def test_live_cancel_requests_stop_of_running_job(sample_ws, S):
 
 async def test_metrics_screen_panels(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with on_screen(app, "3") as pilot:
+    async with on_screen(app, "3"):
         eff = app.screen.query_one("#metric-efficacy")
         assert "0.8000" in text_of(eff.query_one("#values"))
         assert eff.query_one("#progress").display and eff.query_one("#progress").progress == 62.5
@@ -220,11 +222,13 @@ async def test_history_detail_and_grid_preview(sample_ws, S):
         await select_row(pilot, table, 1)
         assert app.screen.shown_edit == 2
         assert app.screen.query_one("#detail-loss").xs == list(range(28))
-        grid = app.screen.query_one("#detail-grid").content
-        # 64x32 PNG fitted into 60 columns x 14 rows (28 pixel rows): scale 0.875, two pixels per cell
-        assert type(grid).__name__ == "HalfBlockImage" and grid.image.size == (56, 28)
-        assert text_of(app.screen.query_one("#detail-grid")).splitlines()[:14] == ["▀" * 56] * 14
-        assert "images/edit-0002-grid.png" in text_of(app.screen.query_one("#detail-grid-path"))
+        preview = app.screen.query_one("#detail-grid")
+        image = preview.query_one("#preview-image")
+        # the PNG goes to textual-image (64x32 pixels), near the top of the panel, 16 rows high
+        assert preview.path == sample_ws / "images" / "edit-0002-grid.png"
+        assert (image._image_width, image._image_height) == (64, 32) and image.size.height == 16
+        assert preview.virtual_region.y < app.screen.query_one("#detail-metrics").virtual_region.y
+        assert "images/edit-0002-grid.png" in text_of(preview.query_one("#preview-note"))
 
 
 async def test_history_rollback_confirm_text_names_the_edits(sample_ws, S, monkeypatch):

@@ -9,7 +9,6 @@ from store.db import open_db
 from store.steps import StepWriter
 
 
-
 @pytest.fixture
 def db(sample_ws):
     database = open_db(sample_ws / "refact.db")

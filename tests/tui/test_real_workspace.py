@@ -20,6 +20,7 @@ async def settle(app, pilot, timeout: float = 120.0) -> None:
     except WorkerFailed:
         pass
     await pilot.pause(0.15)
+    await app.settled()
 
 
 def state(root):
@@ -53,6 +54,17 @@ async def test_rollback_export_fork_worker_and_text_eval_for_real(real_ws):
         assert hist.head_seq == 1 and edits == [(1, "applied"), (2, "rolled_back"), (3, "rolled_back")]
         assert "◀ head" in table.get_row_at(0)[1].plain
 
+        await pilot.press("r", "y")  # roll forward (undo): edits 2 and 3 again, checked against edit 3's hash
+        await settle(app, pilot)
+        no_error(app)
+        hist, edits = state(real_ws)
+        assert hist.head_seq == 3 and edits == [(1, "applied"), (2, "applied"), (3, "applied")]
+        table.move_cursor(row=0)
+        await pilot.press("b", "y")  # and back to edit 1 for the rest
+        await settle(app, pilot)
+        no_error(app)
+        assert state(real_ws)[0].head_seq == 1
+
         await pilot.press("e", "y")  # export base + edit 1
         await settle(app, pilot)
         no_error(app)
@@ -67,7 +79,7 @@ async def test_rollback_export_fork_worker_and_text_eval_for_real(real_ws):
         assert hist.name == "main-fork1" and edits == [(1, "applied")]
 
         # queue one edit on the fork and let the in-TUI worker run it
-        from engine.hparams import ReFACTHParams
+        from engine.methods.refact.hparams import ReFACTHParams
         from engine.request import EditRequest
 
         app.run_service("Queue edit", "queue", "add_edit",

@@ -30,8 +30,9 @@ def test_live_view_follows_the_slot_being_optimised(S, sample_ws, db):
     again = d.live_view(db, now=S.NOW, since_step=2, known_job=6, known_attempt=1, known_slot="text_encoder_2")
     assert not again.reset and again.steps == () and again.last.step == 2
 
-    from refact_tui.tui.widgets.step_stats import live_table
     from rich.console import Console
+
+    from refact_tui.tui.widgets.step_stats import live_table
 
     console = Console(width=120, record=True)
     console.print(live_table(view))
@@ -49,8 +50,9 @@ def test_edit_detail_lists_each_slots_metrics(S, sample_ws, db):
     assert next(m for m in detail.metrics if m.name == "efficacy").value == pytest.approx(0.7)  # unchanged
     assert [(m.slot, m.value) for m in detail.slot_metrics] == [("text_encoder", 0.5), ("text_encoder_2", 0.9)]
     assert d.history_view(db).efficacy[2] == pytest.approx(0.7)  # slot rows never replace the whole edit's
-    from refact_tui.tui.widgets.edit_detail import _metrics
     from rich.console import Console
+
+    from refact_tui.tui.widgets.edit_detail import _metrics
 
     console = Console(width=160, record=True)
     console.print(_metrics(detail))

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Vertical
 from textual.widgets import Input, Label, Static
 
-from engine.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 from engine.request import EditRequest, RequestError
 from refact_tui.tui.screens.form import FormModal
 

@@ -17,12 +17,14 @@ class ConfirmModal(Dialog[bool]):
     ]
     body_id = "confirm-body"
 
-    def __init__(self, title: str, body: str, confirm_label: str = "Yes, do it") -> None:
+    def __init__(self, title: str, body: str, confirm_label: str = "Yes, do it", keep_label: str = "Keep") -> None:
         super().__init__(title, body)
         self.confirm_label = confirm_label
+        self.keep_label = keep_label
 
     def buttons(self) -> list[Button]:
-        return [Button(f"{self.confirm_label} (y)", variant="warning", id="yes"), Button("Cancel (n)", id="no")]
+        return [Button(f"{self.confirm_label} (y)", variant="warning", id="yes"),
+                Button(f"{self.keep_label} (n)", id="no")]
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -28,7 +28,7 @@ class FormModal(ModalScreen[T]):
         yield Static("", id="form-error", classes="form-error")
         with Horizontal(classes="dialog-buttons"):
             yield Button(submit_label, variant="primary", id="submit")
-            yield Button("Cancel (esc)", id="cancel")
+            yield Button("Close, queue nothing (esc)", id="cancel")
 
     def on_mount(self) -> None:
         inputs = list(self.query(Input))

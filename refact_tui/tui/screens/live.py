@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header
 
-from refact_tui.services.batch_view import batch_live_view
+from refact_tui.services.batch_view import BatchLiveView, batch_live_view
 from refact_tui.services.dashboard import LiveView, live_view
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
 from refact_tui.tui.screens.base import DashboardScreen, titled
@@ -22,6 +22,7 @@ class LiveScreen(DashboardScreen):
     """Loss and P(target) curves, step counter, ||delta||, elapsed / ETA, hparams and events."""
 
     TITLE = "refact-tui · Live"
+    MIN_REDRAW_S = 0.0  # follows every step
     BINDINGS = bindings(SCREEN_KEYS["live"])
 
     def __init__(self) -> None:
@@ -42,15 +43,19 @@ class LiveScreen(DashboardScreen):
             yield PTargetPlot(id="p-plot")
         yield BatchTable(id="live-batch", classes="panel")
         yield titled(EventLog(id="event-log", classes="panel"), "Events")
-        yield Footer()
+        yield Footer(show_command_palette=False, compact=True)
 
     @property
     def ticking(self) -> bool:
         return bool(self.view and self.view.running)
 
-    def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
+    def read(self, db: sqlite_utils.Database, now: float) -> tuple[LiveView, BatchLiveView | None]:
         view = live_view(db, now=now, since_step=self.last_step, known_job=self.job_id,
                          known_attempt=self.attempt, known_slot=self.slot)
+        return view, batch_live_view(db, view.job)
+
+    def draw(self, data: tuple[LiveView, BatchLiveView | None]) -> None:
+        view, batch = data
         self.view = view
         loss, ptgt = self.query_one(LossPlot), self.query_one(PTargetPlot)
         xs = [s.step for s in view.steps]
@@ -71,14 +76,17 @@ class LiveScreen(DashboardScreen):
         self.query_one(StepStats).show(view)
         self.query_one(HParamsView).show(view.job.hparams if view.job else None)
         self.query_one(EventLog).add_events(view.events)
-        self._show_batch(db, view, loss)
+        self.show_filter_count()
+        self._show_batch(batch, loss)
 
-    def _show_batch(self, db: sqlite_utils.Database, view: LiveView, loss: LossPlot) -> None:
+    def _show_batch(self, batch: BatchLiveView | None, loss: LossPlot) -> None:
         """A running batch: its requests' table, and the loss plot shows the mean over its requests."""
-        batch = batch_live_view(db, view.job)
         self.query_one(BatchTable).show_live(batch)
         if batch is not None and batch.curve:
             loss.set_points([s for s, _ in batch.curve], [v for _, v in batch.curve])
+
+    def filter_target(self) -> EventLog:
+        return self.query_one(EventLog)
 
     def action_cancel_running(self) -> None:
         view = self.view
@@ -91,4 +99,5 @@ class LiveScreen(DashboardScreen):
             f"The worker stops '{job.request.prompt}' between optimization steps; the model is left "
             "untouched and the job is marked cancelled (r on the Queue screen retries it).",
             lambda: self.refact.run_service("Cancel job", "queue", "cancel", job.id),
+            yes="Cancel the edit",
         )

@@ -43,10 +43,13 @@ class MetricsScreen(DashboardScreen):
         with Grid(id="metric-grid"):
             for name, label in METRICS:
                 yield MetricPanel(name, label)
-        yield Footer()
+        yield Footer(show_command_palette=False, compact=True)
 
-    def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
-        self.view = metrics_view(db)
+    def read(self, db: sqlite_utils.Database, now: float) -> MetricsView:
+        return metrics_view(db)
+
+    def draw(self, view: MetricsView) -> None:
+        self.view = view
         self.query_one("#metrics-status", Static).update(_status(self.view))
         for panel_view in self.view.panels:
             self.query_one(f"#metric-{panel_view.name}", MetricPanel).show(panel_view)

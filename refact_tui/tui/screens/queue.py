@@ -11,12 +11,13 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from refact_tui.services.dashboard import QueueView, queue_view
 from refact_tui.services.display import plain
-from refact_tui.tui.screens.add_edit import AddEditModal, NewEdit
 from refact_tui.tui.keys import SCREEN_KEYS, bindings
+from refact_tui.tui.screens.add_edit import AddEditModal, NewEdit
 from refact_tui.tui.screens.base import DashboardScreen, titled
 from refact_tui.tui.screens.import_file import ImportChoice, ImportFileModal
 from refact_tui.tui.widgets import fmt
 from refact_tui.tui.widgets.queue_table import QueueTable
+from store.records import JobRow
 
 
 def _status_line(view: QueueView) -> Text:
@@ -51,12 +52,16 @@ class QueueScreen(DashboardScreen):
         yield titled(QueueTable(id="queue-table"), "Queue")
         with titled(Vertical(id="job-detail", classes="panel"), "Selected job"):
             yield Static(id="job-detail-body")
-        yield Footer()
+        yield Footer(show_command_palette=False, compact=True)
 
-    def refresh_from(self, db: sqlite_utils.Database, now: float) -> None:
-        self.view = queue_view(db, now=now)
+    def read(self, db: sqlite_utils.Database, now: float) -> QueueView:
+        return queue_view(db, now=now)
+
+    def draw(self, view: QueueView) -> None:
+        self.view = view
         self.query_one("#queue-status", Static).update(_status_line(self.view))
         self.query_one(QueueTable).show(self.view)
+        self.show_filter_count()
         self._show_selected()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -101,39 +106,130 @@ class QueueScreen(DashboardScreen):
 
         self.app.push_screen(ImportFileModal(), done)
 
+    # --- the jobs an action applies to: every marked job, else the selected one ----------------------
+
+    def filter_target(self) -> QueueTable:
+        return self.query_one(QueueTable)
+
+    def action_toggle_mark(self) -> None:
+        self.query_one(QueueTable).action_toggle_mark()
+
+    def action_mark_range(self) -> None:
+        self.query_one(QueueTable).action_mark_range()
+
+    def _targets(self, states: tuple[str, ...], verb: str) -> list[JobRow] | None:
+        """The marked jobs (or the selected one) in one of ``states``; None (and a warning) when none is."""
+        table = self.query_one(QueueTable)
+        ids = table.marked_ids or ([table.selected_job_id] if table.selected_job_id is not None else [])
+        jobs = [j for j in (self.view.job(i) for i in ids) if j is not None] if self.view else []
+        fit = [j for j in jobs if j.state in states]
+        if not fit:
+            what = "marked" if table.marked_ids else "selected"
+            self.notify(f"No {what} job can be {verb}: only {' or '.join(states)} jobs can.", severity="warning")
+            return None
+        return fit
+
+    def _bulk(self, jobs: list[JobRow], label: str, func: str, title: str, body: str, yes: str) -> None:
+        """One confirmation for every job; the service runs once per job in one worker."""
+        ids = [j.id for j in jobs]
+
+        def go() -> None:
+            self.query_one(QueueTable).clear_marks()
+            if len(ids) == 1:
+                self.refact.run_service(label, "queue", func, ids[0])
+            else:
+                self.refact.run_many(label, "queue", func, [(i,) for i in ids])
+
+        self.refact.confirm(title, body, go, yes=yes, no="Keep")
+
     def action_move(self, delta: int) -> None:
-        job = self._selected()
-        if job is None or job.state != "queued" or self.view is None:
-            self.notify("Only queued jobs can be moved.", severity="warning")
+        table = self.query_one(QueueTable)
+        if self.view is None:
             return
         queued = [j.id for j in self.view.jobs if j.state == "queued"]
-        index = queued.index(job.id) + delta
-        if not 0 <= index < len(queued):
+        ids = [i for i in (table.marked_ids or [table.selected_job_id]) if i in queued]
+        if not ids:
+            self.notify("Only queued jobs can be moved.", severity="warning")
             return
-        self.refact.run_service("Move job", "queue", "move", job.id, index)
+        # Marked jobs move together, one place each, keeping their order (the first to move goes first).
+        order = list(queued)
+        moves = []
+        for job_id in (ids if delta < 0 else reversed(ids)):
+            i = order.index(job_id)
+            j = i + delta
+            if not 0 <= j < len(order) or order[j] in ids:
+                continue
+            order[i], order[j] = order[j], order[i]
+            moves.append((job_id, j))
+        if not moves:
+            return
+        if len(moves) == 1:
+            self.refact.run_service("Move job", "queue", "move", *moves[0])
+        else:  # in order, in one worker: each move sees the order the previous one left
+            self.refact.run_many("Move jobs", "queue", "move", moves)
 
     def action_cancel_job(self) -> None:
-        job = self._selected()
-        if job is None or job.state not in ("queued", "running"):
-            self.notify("Select a queued or running job to cancel.", severity="warning")
+        jobs = self._targets(("queued", "running"), "cancelled")
+        if jobs is None:
             return
-        what = ("The worker stops it between optimization steps; the model is left untouched."
-                if job.state == "running" else "It stays in the list as cancelled; r puts it back in the queue.")
-        self.refact.confirm(
-            f"Cancel job #{job.id}?",
-            f"Cancel '{job.request.prompt}': {fmt.change(job.request)}.\n{what}",
-            lambda: self.refact.run_service("Cancel job", "queue", "cancel", job.id),
-        )
+        if len(jobs) == 1:
+            job = jobs[0]
+            what = ("The worker stops it between optimization steps; the model is left untouched."
+                    if job.state == "running" else "It stays in the list as cancelled; r puts it back in the queue.")
+            body = f"Cancel '{job.request.prompt}': {fmt.change(job.request)}.\n{what}"
+            title = f"Cancel job #{job.id}?"
+        else:
+            running = sum(1 for j in jobs if j.state == "running")
+            title = f"Cancel {len(jobs)} jobs?"
+            body = (f"{_listing(jobs)}\nThey stay in the list as cancelled; r puts them back in the queue."
+                    + (" The running one stops between optimization steps." if running else ""))
+        self._bulk(jobs, "Cancel job", "cancel", title, body, "Cancel job" if len(jobs) == 1 else "Cancel jobs")
 
     def action_retry_job(self) -> None:
-        job = self._selected()
-        if job is None or job.state not in ("failed", "cancelled"):
-            self.notify("Select a failed or cancelled job to retry.", severity="warning")
+        jobs = self._targets(("failed", "cancelled"), "retried")
+        if jobs is None:
             return
-        reason = f"It failed with: {job.error}\n" if job.error else ""
+        if len(jobs) == 1:
+            job = jobs[0]
+            reason = f"It failed with: {job.error}\n" if job.error else ""
+            title = f"Retry job #{job.id}?"
+            body = (f"{reason}Put '{job.request.prompt}' ({fmt.change(job.request)}) back at the end of the queue "
+                    "with the same request and hyperparameters.")
+        else:
+            title = f"Retry {len(jobs)} jobs?"
+            body = f"{_listing(jobs)}\nEach goes back to the end of the queue with its request and hyperparameters."
+        self._bulk(jobs, "Retry job", "retry", title, body, "Retry job" if len(jobs) == 1 else "Retry jobs")
+
+    def action_remove_job(self) -> None:
+        jobs = self._targets(("queued", "failed", "cancelled"), "removed")
+        if jobs is None:
+            return
+        n = len(jobs)
+        title = f"Remove job #{jobs[0].id}?" if n == 1 else f"Remove {n} jobs?"
+        body = f"{_listing(jobs)}\nDeleted from the workspace for good (edits already applied are not touched)."
+        self._bulk(jobs, "Remove job", "remove", title, body, "Remove job" if n == 1 else "Remove jobs")
+
+    def action_clear_queue(self) -> None:
+        if self.view is None or self.view.history is None:
+            return
+        queued = [j for j in self.view.jobs if j.state == "queued"]
+        if not queued:
+            self.notify("No queued job to clear.", severity="warning")
+            return
+        name = self.view.history.name
         self.refact.confirm(
-            f"Retry job #{job.id}?",
-            f"{reason}Put '{job.request.prompt}' ({fmt.change(job.request)}) back at the end of the queue "
-            "with the same request and hyperparameters.",
-            lambda: self.refact.run_service("Retry job", "queue", "retry", job.id),
+            f"Clear the queue of '{name}'?",
+            f"Delete all {len(queued)} queued job(s) of '{name}' for good:\n{_listing(queued)}\n"
+            "Running, failed and cancelled jobs stay; other histories' queues are not touched.",
+            lambda: self.refact.run_service("Clear queue", "queue", "clear"),
+            yes=f"Delete {len(queued)} job(s)", no="Keep",
         )
+
+
+def _listing(jobs: list[JobRow], most: int = 5) -> str:
+    """'#7 The Pope: John Paul II → Benedict XVI (queued)' per job, the first ``most`` of them."""
+    lines = [f"#{j.id} {fmt.short(j.request.prompt, 40)}: {fmt.short(fmt.change(j.request), 40)} ({j.state})"
+             for j in jobs[:most]]
+    if len(jobs) > most:
+        lines.append(f"… and {len(jobs) - most} more")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from refact_tui.services.dashboard import EditDetailView
 from refact_tui.services.display import plain
 from refact_tui.tui.widgets import fmt
 from refact_tui.tui.widgets.batch_table import BatchTable
+from refact_tui.tui.widgets.history_table import budget_used
 from refact_tui.tui.widgets.hparams_view import hparams_table
 from refact_tui.tui.widgets.image_preview import ImagePreview
 from refact_tui.tui.widgets.loss_plot import LossPlot
@@ -30,7 +31,10 @@ def _summary(d: EditDetailView) -> Table:
         key, _, value = line.partition(" ")
         t.add_row(key, plain(value.strip()))
     t.add_row("module", plain(e.module))
-    stop = "early stop" if e.early_stopped else "step budget"
+    threshold = getattr(e.hparams, "prob_threshold", None)
+    stop = "early stop" if e.early_stopped else "step budget used"
+    if budget_used(e):
+        stop += f", P {e.p_target:.2f} < {threshold:g}"
     t.add_row("result", f"P(target) {fmt.num(e.p_target)} after {e.steps_run} steps ({stop}), "
                         f"||δ|| {fmt.num(e.delta_norm)}, k·u {fmt.num(e.division_factor)}")
     t.add_row("time", ", ".join(f"{k.removesuffix('_s')} {fmt.duration(v)}" for k, v in e.timings.items()) or "-")
@@ -59,28 +63,31 @@ class EditDetail(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-summary")
+        yield ImagePreview(id="detail-grid")
         yield BatchTable(id="detail-batch")
         with Horizontal(id="detail-mid"):
             yield LossPlot(id="detail-loss")
             yield Static(id="detail-hparams")
         yield Static(id="detail-metrics")
-        yield ImagePreview(id="detail-grid")
-        yield Static(id="detail-grid-path")
+
+    detail: EditDetailView | None = None
 
     def show(self, d: EditDetailView | None) -> None:
+        if d is not None and d == self.detail:
+            return  # a poll while nothing about this edit changed: keep the plot and image as they are
+        self.detail = d
         if d is None:
             self.query_one("#detail-summary", Static).update(Text("Select an edit.", style="dim"))
             self.query_one("#detail-loss", LossPlot).set_points([], [])
-            for wid in ("#detail-hparams", "#detail-metrics", "#detail-grid", "#detail-grid-path"):
+            for wid in ("#detail-hparams", "#detail-metrics"):
                 self.query_one(wid, Static).update("")
+            self.query_one(ImagePreview).show(None)
             return
         self.query_one("#detail-summary", Static).update(_summary(d))
         self.query_one("#detail-loss", LossPlot).set_points([s.step for s in d.steps], [s.loss for s in d.steps])
         self.query_one("#detail-hparams", Static).update(hparams_table(d.edit.hparams))
         self.query_one("#detail-metrics", Static).update(_metrics(d))
-        self.query_one("#detail-grid", ImagePreview).show(d.grid_path)
-        rel = d.grid_relpath
-        self.query_one("#detail-grid-path", Static).update(Text(f"grid: {rel}" if rel else "", style="dim"))
+        self.query_one(ImagePreview).show(d.grid_path, d.grid_relpath)
 
     def show_batch(self, view: BatchDetailView | None) -> None:
         """A batch edit's requests (hidden for a single edit); its loss plot is the mean over them."""

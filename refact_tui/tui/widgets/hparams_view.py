@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.hparams import DEFAULT_TEMPLATES, ReFACTHParams
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES, ReFACTHParams
 from refact_tui.services.display import plain
 
 

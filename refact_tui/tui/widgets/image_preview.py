@@ -1,50 +1,56 @@
-"""A PNG shown in the terminal as half-block pixels (two image rows per text row)."""
+"""A PNG shown in the terminal through textual-image: Kitty graphics or Sixel where the terminal has
+them, unicode blocks otherwise (the library's own detection, run once at import, before the app starts)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console, ConsoleOptions, RenderResult
-from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import Static
+from textual_image.widget import Image
+
+GRID_ROWS = 16  # terminal rows of the before/after grid: readable, and the metrics still follow on screen
 
 
-class HalfBlockImage:
-    """Rich renderable: each cell is '▀' with the upper pixel as foreground, the lower as background."""
+class ImagePreview(Vertical):
+    """An image file with a one-line note above it (its path, or why there is nothing to show)."""
 
-    def __init__(self, image, max_width: int = 60, max_rows: int = 16) -> None:
-        from PIL import Image
+    DEFAULT_CSS = f"""
+    ImagePreview {{ height: auto; }}
+    ImagePreview #preview-image {{ height: {GRID_ROWS}; width: auto; }}
+    ImagePreview.-empty #preview-image {{ display: none; }}
+    """
 
-        img = image.convert("RGB")
-        scale = min(max_width / img.width, (2 * max_rows) / img.height, 1.0)
-        w = max(1, round(img.width * scale))
-        h = max(2, round(img.height * scale))
-        h += h % 2
-        self.image = img.resize((w, h), Image.Resampling.BOX)
+    def compose(self) -> ComposeResult:
+        yield Static(id="preview-note")
+        yield Image(id="preview-image")
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        img = self.image
-        px = img.load()
-        for y in range(0, img.height, 2):
-            for x in range(img.width):
-                top, bottom = px[x, y], px[x, y + 1]
-                yield Segment("▀", Style(color=f"rgb{top}", bgcolor=f"rgb{bottom}"))
-            yield Segment.line()
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
+    _path: Path | None = None
 
-class ImagePreview(Static):
-    """Shows an image file, or a one-line note when there is none or it cannot be read."""
-
-    def show(self, path: Path | None, max_width: int = 60, max_rows: int = 14) -> None:
+    def show(self, path: Path | None, label: str | None = None) -> None:
+        note = self.query_one("#preview-note", Static)
+        image = self.query_one("#preview-image", Image)
+        self._path = None
         if path is None:
-            self.update(Text("no before/after grid recorded for this edit (run an image evaluation)", style="dim"))
+            image.image = None
+            self.add_class("-empty")
+            note.update(Text("no before/after grid recorded for this edit (image evaluation: i on the Metrics "
+                             "screen)", style="dim"))
             return
         try:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                self.update(HalfBlockImage(img, max_width, max_rows))
+            image.image = path
         except (OSError, ValueError) as exc:
-            self.update(Text(f"cannot show {path.name}: {exc}", style="red"))
+            image.image = None
+            self.add_class("-empty")
+            note.update(Text(f"cannot show {path.name}: {exc}", style="red"))
+            return
+        self._path = path
+        self.remove_class("-empty")
+        note.update(Text(f"before/after grid: {label or path.name}  (O opens it in the system viewer)",
+                         style="dim"))

@@ -37,12 +37,25 @@ class MetricPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="values")
         yield ProgressBar(total=100, show_eta=False, show_percentage=False, id="progress")
-        with Horizontal(classes="sparks"):
-            yield Label("text ", classes="spark-label")
-            yield Sparkline([], id="spark-text")
-        with Horizontal(classes="sparks"):
-            yield Label("image", classes="spark-label")
-            yield Sparkline([], id="spark-image")
+        for space in ("text", "image"):
+            with Horizontal(classes="sparks"):
+                yield Label(f"{space:<5}", classes="spark-label")
+                yield Sparkline([], id=f"spark-{space}")
+                yield Static(id=f"note-{space}", classes="spark-note")
+
+    def _series(self, space: str, values: list[float]) -> None:
+        """A sparkline per edit; 'not measured' (no line of zeros) or 'constant V' (no line on an edge)."""
+        spark = self.query_one(f"#spark-{space}", Sparkline)
+        note = self.query_one(f"#note-{space}", Static)
+        spark.data = values
+        constant = len(values) > 1 and max(values) - min(values) <= 1e-12
+        flat = not values or constant
+        spark.display, note.display = not flat, flat
+        if not values:
+            note.update(Text("not measured", style="dim"))
+        elif constant or len(values) == 1:
+            note.update(Text(f"{'constant ' if constant else ''}{fmt.num(values[0])} "
+                             f"({len(values)} edit{'s' if len(values) > 1 else ''})", style="dim"))
 
     def show(self, view: MetricPanelView) -> None:
         table = Table.grid()
@@ -55,6 +68,6 @@ class MetricPanel(Vertical):
         bar.display = bool(running)
         if running:
             bar.update(total=100, progress=round(100 * running[0].progress, 1))
-        self.query_one("#spark-text", Sparkline).data = [v for _, v in view.text_series]
-        self.query_one("#spark-image", Sparkline).data = [v for _, v in view.image_series]
+        for space, series in (("text", view.text_series), ("image", view.image_series)):
+            self._series(space, [v for _, v in series])
         self.set_class(bool(running), "running")

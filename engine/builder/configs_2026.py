@@ -1,0 +1,136 @@
+"""Tiny component configs of the 2026 families: LLM-conditioned (Z-Image, FLUX.2 klein, Lumina 2) and
+T5-only (PixArt-Sigma, Chroma) pipelines.
+
+Every tiny text encoder keeps the real model's structure (Qwen3's q/k norms, Gemma-2's four norms,
+soft-capping and sliding windows, T5's gated GELU) and the denoiser reads the real readout width
+(FLUX.2 klein: three stacked hidden states). ``full`` is not built here: a full build needs the real
+text encoder (Qwen3-4B 8 GB, Gemma-2-2B 5 GB, T5-XXL 9.5 GB in bf16) and a denoiser of 2-12 B
+parameters, which no CPU box holds; use the published weights instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.builder.common import BuildError
+
+LLM_ARCHS = ("z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image")
+
+# Real text-encoder shapes (hidden / MLP / layers), for --help and the memory figure of C.
+FULL_ENCODERS = {
+    "z-image": "Qwen3-4B (2560 / 9728 / 36)",
+    "flux2-klein": "Qwen3-4B or 8B (2560 / 9728 / 36; 4096 / 12288 / 36)",
+    "lumina2": "Gemma-2-2B (2304 / 9216 / 26)",
+    "pixart-sigma": "T5-v1.1-XXL (4096 / 10240 / 24)",
+    "chroma": "T5-v1.1-XXL (4096 / 10240 / 24)",
+    "qwen-image": "Qwen2.5-VL-7B (3584 / 18944 / 28)",
+}
+
+# transformers' default init (std 0.02) leaves a 16-wide random LM's MLP outputs so small that ReFACT's
+# delta clamp (a multiple of the subject's own MLP output) barely moves anything; 0.2 gives
+# features of order one, as a trained model has.
+_INIT = 0.2
+_VOCAB = 1500  # the trained BPE tokenizers' size (engine.builder.llm_vocab)
+_QWEN3 = dict(
+    vocab_size=_VOCAB, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+    head_dim=8, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    pad_token_id=0, bos_token_id=None, eos_token_id=2, initializer_range=_INIT,
+)
+_GEMMA2 = dict(
+    vocab_size=_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, sliding_window=8, query_pre_attn_scalar=8,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    initializer_range=_INIT,
+)
+
+
+def encoder_class(arch: str) -> tuple[str, dict[str, Any], str]:
+    """(transformers class, config kwargs, tokenizer kind) of the tiny text encoder of ``arch``."""
+    from engine.builder.configs import t5_config
+
+    if arch == "z-image":
+        return "Qwen3Model", dict(_QWEN3, num_hidden_layers=4), "qwen"
+    if arch == "flux2-klein":  # the pipeline reads hidden_states 9, 18, 27: 28 blocks at least
+        return "Qwen3ForCausalLM", dict(_QWEN3, num_hidden_layers=28), "qwen"
+    if arch == "lumina2":
+        return "Gemma2Model", dict(_GEMMA2), "gemma"
+    if arch in ("pixart-sigma", "chroma"):
+        return "T5EncoderModel", t5_config("tiny"), "t5"
+    if arch == "qwen-image":
+        text = {k: v for k, v in _QWEN3.items() if k not in ("head_dim", "bos_token_id")}
+        text.update(num_hidden_layers=4, max_position_embeddings=2048, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+        vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
+        ids = dict(image_token_id=_VOCAB - 1, video_token_id=_VOCAB - 1, vision_start_token_id=_VOCAB - 1,
+                   vision_end_token_id=_VOCAB - 1, vision_token_id=_VOCAB - 1)
+        return ("Qwen2_5_VLForConditionalGeneration",
+                dict(text_config=text, vision_config=vision, initializer_range=_INIT, **ids), "qwen")
+    raise BuildError(f"no tiny encoder for {arch!r}")
+
+
+def denoiser_and_vae(arch: str, text_width: int) -> tuple[str, dict[str, Any], str, dict[str, Any], dict[str, Any]]:
+    """(denoiser class, kwargs, VAE class, kwargs, scheduler kwargs) of ``arch``; ``text_width`` = readout width."""
+    vae16 = dict(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=16, norm_num_groups=8, sample_size=32,
+    )
+    if arch == "z-image":
+        transformer = dict(
+            all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=1, n_refiner_layers=1,
+            n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=text_width, rope_theta=256.0,
+            t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[1024, 32, 32],
+        )
+        return ("ZImageTransformer2DModel", transformer, "AutoencoderKL",
+                dict(vae16, scaling_factor=0.3611, shift_factor=0.1159), {"shift": 3.0})
+    if arch == "flux2-klein":
+        transformer = dict(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=text_width, timestep_guidance_channels=256,
+            axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+        )
+        vae = dict(
+            sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+            norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        )
+        return "Flux2Transformer2DModel", transformer, "AutoencoderKLFlux2", vae, {}
+    if arch == "lumina2":
+        transformer = dict(
+            sample_size=4, patch_size=2, in_channels=4, hidden_size=16, num_layers=1, num_refiner_layers=1,
+            num_attention_heads=2, num_kv_heads=1, multiple_of=16, norm_eps=1e-5, scaling_factor=1.0,
+            axes_dim_rope=(4, 2, 2), axes_lens=(300, 64, 64), cap_feat_dim=text_width,
+        )
+        vae = dict(vae16, latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159)
+        return "Lumina2Transformer2DModel", transformer, "AutoencoderKL", vae, {}
+    if arch == "pixart-sigma":
+        transformer = dict(
+            sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+            caption_channels=text_width, in_channels=4, cross_attention_dim=16, out_channels=8,
+            attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        )
+        return "PixArtTransformer2DModel", transformer, "AutoencoderKL", dict(vae16, latent_channels=4), {}
+    if arch == "chroma":
+        transformer = dict(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=text_width, axes_dims_rope=(4, 4, 8),
+            approximator_num_channels=8, approximator_hidden_dim=32, approximator_layers=1,
+        )
+        vae = dict(vae16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+        return "ChromaTransformer2DModel", transformer, "AutoencoderKL", vae, {}
+    if arch == "qwen-image":
+        transformer = dict(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=3,
+            joint_attention_dim=text_width, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+        )
+        vae = dict(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+                   latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        return "QwenImageTransformer2DModel", transformer, "AutoencoderKLQwenImage", vae, {}
+    raise BuildError(f"no tiny denoiser for {arch!r}")
+
+
+SCHEDULERS = {
+    "z-image": "FlowMatchEulerDiscreteScheduler", "flux2-klein": "FlowMatchEulerDiscreteScheduler",
+    "lumina2": "FlowMatchEulerDiscreteScheduler", "pixart-sigma": "DPMSolverMultistepScheduler",
+    "chroma": "FlowMatchEulerDiscreteScheduler", "qwen-image": "FlowMatchEulerDiscreteScheduler",
+}

@@ -1,0 +1,173 @@
+"""`refact plan`: what a model will need in memory, read from its configs and safetensors headers
+without loading a weight.
+
+Per component: parameter count and bytes in the chosen dtype. Per encoder slot: the width of the
+editable matrix's input (fc2 / wo / down_proj) and its second moment C (width² float32: edit math stays
+fp32 whatever the dtype). Expected peaks (weights + edit state, activations not included) for an edit, a
+batch of N, image evaluation and the bench.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import EngineError, ModelFormatError
+
+DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_HEADER_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+                 "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+KEY_TEMPLATES = 9  # context templates per request: keys of one request are 9 x width floats
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    name: str
+    class_name: str
+    params: int
+    bytes: int          # in the chosen dtype (non-float tensors at their own size)
+    stored_dtype: str   # what the files hold ("F32", "BF16", ...; "mixed")
+    stored_bytes: int = 0  # the files' tensor bytes (read while converting to another dtype)
+
+    @property
+    def converts(self) -> bool:
+        return self.stored_bytes != self.bytes
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    slot: str
+    layers: int
+    width: int          # input width of the editable matrix (fc2 / wo / down_proj)
+    out_width: int
+    c_bytes: int        # one layer's second moment C: width² float32
+    editable_params: int  # every layer's editable matrix together
+    keeps_fp32: bool    # T5 / LLM editable matrices stay fp32 under fp16/bf16 (CLIP's fc2 follows the model)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    model: str
+    dtype: str
+    components: list[ComponentPlan]
+    slots: list[SlotPlan]
+    peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.bytes for c in self.components)
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """The JSON header of a safetensors file (name -> dtype, shape, offsets); no tensor is read."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ModelFormatError(f"{path} is not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", raw)
+        if size > 100 * 1024 * 1024:
+            raise ModelFormatError(f"{path} has an implausible safetensors header ({size} bytes)")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def component_plan(folder: Path, name: str, class_name: str, dtype: str) -> ComponentPlan:
+    """Parameter count and bytes of one component folder, from its safetensors headers."""
+    params = nbytes = on_disk = 0
+    stored: set[str] = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        for entry in read_safetensors_header(file).values():
+            n, kind = _numel(entry["shape"]), entry["dtype"]
+            stored.add(kind)
+            params += n
+            nbytes += n * (DTYPES[dtype] if kind in _FLOATS else _HEADER_SIZES.get(kind, 4))
+            on_disk += n * _HEADER_SIZES.get(kind, 4)
+    return ComponentPlan(name, class_name, params, nbytes, stored.pop() if len(stored) == 1 else
+                         ("mixed" if stored else "-"), on_disk)
+
+
+def _text_config(config: dict) -> dict:
+    return config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+
+def slot_plan(folder: Path, name: str) -> SlotPlan | None:
+    """The editable matrix of a text-encoder folder, from its config.json (None if unknown)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    cfg = _text_config(json.loads(path.read_text(encoding="utf-8")))
+    width = cfg.get("intermediate_size") or cfg.get("d_ff")
+    out = cfg.get("hidden_size") or cfg.get("d_model")
+    layers = cfg.get("num_hidden_layers") or cfg.get("num_layers")
+    if not (width and out and layers):
+        return None
+    width, out, layers = int(width), int(out), int(layers)
+    keeps_fp32 = not str(cfg.get("model_type", "")).startswith("clip")
+    return SlotPlan(name, layers, width, out, width * width * 4, layers * width * out, keeps_fp32)
+
+
+def plan_model(path: str | Path, dtype: str = "float32", batch: int = 8) -> MemoryPlan:
+    """The memory plan of a pipeline or text-encoder folder in ``dtype``."""
+    if dtype not in DTYPES:
+        raise EngineError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch < 1:
+        raise EngineError(f"--batch must be at least 1, got {batch}")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise EngineError(f"{folder} is not a model folder; pass --model PATH of a pipeline or text encoder")
+    index_file = folder / "model_index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        parts = [(k, str(v[1])) for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]]
+    else:
+        parts = [(".", "text-encoder")]
+    components, slots = [], []
+    for name, cls in parts:
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.glob("*.safetensors")):
+            continue  # tokenizers, schedulers: no weights
+        label = "text_encoder" if name == "." else name
+        components.append(component_plan(sub, label, cls, dtype))
+        if label.startswith("text_encoder"):
+            s = slot_plan(sub, label)
+            if s is not None:
+                slots.append(s)
+    if not components:
+        raise EngineError(f"{folder} holds no safetensors weights; nothing to plan")
+    return MemoryPlan(str(path), dtype, components, slots, _peaks(components, slots, dtype, batch))
+
+
+def _peaks(components: list[ComponentPlan], slots: list[SlotPlan], dtype: str, batch: int) -> dict[str, int]:
+    """Weights + edit state per activity. Loading into another dtype than the files hold also keeps the
+    files' pages resident while converting (measured: benchmarks/plan_check.py)."""
+    texts = [c for c in components if c.name.startswith("text_encoder")]
+    text = sum(c.bytes for c in texts)
+    everything = sum(c.bytes for c in components)
+    convert_text = sum(c.stored_bytes for c in texts if c.converts)
+    convert_all = sum(c.stored_bytes for c in components if c.converts)
+    size = DTYPES[dtype]
+    # editable matrices kept fp32 under fp16/bf16 (T5 / LLM), and the snapshot of them rollback keeps
+    upcast = sum(s.editable_params * (4 - size) for s in slots if s.keeps_fp32)
+    snapshot = sum(s.editable_params * (4 if s.keeps_fp32 else size) for s in slots)
+    edit_state = sum(s.c_bytes for s in slots)
+    keys = sum(batch * KEY_TEMPLATES * s.width * 4 for s in slots)
+    encoders = text + upcast + snapshot
+    return {
+        "load (host)": everything + convert_all,
+        "load encoders (host)": encoders + convert_text,
+        "edit": max(encoders + convert_text, encoders + edit_state),
+        f"batch of {batch}": max(encoders + convert_text, encoders + edit_state + keys),
+        "image eval": max(everything + convert_all, everything + upcast + snapshot),
+        "bench": max(everything + convert_all, everything + upcast + snapshot + edit_state),
+    }
