@@ -34,7 +34,9 @@ LIGHT = ("queue ls", "history", "histories", "show 1", "checkout main", "bench l
 TOKENIZER_ONLY = ("queue add", "queue import")
 LOAD_SNIPPET = (
     "import sys, time\n"
+    "import transformers\n"
     "from engine.models import load_model\n"
+    "transformers.AutoTokenizer, transformers.CLIPTextModel, transformers.BertModel  # import the lazy modules\n"
     "t = time.perf_counter(); load_model(sys.argv[1], device='cpu', with_pipeline=False)\n"
     "print(time.perf_counter() - t)\n"
 )

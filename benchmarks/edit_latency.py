@@ -332,7 +332,6 @@ def main() -> None:
     del preps
     mom = run_second_moment_child(args.mom_width, args.mom_tokens) if args.mom_width > 0 else None
 
-    sd1 = results[0]["seconds_per_edit"]
     table = Table(title=f"ReFACT edit latency per family, random full-size encoders, {device.type}")
     for col in ("run", "slot", "layer", "key", "C first s", "edit s", "ms/step", "note"):
         table.add_column(col, justify="right")

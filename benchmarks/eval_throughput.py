@@ -58,14 +58,18 @@ def measure(size: str, n_images: int, batch: int, steps: int, repeats: int) -> d
     generate(pipe, items[:batch], cfg)  # warm-up
     ours, plain = [], []
     for _ in range(repeats):  # interleaved so drift hits both
-        _sync(device); t = time.perf_counter()
+        _sync(device)
+        t = time.perf_counter()
         generate(pipe, items, cfg)
-        _sync(device); ours.append(time.perf_counter() - t)
-        _sync(device); t = time.perf_counter()
+        _sync(device)
+        ours.append(time.perf_counter() - t)
+        _sync(device)
+        t = time.perf_counter()
         for i in range(0, n_images, batch):
             chunk = items[i : i + batch]
             _plain(pipe, [it.prompt for it in chunk], [it.seed for it in chunk], cfg, h, w)
-        _sync(device); plain.append(time.perf_counter() - t)
+        _sync(device)
+        plain.append(time.perf_counter() - t)
     ours_ips, plain_ips = n_images / min(ours), n_images / min(plain)
     return {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "size": size, "images": n_images, "batch": batch, "steps": steps, "resolution": f"{h}x{w}",

@@ -17,7 +17,6 @@ import torch
 from engine.builder import make_text_encoder, make_tokenizer, pipeline_configs
 
 
-
 @dataclass
 class BenchModel:
     """A LoadedModel of random full-size slots plus what was cut to fit (slot -> real layer count)."""

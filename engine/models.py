@@ -20,12 +20,23 @@ import torch  # noqa: E402
 
 from engine.errors import DeltaIntegrityError, EngineError, ModelFormatError, ModelNotFoundError  # noqa: E402
 from engine.model_files import (  # noqa: E402,F401  (read_pooling is public here)
-    _load_text_encoder, _one_line, _read_json, _require_safetensors, _transformer_folder, read_pooling,
+    _load_text_encoder,
+    _one_line,
+    _read_json,
+    _require_safetensors,
+    _transformer_folder,
+    read_pooling,
 )
 from engine.packaged_models import resolve_packaged  # noqa: E402
 from engine.readout import Readout, default_readout  # noqa: E402
 from engine.slots import (  # noqa: E402
-    FAMILY_SLOTS, EncoderSlot, combined_hash, default_depth, keep_editable_fp32, slot_input, tokenizer_attr,
+    FAMILY_SLOTS,
+    EncoderSlot,
+    combined_hash,
+    default_depth,
+    keep_editable_fp32,
+    slot_input,
+    tokenizer_attr,
 )
 from engine.tokens import templated  # noqa: E402
 

@@ -4,16 +4,15 @@ tokens, invisible-only fields empty, duplicates on add, and the importers' file-
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from fixtures_models import built_clip_tokenizer
 
 from engine.admission import RequestChecker, TokenLimit
-from engine.methods.refact.hparams import DEFAULT_TEMPLATES, ReFACTHParams
 from engine.importers import ImportFileError, load_requests
+from engine.methods.refact.hparams import DEFAULT_TEMPLATES, ReFACTHParams
 from engine.request import EditRequest, RequestError, clean_text
 from engine.tokens import default_subject, locate_subject
-from fixtures_models import built_clip_tokenizer
 from refact_tui.services import queue
 from refact_tui.services.workspace import BaseModelInfo, create_workspace
 
@@ -65,7 +64,7 @@ def test_sixty_emoji_are_counted_as_the_encoder_sees_them(ws, tok):
     emoji = "🦩" * 60
     n = len(tok(emoji)["input_ids"])
     assert n > 77  # each emoji is several byte-level tokens
-    with pytest.raises(RequestError, match=rf"prompt is \d+ tokens long"):
+    with pytest.raises(RequestError, match=r"prompt is \d+ tokens long"):
         queue.add_edit(ws, EditRequest(prompt=emoji, source="a", target="b"), HP)
 
 
@@ -74,7 +73,7 @@ def test_sixty_emoji_are_counted_as_the_encoder_sees_them(ws, tok):
 ])
 def test_default_subject_strips_trailing_punctuation_and_maps_to_whole_tokens(ws, tok, prompt, key):
     req = EditRequest(prompt=prompt, source="a man", target="a woman")
-    assert req.subject_text == default_subject(prompt) and not req.subject_text[-1] in ".!)"
+    assert req.subject_text == default_subject(prompt) and req.subject_text[-1] not in ".!)"
     assert RequestChecker.single(tok, 77).problems(req) == []
     for template in ("{}", *DEFAULT_TEMPLATES):
         located = locate_subject(tok, template, prompt, None, 77)

@@ -7,8 +7,8 @@ from worker_helpers import FAST, new_workspace, queue, rebuild_hash, sample_requ
 
 
 def run_batch(ws, n, **kw):
-    from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
 
     events = []
     summary = run_worker(ws, device="cpu", batch=BatchSettings(size=n, **kw), on_event=events.append)
@@ -71,7 +71,7 @@ def test_batch_of_one_rank_one_matches_the_sequential_edit(tmp_path, model_dir):
 
 def test_bad_batch_input_is_one_line(tmp_path, model_dir):
     from engine.methods.refact.hparams import HParamsError
-    from refact_tui.services.batch_worker import BatchSettings
+    from refact_tui.services.worker_types import BatchSettings
     from store.base_models import get_base_model
     from store.batches import BatchMixError, check_same_base
     from store.histories import create_history
@@ -156,8 +156,9 @@ def test_preserve_protects_every_request_of_an_earlier_batch(tmp_path, model_dir
 
 
 def test_stop_between_steps_requeues_every_job_of_the_batch(tmp_path, model_dir):
-    from refact_tui.services.batch_worker import BatchSettings, BatchStep
+    from refact_tui.services.batch_worker import BatchStep
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
     from store.edits import list_edits
     from store.jobs import list_jobs
 
@@ -193,8 +194,8 @@ def test_every_run_option_is_checked_before_any_job_is_claimed(tmp_path, model_d
         (["--batch", "2", "--insert", "spread", "--layers", "1,2,3"], "--layers 3 is out of range"),
         (["--batch", "2", "--insert", "spread", "--layers", "1,9"], "--layers 9 is out of range"),
         (["--batch", "2", "--insert", "spread", "--layers", ""], "--layers '' is not"),
-        (["--batch", "2", "--lambda", "0.01"], "a rank-one batch would ignore them"),
-        (["--batch", "2", "--null-space"], "a rank-one batch would ignore them"),
+        (["--batch", "2", "--insert", "rank-one", "--lambda", "0.01"], "a rank-one batch would ignore them"),
+        (["--batch", "2", "--insert", "rank-one", "--null-space"], "a rank-one batch would ignore them"),
         (["--layers", "1"], "need --batch"),
     ]
     runner = CliRunner()
@@ -212,8 +213,8 @@ def test_every_run_option_is_checked_before_any_job_is_claimed(tmp_path, model_d
 
 def test_max_counts_jobs_under_batch(tmp_path, model_dir):
     """Issue 16 / 21 item 5: `run --batch 4 --max 3` applies exactly 3 jobs (one batch of 3)."""
-    from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
     from store.batches import batch_requests
     from store.edits import list_edits
     from store.jobs import list_jobs

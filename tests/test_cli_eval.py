@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from fixtures_models import tiny_pipeline_dir
-from refact_tui.cli.main import app
+from typer.testing import CliRunner
 from worker_helpers import new_workspace, queue, sample_requests
+
+from refact_tui.cli.main import app
 
 runner = CliRunner()
 SEEDS, SIZE = 2, 16
@@ -208,6 +208,7 @@ def test_missing_judge_and_bad_options_are_one_line_errors(ws_root, tmp_path):
 def test_text_encoder_workspace_evaluates_text_space_and_refuses_images(tmp_path_factory, judge_spec):
     """A plain transformers text-encoder folder is a valid model: edits and text metrics work, images don't."""
     from fixtures_models import tiny_text_encoder_dir
+
     from refact_tui.services.runner import run_worker
 
     root = tmp_path_factory.mktemp("te_eval") / "w"

@@ -8,7 +8,6 @@ import sqlite3
 
 import pytest
 from typer.testing import CliRunner
-
 from worker_helpers import workspace_with_edits
 
 COMMANDS = (["history"], ["histories"], ["show", "1"], ["run", "--device", "cpu"], ["rollback", "1"],

@@ -15,8 +15,8 @@ N = 5
 
 
 def test_eval_history_of_a_batch_edit_reports_every_request_and_the_workers_mean(tmp_path, model_dir):
-    from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
     from store.batches import batch_requests
     from store.edits import list_edits
     from store.metrics import latest_metrics

@@ -4,11 +4,10 @@ service, and apply-deltas manifests never give a traceback and never leave anyth
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import HealthCheck, given, settings
-
 import fuzz_targets as ft
+import pytest
 from fixtures_models import built_clip_tokenizer
+from hypothesis import HealthCheck, given, settings
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

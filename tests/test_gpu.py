@@ -16,8 +16,8 @@ HP = ReFACTHParams(layer=2, lr=0.2, max_steps=20, weight_decay=0.0, prob_thresho
 
 def _edit(model_dir, device, tmp_path):
     from engine.covariance import SecondMomentStore
-    from engine.models import load_model
     from engine.methods.refact.edit import apply_edit
+    from engine.models import load_model
 
     model = load_model(model_dir, device=device, with_pipeline=False)
     stats = SecondMomentStore(tmp_path / f"stats-{device}")

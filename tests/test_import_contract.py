@@ -12,8 +12,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "store", "refact_tui")
 # (module prefix, rank): the longest matching prefix names a module's layer.
@@ -259,7 +257,6 @@ def test_no_layer_imports_one_above_it():
     assert not bad, "imports that climb a layer:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="cycles the issue 16 refactor is still breaking; see the test's output")
 def test_no_import_cycles():
     graph, _ = build_graph()
     cycles = find_cycles(graph)

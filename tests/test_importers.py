@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_models import SHARED_DATA, built_clip_tokenizer
 
 from engine.importers import ImportFileError, load_requests
 from engine.request import EditRequest, Probe, clean_text
-from fixtures_models import SHARED_DATA, built_clip_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ROAD = SHARED_DATA / "RoAD_validation.csv"

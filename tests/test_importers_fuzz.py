@@ -8,6 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from fixtures_models import built_clip_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,6 @@ from engine.importers.road import OPTIONAL as ROAD_OPTIONAL
 from engine.importers.road import REQUIRED as ROAD_REQUIRED
 from engine.importers.timed import OPTIONAL as TIMED_OPTIONAL
 from engine.importers.timed import REQUIRED as TIMED_REQUIRED
-from fixtures_models import built_clip_tokenizer
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EXTENSIONS = st.sampled_from([".csv", ".jsonl", ".json", ".txt", ""])

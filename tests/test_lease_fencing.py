@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from worker_helpers import FAST, REPO, new_workspace, queue, rebuild_hash, sample_requests
 
 pytestmark = pytest.mark.slow
@@ -46,8 +45,8 @@ def wait_until(cond, timeout=120.0, what="condition"):
 
 def test_paused_worker_that_lost_its_lease_commits_nothing(tmp_path, model_dir):
     from store.db import open_db
-    from store.integrity import integrity_check
     from store.edits import list_edits
+    from store.integrity import integrity_check
     from store.jobs import list_jobs
 
     root = tmp_path / "w"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def test_time_job_edit_and_reoptimized_replay_carry_the_method_columns(tmp_path, model_dir):
+    from worker_helpers import new_workspace
+
     from engine.request import EditRequest
     from refact_tui.services.history import replay
     from refact_tui.services.methods import with_method
@@ -11,7 +13,6 @@ def test_time_job_edit_and_reoptimized_replay_carry_the_method_columns(tmp_path,
     from refact_tui.services.runner import run_worker
     from store.edits import applied_edits
     from store.jobs import list_jobs
-    from worker_helpers import new_workspace
 
     with new_workspace(tmp_path / "w", model_dir) as ws:
         job = add_edit(ws, with_method(EditRequest("A banana", "A banana", "A blue banana"), "time", {"lam": 0.2}))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from typer.testing import CliRunner
+from worker_helpers import new_workspace
 
 from refact_tui.cli.main import app
-from worker_helpers import new_workspace
 
 runner = CliRunner()
 ROWS = [{"prompt": "A banana", "source": "A banana", "target": "A blue banana"},
@@ -90,8 +90,9 @@ def test_bad_method_import_gives_one_line_and_stores_nothing(tmp_path, model_dir
 
 
 def test_unet_methods_are_refused_on_a_model_without_a_unet(tmp_path, tmp_path_factory):
-    from engine.methods import MethodRefusedError
     from fixtures_models import tiny_text_encoder_dir
+
+    from engine.methods import MethodRefusedError
     from refact_tui.services.methods import check_method_for_base
 
     root = tmp_path / "w"

@@ -6,9 +6,9 @@ import json
 
 import torch
 from typer.testing import CliRunner
+from worker_helpers import new_workspace, queue, sample_requests
 
 from refact_tui.cli.main import app
-from worker_helpers import new_workspace, queue, sample_requests
 
 runner = CliRunner()
 
@@ -51,8 +51,8 @@ def test_time_and_uce_jobs_join_a_refact_history_and_rebuild_exactly(tmp_path, m
         want = want + (u2.matrix() if u2 is not None else 0)
         assert float((w_head - want).abs().max().detach()) < 1e-6 and not torch.equal(w_head, w_base)
     try:
-        from refact_tui.services.methods import with_method
         from engine.request import EditRequest
+        from refact_tui.services.methods import with_method
 
         with_method(EditRequest("a", "b", "c"), "refact", {"layer": 1})
         raise AssertionError("refused expected")
@@ -69,8 +69,8 @@ def _open(root):
 def test_batch_worker_runs_closed_form_jobs_alone_and_batches_only_refact(tmp_path, model_dir):
     """`run --batch` never feeds a TIME job to the ReFACT batch solver: it runs alone as a plain edit,
     while the ReFACT jobs queued around it share one batch (a batch gathers the same-hparams jobs)."""
-    from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
     from store.edits import applied_edits
 
     root = tmp_path / "w"

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from typer.testing import CliRunner
-
 from worker_helpers import FAST, REPO, queue, rebuild_hash, sample_requests, workspace_with_edits
 
 
@@ -85,10 +84,11 @@ def test_tui_without_a_terminal_says_so_and_exits_2(args, tmp_path):
 
 
 def test_recovery_removes_the_delta_files_a_dead_attempt_left(tmp_path, model_dir):
+    from worker_helpers import new_workspace
+
     from refact_tui.services.runner import run_worker
     from refact_tui.services.workspace import Workspace
     from store.jobs import claim_next, set_phase
-    from worker_helpers import new_workspace
 
     root = tmp_path / "w"
     with new_workspace(root, model_dir) as ws:

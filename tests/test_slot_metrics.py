@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from worker_helpers import FAST, new_workspace, queue, sample_requests, spy_batch_preserve
 
 # tiny SDXL: text_encoder is editable at layers 0..1, text_encoder_2 at 0..2
@@ -189,9 +188,9 @@ def test_sdxl_batch_edits_the_first_slot_and_protects_only_its_edits(tmp_path, p
     """A batch on a two-slot model changes text_encoder: its step rows and per-slot metric rows are
     that slot's, and --preserve protects only earlier edits of text_encoder (not one of text_encoder_2
     at the same layer number). Jobs for both slots never enter a batch: they run one at a time."""
-    from refact_tui.services.batch_worker import BatchSettings
     from refact_tui.services.queue import add_edit
     from refact_tui.services.runner import run_worker
+    from refact_tui.services.worker_types import BatchSettings
     from store.edits import list_edits
     from store.metrics import latest_metrics, slot_metrics
     from store.steps import slot_steps_for_edit

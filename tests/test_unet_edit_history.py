@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 import torch
+from worker_helpers import new_workspace, queue, rebuild_hash, sample_requests
 
 from engine.request import EditRequest
-from worker_helpers import new_workspace, queue, rebuild_hash, sample_requests
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from engine.builder.configs import (  # noqa: E402
     PipelineConfigs,
     clip_config,
     pipeline_configs,
-    t5_config,
 )
 from engine.builder.pipelines import build_pipeline, make_pipeline, make_text_encoder, make_tokenizer  # noqa: E402
+from engine.builder.t5_shapes import t5_config  # noqa: E402
 from engine.builder.text_encoders import bert_vocab, build_text_encoder_folder  # noqa: E402
 from engine.builder.vocab import (  # noqa: E402
     BOS_TOKEN,

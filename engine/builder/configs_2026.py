@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.builder.common import BuildError
+from engine.builder.t5_shapes import t5_config
 
 LLM_ARCHS = ("z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image")
 
@@ -46,7 +47,6 @@ _GEMMA2 = dict(
 
 def encoder_class(arch: str) -> tuple[str, dict[str, Any], str]:
     """(transformers class, config kwargs, tokenizer kind) of the tiny text encoder of ``arch``."""
-    from engine.builder.configs import t5_config
 
     if arch == "z-image":
         return "Qwen3Model", dict(_QWEN3, num_hidden_layers=4), "qwen"

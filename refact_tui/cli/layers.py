@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from refact_tui.cli.common import JSON_OPTION, console, fmt_float, open_workspace, print_json, print_table, with_hparam_options
+from refact_tui.cli.common import (
+    JSON_OPTION,
+    console,
+    fmt_float,
+    open_workspace,
+    print_json,
+    print_table,
+    with_hparam_options,
+)
 from refact_tui.services.display import markup_escape as esc
 
 

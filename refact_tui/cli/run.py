@@ -132,7 +132,8 @@ def run(
     watch: bool = typer.Option(False, "--watch", help="Keep waiting for new jobs instead of exiting."),
     batch: int = typer.Option(None, "--batch", help="Edit up to N (1..4096) queued jobs of one history together as "
                               "one edit."),
-    insert: str = typer.Option("rank-one", "--insert", help="With --batch: rank-one | joint | spread."),
+    insert: str = typer.Option(None, "--insert", help="With --batch: joint (default: the best measured F1, "
+                               "BENCHMARKS.md) | rank-one | spread."),
     layers: str = typer.Option(None, "--layers", help="With --insert spread: the layers, e.g. 5,6,7 (each must reach "
                                "the encoder's readout, as --layer must; see `refact layers`)."),
     lam: float = typer.Option(None, "--lambda", help="With --batch --insert joint/spread: ridge relative to mean "
@@ -174,10 +175,10 @@ def run(
 def batch_settings(batch, insert, layers, lam, null_space):
     """BatchSettings from the `run` options (None: sequential, the default); one-line HParamsError."""
     from engine.methods.refact.hparams import HParamsError
-    from refact_tui.services.batch_worker import BatchSettings
+    from refact_tui.services.worker_types import DEFAULT_INSERT, BatchSettings
 
     if batch is None:
-        if insert != "rank-one" or layers is not None or lam is not None or null_space:
+        if insert is not None or layers is not None or lam is not None or null_space:
             raise HParamsError("--insert, --layers, --lambda and --null-space need --batch N")
         return None
     parsed: tuple[int, ...] = ()
@@ -186,6 +187,6 @@ def batch_settings(batch, insert, layers, lam, null_space):
             parsed = tuple(int(x) for x in layers.split(","))
         except ValueError:
             raise HParamsError(f"--layers {layers!r} is not a comma-separated list of layer numbers, e.g. 5,6,7") from None
-    settings = BatchSettings(size=batch, insert=insert, layers=parsed, null_space=null_space, lam=lam)
+    settings = BatchSettings(size=batch, insert=insert or DEFAULT_INSERT, layers=parsed, null_space=null_space, lam=lam)
     settings.validate()
     return settings

@@ -17,13 +17,11 @@ from dataclasses import dataclass
 
 from engine.events import StepEvent
 from engine.methods.base import EditContext
-from engine.methods.refact.batch import DEFAULT_LAMBDA, MODES, BatchInsertConfig
-from engine.methods.refact.hparams import HParamsError
-from engine.methods.refact.joint_solve import residual_bound
+from engine.methods.refact.batch import BatchInsertConfig
 from engine.slots import check_slot_layer
 from refact_tui.services.methods import compute_outcome, insert_outcome
-from refact_tui.services.worker import WorkerNotice, _delta_meta
-from refact_tui.services.worker_records import touched_slots
+from refact_tui.services.worker_records import delta_meta, touched_slots
+from refact_tui.services.worker_types import BatchSettings
 from store.batches import (
     BatchOutcome,
     batch_requests,
@@ -37,80 +35,6 @@ from store.batches import (
 from store.edits import applied_edits
 from store.events import log_event
 from store.states import EditKind
-
-# `--batch` upper bound: far above any padded batch that fits a GPU, far below an integer that overflows.
-MAX_BATCH = 4096
-# `--lambda` upper bound (relative ridge, see engine.methods.refact.joint_solve); lambda_limit() may be lower.
-MAX_LAMBDA = 1.0
-
-
-def lambda_limit() -> float:
-    """The largest accepted ``--lambda``: MAX_LAMBDA, or less where the batch guard's residual bound
-    reaches 1, past which a request that ends no closer to its target would pass (an empty edit)."""
-    if residual_bound(MAX_LAMBDA) < 1.0:
-        return MAX_LAMBDA
-    lo, hi = 0.0, MAX_LAMBDA
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if residual_bound(mid) < 1.0 else (lo, mid)
-    return lo
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space]`.
-
-    ``lam`` None: the default (DEFAULT_LAMBDA); ``--lambda`` and ``--null-space`` shape the joint and
-    spread solves only, so a rank-one batch refuses them."""
-
-    size: int
-    insert: str = "rank-one"
-    layers: tuple[int, ...] = ()
-    lam: float | None = None
-    null_space: bool = False
-    chunk: int | None = None  # requests per padded batch (memory cap); None = all N at once
-
-    def validate(self) -> None:
-        """HParamsError (one line) on any option that cannot work or would be ignored."""
-        if not 1 <= self.size <= MAX_BATCH:
-            raise HParamsError(f"--batch must be >= 1 and <= {MAX_BATCH}, got {self.size}; pass the number of jobs "
-                               "to edit together")
-        if self.insert not in MODES:
-            raise HParamsError(f"--insert must be one of {', '.join(MODES)}, got {self.insert!r}")
-        if self.layers and self.insert != "spread":
-            raise HParamsError("--layers applies to --insert spread only; other modes edit the jobs' own layer")
-        if len(set(self.layers)) != len(self.layers):
-            raise HParamsError("--layers lists a layer twice; give each layer once")
-        if self.insert == "rank-one" and (self.lam is not None or self.null_space):
-            raise HParamsError("--lambda and --null-space shape the --insert joint/spread solves; a rank-one batch "
-                               "would ignore them (add --insert joint, or drop them)")
-        if self.lam is not None:
-            limit = lambda_limit()
-            if not (math.isfinite(self.lam) and 0 <= self.lam <= limit):
-                raise HParamsError(f"--lambda must be a finite number in 0..{limit:.3g}, got {self.lam}; larger values "
-                                   "would accept a batch that leaves its requests where they were")
-        if self.chunk is not None and self.chunk < 1:
-            raise HParamsError(f"the batch chunk must be >= 1, got {self.chunk}")
-
-    def insert_config(self) -> BatchInsertConfig:
-        lam = DEFAULT_LAMBDA if self.lam is None else self.lam
-        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=lam, null_space=self.null_space)
-
-    def check_layers(self, slots: dict) -> None:
-        """``--layers`` against a base model's first encoder slot as `refact init` recorded it (``slots``:
-        BaseModelRow.config["slots"]): every layer must reach the slot's readout, the range a single
-        edit's --layer is held to. Runs before any job is claimed."""
-        if not self.layers or not slots:
-            return
-        name, info = next(iter(slots.items()))
-        low, high = info.get("editable", [0, int(info.get("num_layers", 1)) - 1])
-        for layer in self.layers:
-            if not low <= layer <= high:
-                raise HParamsError(
-                    f"--layers {layer} is out of range for {name} (editable: layers {low}..{high} of "
-                    f"{info.get('num_layers')}; later layers cannot reach its {info.get('readout', 'final')} readout, "
-                    "so their update would be zero); pick layers in that range"
-                )
 
 
 @dataclass(frozen=True)
@@ -233,7 +157,7 @@ class JobBatch:
         return f"h{history_id:04d}-batch-{self.token}-job{self.jobs[0].id:05d}.safetensors"
 
     def delta_meta(self, model, base_hash: str, meta: dict) -> dict[str, str]:
-        out = {**meta, **_delta_meta(model, self.jobs[0], base_hash), "job_ids": json.dumps(self.ids),
+        out = {**meta, **delta_meta(model, self.jobs[0], base_hash), "job_ids": json.dumps(self.ids),
                "batch_token": self.token}
         out.pop("request", None)  # N requests: they are the batch_requests rows
         return out
@@ -339,5 +263,5 @@ def record_batch_text_metrics(db, model, edit) -> dict[str, float]:
     finish_eval_run(db, run.id, "done")
     return means
 
-__all__ = ["BatchSettings", "BatchStarted", "BatchStep", "BatchFinished", "JobBatch", "WorkerNotice",
+__all__ = ["BatchStarted", "BatchStep", "BatchFinished", "JobBatch",
            "claim_batch_unit", "record_batch_text_metrics"]

@@ -12,7 +12,14 @@ from engine.evaluation.config import ImageEvalConfig
 from engine.evaluation.errors import EvaluationError
 from engine.events import ProgressCallback
 from refact_tui.services.eval_common import (
-    EvalSummary, Kept, StoreSink, eval_targets, fail_run, is_main_process, record_retention, run_config,
+    EvalSummary,
+    Kept,
+    StoreSink,
+    eval_targets,
+    fail_run,
+    is_main_process,
+    record_retention,
+    run_config,
 )
 
 

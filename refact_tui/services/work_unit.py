@@ -9,18 +9,47 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
+import sqlite_utils
+
+from engine.covariance import SecondMomentStore
 from engine.errors import InsertionRefusedError
+from engine.events import StopCheck
 from refact_tui.services.convergence import applied_label
+from refact_tui.services.worker_lease import LeaseKeeper
 from refact_tui.services.worker_records import delta_meta, slot_rows
-from refact_tui.services.worker_types import JobFinished, JobStarted, WorkerEvent
+from refact_tui.services.worker_types import BatchSettings, JobFinished, JobStarted, WorkerConfig, WorkerEvent
 from store.edit_slots import record_edit_slots
 from store.records import JobRow
 from store.states import EditKind
 
-if TYPE_CHECKING:  # the worker passes itself; a runtime import would be a cycle
-    from refact_tui.services.worker import Worker
+
+class UnitHost(Protocol):
+    """What a unit may use of the worker that runs it (the worker passes itself)."""
+
+    config: WorkerConfig
+    lease: LeaseKeeper
+    batch: BatchSettings | None
+    after_edit_hook: Callable[..., None] | None
+
+    @property
+    def db(self) -> sqlite_utils.Database: ...
+
+    @property
+    def model_key(self) -> tuple[int, int] | None: ...
+
+    def emit(self, event: WorkerEvent) -> None: ...
+
+    def stats_store(self) -> SecondMomentStore: ...
+
+    def stop_check(self, job_ids: list[int]) -> StopCheck: ...
+
+    def compute_single(self, model, job: JobRow): ...
+
+    def fail_job(self, job: JobRow, reason: str, summary, exc: BaseException | None = None) -> None: ...
+
+    def requeue_refused(self, unit: "WorkUnit", reason: str, summary) -> None: ...
 
 
 class WorkUnit(Protocol):
@@ -34,7 +63,7 @@ class WorkUnit(Protocol):
 
     def started(self) -> WorkerEvent: ...
 
-    def compute(self, worker: "Worker", model): ...
+    def compute(self, worker: UnitHost, model): ...
 
     def insert(self, model, result) -> Callable[[], None]: ...
 
@@ -50,9 +79,9 @@ class WorkUnit(Protocol):
 
     def finished(self, edit, result, seconds: float) -> WorkerEvent: ...
 
-    def refuse(self, worker: "Worker", reason: str, summary, exc: BaseException | None) -> None: ...
+    def refuse(self, worker: UnitHost, reason: str, summary, exc: BaseException | None) -> None: ...
 
-    def after_edit(self, worker: "Worker", model, edit) -> None: ...
+    def after_edit(self, worker: UnitHost, model, edit) -> None: ...
 
 
 def result_timings(result) -> dict[str, float]:
@@ -84,7 +113,7 @@ class SingleJob:
         return JobStarted(j.id, j.history_id, j.attempts, j.request.prompt, j.request.source, j.request.target,
                           j.hparams.max_steps, j.hparams.layer)
 
-    def compute(self, worker: "Worker", model):
+    def compute(self, worker: UnitHost, model):
         result = worker.compute_single(model, self.job)
         if not result.delta.is_finite():
             raise InsertionRefusedError("the edit produced non-finite values (NaN/inf); model left untouched; "
@@ -126,10 +155,10 @@ class SingleJob:
         return JobFinished(self.job.id, edit.id, edit.seq, float(result.p_target), int(result.steps_run),
                            bool(result.early_stopped), seconds, float(self.job.hparams.prob_threshold))
 
-    def refuse(self, worker: "Worker", reason: str, summary, exc: BaseException | None) -> None:
+    def refuse(self, worker: UnitHost, reason: str, summary, exc: BaseException | None) -> None:
         worker.fail_job(self.job, reason, summary, exc)
 
-    def after_edit(self, worker: "Worker", model, edit) -> None:
+    def after_edit(self, worker: UnitHost, model, edit) -> None:
         if worker.after_edit_hook is not None:
             worker.after_edit_hook(model, edit)
 

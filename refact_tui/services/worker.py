@@ -19,6 +19,7 @@ from engine.events import StepEvent, StopCheck
 from engine.methods.base import EditContext
 from engine.methods.refact.hparams import HParamsError
 from engine.request import RequestError
+from refact_tui.services.batch_worker import claim_batch_unit
 from refact_tui.services.methods import compute_outcome
 from refact_tui.services.work_unit import SingleJob, WorkUnit
 from refact_tui.services.worker_lease import LEASE_NAME, LeaseKeeper, remove_orphan_deltas  # noqa: F401
@@ -45,8 +46,6 @@ from store.histories import get_history
 from store.jobs import claim_next, finish_job, is_cancel_requested, peek_next, recover_orphans, requeue_job, set_phase
 from store.leases import LeaseLostError
 from store.steps import StepWriter, attach_steps
-
-_delta_meta = delta_meta  # the name services.batch_worker imports
 
 # errors of an edit's own making: the unit is refused (a single job fails), the worker goes on
 EDIT_ERRORS = (EngineError, RequestError, HParamsError, ValueError, RuntimeError)
@@ -190,8 +189,6 @@ class Worker:
         self.lease.check(self._db)
         model = self._model_for(nxt.history_id)
         if self.batch is not None:
-            from refact_tui.services.batch_worker import claim_batch_unit  # the batch side imports this module
-
             unit = claim_batch_unit(self, model, nxt, limit)
             if unit is not False:  # False: the next job runs alone
                 return unit

@@ -5,6 +5,7 @@ Split from ``services.worker`` so the CLI and the TUI can name the events withou
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from engine.events import Progress, StepEvent
-
+from engine.methods.refact.batch import DEFAULT_LAMBDA, MODES, BatchInsertConfig
+from engine.methods.refact.hparams import HParamsError
+from engine.methods.refact.joint_solve import residual_bound
 
 # ----------------------------------------------------------------------------- events
 
@@ -118,3 +121,83 @@ class WorkerConfig:
 ModelLoader = Callable[[int], object]
 # after_edit(model, edit_row): e.g. text metrics; failures are logged, never fail the edit
 AfterEdit = Callable[[object, object], None]
+
+
+# ----------------------------------------------------------------------------- batch settings
+
+# `--batch` without `--insert`: the joint solve had the best F1 of the insertion modes on real weights
+# (all-MiniLM-L6-v2, benchmarks/scale.py), and summed rank-one updates cross-talk on shared key directions.
+DEFAULT_INSERT = "joint"
+# `--batch` upper bound: far above any padded batch that fits a GPU, far below an integer that overflows.
+MAX_BATCH = 4096
+# `--lambda` upper bound (relative ridge, see engine.methods.refact.joint_solve); lambda_limit() may be lower.
+MAX_LAMBDA = 1.0
+
+
+def lambda_limit() -> float:
+    """The largest accepted ``--lambda``: MAX_LAMBDA, or less where the batch guard's residual bound
+    reaches 1, past which a request that ends no closer to its target would pass (an empty edit)."""
+    if residual_bound(MAX_LAMBDA) < 1.0:
+        return MAX_LAMBDA
+    lo, hi = 0.0, MAX_LAMBDA
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if residual_bound(mid) < 1.0 else (lo, mid)
+    return lo
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space]`.
+
+    ``lam`` None: the default (DEFAULT_LAMBDA); ``--lambda`` and ``--null-space`` shape the joint and
+    spread solves only, so a rank-one batch refuses them."""
+
+    size: int
+    insert: str = DEFAULT_INSERT
+    layers: tuple[int, ...] = ()
+    lam: float | None = None
+    null_space: bool = False
+    chunk: int | None = None  # requests per padded batch (memory cap); None = all N at once
+
+    def validate(self) -> None:
+        """HParamsError (one line) on any option that cannot work or would be ignored."""
+        if not 1 <= self.size <= MAX_BATCH:
+            raise HParamsError(f"--batch must be >= 1 and <= {MAX_BATCH}, got {self.size}; pass the number of jobs "
+                               "to edit together")
+        if self.insert not in MODES:
+            raise HParamsError(f"--insert must be one of {', '.join(MODES)}, got {self.insert!r}")
+        if self.layers and self.insert != "spread":
+            raise HParamsError("--layers applies to --insert spread only; other modes edit the jobs' own layer")
+        if len(set(self.layers)) != len(self.layers):
+            raise HParamsError("--layers lists a layer twice; give each layer once")
+        if self.insert == "rank-one" and (self.lam is not None or self.null_space):
+            raise HParamsError("--lambda and --null-space shape the --insert joint/spread solves; a rank-one batch "
+                               "would ignore them (add --insert joint, or drop them)")
+        if self.lam is not None:
+            limit = lambda_limit()
+            if not (math.isfinite(self.lam) and 0 <= self.lam <= limit):
+                raise HParamsError(f"--lambda must be a finite number in 0..{limit:.3g}, got {self.lam}; larger values "
+                                   "would accept a batch that leaves its requests where they were")
+        if self.chunk is not None and self.chunk < 1:
+            raise HParamsError(f"the batch chunk must be >= 1, got {self.chunk}")
+
+    def insert_config(self) -> BatchInsertConfig:
+        lam = DEFAULT_LAMBDA if self.lam is None else self.lam
+        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=lam, null_space=self.null_space)
+
+    def check_layers(self, slots: dict) -> None:
+        """``--layers`` against a base model's first encoder slot as `refact init` recorded it (``slots``:
+        BaseModelRow.config["slots"]): every layer must reach the slot's readout, the range a single
+        edit's --layer is held to. Runs before any job is claimed."""
+        if not self.layers or not slots:
+            return
+        name, info = next(iter(slots.items()))
+        low, high = info.get("editable", [0, int(info.get("num_layers", 1)) - 1])
+        for layer in self.layers:
+            if not low <= layer <= high:
+                raise HParamsError(
+                    f"--layers {layer} is out of range for {name} (editable: layers {low}..{high} of "
+                    f"{info.get('num_layers')}; later layers cannot reach its {info.get('readout', 'final')} readout, "
+                    "so their update would be zero); pick layers in that range"
+                )

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from refact_tui.tui.api import AppAPI
 from refact_tui.tui.keys import APP_KEYS, SCREEN_KEYS, key_label
-
-if TYPE_CHECKING:
-    from refact_tui.tui.app import RefactApp
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,7 @@ class RefactCommands(Provider):
     """Every TUI action by name (ctrl+p)."""
 
     def _run(self, command: Command) -> None:
-        app: RefactApp = self.app  # type: ignore[assignment]
+        app: AppAPI = self.app  # type: ignore[assignment]
         app.run_command(command.mode, command.action)
 
     async def discover(self) -> Hits:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_models import PARITY_MODEL, built_clip_tokenizer, tiny_pipeline_dir, tiny_text_encoder_dir
 from safetensors.torch import load_file
 
 from engine.builder import (
@@ -19,7 +20,6 @@ from engine.builder import (
     pipeline_configs,
 )
 from engine.hashing import hash_named_tensors, module_hash
-from fixtures_models import PARITY_MODEL, built_clip_tokenizer, tiny_pipeline_dir, tiny_text_encoder_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "datasets" / "caption_corpus.txt"

@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 import torch
+from fixtures_models import PARITY_MODEL, tiny_pipeline_dir, tiny_text_encoder_dir
 from safetensors.torch import load_file
 
 import engine.models as models
 from engine.errors import DeltaIntegrityError, EngineError, ModelFormatError, ModelNotFoundError
 from engine.hashing import hash_named_tensors
 from engine.models import load_model, read_pooling, resolve_device
-from fixtures_models import PARITY_MODEL, tiny_pipeline_dir, tiny_text_encoder_dir
 
 HAS_ADAPTERS = importlib.util.find_spec("engine.adapters") is not None
 needs_adapters = pytest.mark.skipif(not HAS_ADAPTERS, reason="engine.adapters not written yet")

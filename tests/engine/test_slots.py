@@ -18,11 +18,11 @@ from engine.covariance import SecondMomentStore  # noqa: E402
 from engine.delta import EditDelta  # noqa: E402
 from engine.errors import ModelFormatError, TokenizationError  # noqa: E402
 from engine.methods.refact.hparams import HParamsError, ReFACTHParams  # noqa: E402
-from engine.models import load_model  # noqa: E402
+from engine.methods.refact.model_edit import SlotSelectionError, apply_model_edit, compute_model_edit  # noqa: E402
 from engine.methods.refact.values import lookup_index  # noqa: E402
+from engine.models import load_model  # noqa: E402
 from engine.readout import Readout  # noqa: E402
 from engine.request import EditRequest  # noqa: E402
-from engine.methods.refact.model_edit import SlotSelectionError, apply_model_edit, compute_model_edit  # noqa: E402
 from engine.tokens import locate_subject  # noqa: E402
 
 REQ = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")

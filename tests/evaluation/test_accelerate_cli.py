@@ -30,8 +30,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ws_root(tiny_pipeline_path, tmp_path_factory):
     """One applied edit with one positive and one negative probe: 2 seeds x 3 prompts x 2 variants."""
-    from refact_tui.services.runner import run_worker
     from worker_helpers import new_workspace, queue, sample_requests
+
+    from refact_tui.services.runner import run_worker
 
     req = sample_requests(1)[0]
     req = replace(req, positives=req.positives[:1], negatives=req.negatives[:1])

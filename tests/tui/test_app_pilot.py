@@ -66,6 +66,7 @@ def jobs(root):
 
 
 async def select_row(pilot, table, row: int) -> None:
+    await pilot.app.settled()  # the first store read lands on a reader thread: wait for its rows
     table.focus()
     table.move_cursor(row=row)
     await pilot.pause()

@@ -1,4 +1,4 @@
-"""ReFACT (Ben-Hamu et al.): a rank-one edit of a text encoder's MLP output matrix, one file per step.
+"""ReFACT (Arad, Orgad, Belinkov): a rank-one edit of a text encoder's MLP output matrix, one file per step.
 
 - ``hparams.py``     the hyperparameters (the paper's defaults);
 - ``keys.py``        k_e, v_e, k* over the context templates, u = C^-1 k*, earlier edits' keys;

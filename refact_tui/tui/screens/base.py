@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 from textual.screen import Screen
@@ -10,11 +10,8 @@ from textual.widget import Widget
 from textual.widgets import Footer
 
 from refact_tui.services.display import display_text
+from refact_tui.tui.api import AppAPI
 from refact_tui.tui.widgets.filter_bar import FilterBar
-
-if TYPE_CHECKING:
-    from refact_tui.tui.app import RefactApp
-
 
 W = TypeVar("W", bound=Widget)
 
@@ -33,7 +30,7 @@ class DashboardScreen(Screen):
     drawn_at = 0.0
 
     @property
-    def refact(self) -> "RefactApp":
+    def refact(self) -> AppAPI:
         return self.app  # type: ignore[return-value]
 
     def read(self, db: sqlite_utils.Database, now: float) -> Any:
