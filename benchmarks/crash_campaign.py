@@ -266,7 +266,7 @@ def verify(root: Path, model_dir: Path, n: int) -> dict:
             [e.weights_hash for e in edits[:-1]]
         out["empty_edits"] = sum(1 for e, h in zip(edits, before) if e.weights_hash == h)
         if any(e.module and e.layer < 0 for e in edits):  # TIME edits: the UNet is part of the recorded hash
-            from refact_tui.services.state import load_history_model
+            from refact_tui.services.working_model import load_history_model
 
             out["rebuild_ok"] = bool(edits) and load_history_model(ws, device="cpu").weights_hash == \
                 edits[-1].weights_hash

@@ -55,7 +55,7 @@ def measure(path: Path, positions, weight_decay: float) -> dict[str, float]:
     n_real = len(model.tokenizer(UNRELATED)["input_ids"])
     before = _embeds(model, UNRELATED)
     store = SecondMomentStore(None, positions=positions)
-    apply_model_edit(model, request, hp, stats=store, corpus=default_corpus_path(), n_samples=300)
+    apply_model_edit(model, request, hp, moments=store, corpus=default_corpus_path(), n_samples=300)
     after = _embeds(model, UNRELATED)
     rel = (after - before).norm(dim=-1) / before.norm(dim=-1).clamp_min(1e-12)
     return {"real": float(rel[:n_real].mean()), "padding": float(rel[n_real:].mean()),

@@ -70,10 +70,10 @@ def run_one(path: Path, requests: list, mode: str, hp, layers: tuple[int, ...]) 
     try:
         if mode == "sequential":
             for r in requests:
-                apply_model_edit(model, r, hp, stats=stats)
+                apply_model_edit(model, r, hp, moments=stats)
         else:
             config = BatchInsertConfig(mode=mode, layers=layers if mode == "spread" else ())
-            apply_batch(model, requests, hp, config, stats=stats)
+            apply_batch(model, requests, hp, config, moments=stats)
     except InsertionRefusedError as exc:
         status = "refused: " + str(exc)[:80]
     seconds = time.perf_counter() - t0

@@ -275,7 +275,10 @@ class SecondMomentStore:
                 "mode": mode,
                 "created": f"{time.time():.3f}",
             }
-            save_safetensors_atomic(path, {"mom2": mom2.contiguous()}, meta)
+            try:
+                save_safetensors_atomic(path, {"mom2": mom2.contiguous()}, meta)
+            except OSError:
+                pass  # a read-only (or full) workspace: C serves this run from memory, uncached
         return mom2
 
     def entries(self) -> list[StatsEntry]:

@@ -261,15 +261,9 @@ def finish_job(
     With ``worker_id`` / ``fence``: LeaseLostError, nothing written, when this worker no longer runs it."""
     if state not in FINAL_STATES:
         raise StoreError(f"a job can only finish as {'/'.join(FINAL_STATES)}, not {state!r}")
-    with transaction(db):
-        job = _own_running(db, job_id, worker_id, fence)
-        _require_state(job, (JobState.RUNNING,), "finished")
-        db.execute(
-            "UPDATE jobs SET state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ?, phase = NULL "
-            "WHERE id = ?",
-            [state, error, edit_id, now(), now(), job_id],
-        )
-        return get_job(db, job_id)
+    return _leave_running(db, job_id, worker_id, fence, "finished",
+                          "state = ?, error = ?, edit_id = ?, finished_at = ?, heartbeat_at = ?, phase = NULL",
+                          [state, error, edit_id, now(), now()])
 
 
 def requeue_job(db: sqlite_utils.Database, job_id: int, *, worker_id: str | None = None,
@@ -279,14 +273,18 @@ def requeue_job(db: sqlite_utils.Database, job_id: int, *, worker_id: str | None
 
     ``reason`` (e.g. why its batch was refused) is kept in ``error`` while it waits; a queued job with a
     reason runs alone at its next claim (see ``runs_alone``)."""
+    return _leave_running(db, job_id, worker_id, fence, "requeued",
+                          "state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
+                          "cancel_requested = 0, phase = NULL, error = ?", [reason])
+
+
+def _leave_running(db: sqlite_utils.Database, job_id: int, worker_id: str | None, fence: Fence | None,
+                   verb: str, assignments: str, params: list) -> JobRow:
+    """The one transition out of ``running``: check the job is ours and running, then set ``assignments``."""
     with transaction(db):
         job = _own_running(db, job_id, worker_id, fence)
-        _require_state(job, (JobState.RUNNING,), "requeued")
-        db.execute(
-            "UPDATE jobs SET state = 'queued', worker_id = NULL, heartbeat_at = NULL, started_at = NULL, "
-            "cancel_requested = 0, phase = NULL, error = ? WHERE id = ?",
-            [reason, job_id],
-        )
+        _require_state(job, (JobState.RUNNING,), verb)
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*params, job_id])
         return get_job(db, job_id)
 
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, ClassVar, Self
 
+from engine.events import StepEvent
 from engine.methods.refact.hparams import ReFACTHParams
 from engine.request import EditRequest
 from store.errors import CorruptDatabaseError
@@ -186,18 +187,13 @@ class EditRow(_Row):
 
 
 @dataclass(frozen=True)
-class StepRow(_Row):
+class StepRow(StepEvent, _Row):
+    """A stored v* step: the engine's StepEvent plus where it belongs."""
+
     _table = "steps"
     edit_id: int | None
     job_id: int
     attempt: int
-    step: int
-    loss: float
-    nll: float
-    wd: float
-    p_target: float
-    delta_norm: float
-    elapsed: float
     slot: str = "text_encoder"  # the encoder slot whose optimisation the row records
 
     _columns = {name: (name, _nan) for name in ("loss", "nll", "wd", "p_target", "delta_norm")}
@@ -220,20 +216,29 @@ class EvalRunRow(_Row):
 
 
 @dataclass(frozen=True)
-class MetricRow(_Row):
-    _table = "metrics"
-    id: int
-    eval_run_id: int | None
+class MetricValue:
+    """One metric value of an edit (edit_id None = the whole history; slot '' = the whole edit, else that
+    encoder slot's own value)."""
+
     edit_id: int | None
     space: str
     name: str
     value: float
     std: float | None
     n: int
+    slot: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricRow(MetricValue, _Row):
+    """A stored metric value: its run, progress (n of total) and time."""
+
+    _table = "metrics"
+    id: int
+    eval_run_id: int | None
     total: int
     final: bool
     created_at: float
-    slot: str = ""  # '' = the whole edit; else the value of that encoder slot alone
 
     _columns = {"final": ("final", bool)}
 
@@ -292,5 +297,5 @@ class LeaseRow(_Row):
 __all__ = [
     "EditKind", "EditStatus", "JobKind", "JobPhase", "JobState",
     "ArtifactRow", "BaseModelRow", "EditRow", "EvalRunRow", "EventRow", "HistoryRow", "JobRow",
-    "LeaseRow", "MetricRow", "StepRow", "dump_json", "dump_method_hparams",
+    "LeaseRow", "MetricRow", "MetricValue", "StepRow", "dump_json", "dump_method_hparams",
 ]

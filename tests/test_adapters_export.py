@@ -126,7 +126,7 @@ def test_sd1_adapter_matches_merged_and_unloads_to_the_base_bit_for_bit(sd1, mod
 
 def test_sd1_per_edit_adapter_switched_off_equals_the_history_without_that_edit(sd1, model_dir):
     from refact_tui.services.export import export_history
-    from refact_tui.services.state import load_deltas
+    from refact_tui.services.working_model import load_deltas
     from store.edits import applied_edits
 
     ws, root, _ = sd1
@@ -152,7 +152,7 @@ def test_import_adapter_reads_the_exact_deltas_back_and_refuses_tampering_or_ano
     from refact_tui.cli.main import app
     from refact_tui.services.export import export_history
     from refact_tui.services.import_adapter import import_adapter
-    from refact_tui.services.state import load_deltas
+    from refact_tui.services.working_model import load_deltas
     from store.edits import applied_edits
     from store.histories import list_histories
 

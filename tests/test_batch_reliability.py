@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from test_reliability import wait_for_steps
-from worker_helpers import FAST, REPO, new_workspace, queue, rebuild_hash, sample_requests
+from worker_helpers import FAST, REPO, jobs_at, new_workspace, queue, rebuild_hash, sample_requests
 
 pytestmark = pytest.mark.slow
 
@@ -62,17 +62,6 @@ def check_exactly_once(root, model_dir, jobs):
     return edits
 
 
-def _jobs(root):
-    from store.db import open_db
-    from store.jobs import list_jobs
-
-    db = open_db(root / "refact.db")
-    try:
-        return list_jobs(db)
-    finally:
-        db.close()
-
-
 def test_batch_survives_sigkill_mid_optimisation(tmp_path, model_dir):
     root = tmp_path / "w"
     with new_workspace(root, model_dir) as ws:
@@ -89,7 +78,7 @@ def test_batch_survives_sigkill_mid_optimisation(tmp_path, model_dir):
     edits = check_exactly_once(root, model_dir, jobs)
     # the death is charged to the batch, not its jobs, and each job runs alone next (issue 21 item 11)
     assert len(edits) == 4
-    assert all(j.crashes == 0 for j in _jobs(root))
+    assert all(j.crashes == 0 for j in jobs_at(root))
 
 
 def test_batch_survives_sigkill_mid_commit(tmp_path, model_dir):

@@ -19,7 +19,7 @@ def run_batch(ws, n, **kw):
 def test_batch_is_one_edit_with_per_request_rows_and_rebuilds_bit_exact(tmp_path, model_dir, mode):
     from refact_tui.services.batch_worker import BatchFinished, BatchStarted, BatchStep
     from refact_tui.services.history import rollback
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.batches import batch_requests
     from store.edits import list_edits
     from store.jobs import get_job

@@ -196,3 +196,30 @@ def test_road_validation_rows_whose_prompt_is_the_source_have_baseline_efficacy_
     for space in ("text", "xattn"):
         base = get_references(ws.db, _reference_key(rep.config, space), space, "baseline")
         assert [float(np.asarray(base[i]["efficacy"])[0, 0, 1]) < 0.5 for i in same] == [True] * len(same)
+
+
+def test_limit_tokenises_only_the_rows_that_will_run(tmp_path, model_dir, monkeypatch):
+    """Issue 21: a --limit 3 bench checks every row's structure but tokenises only its 3 rows (a
+    10,000-row file took 90 s of validation before a 3-row run); a bad row among those 3 is still named."""
+    from engine.admission import RequestChecker
+    from engine.models import load_tokenizer, token_limit
+    from refact_tui.services.bench import BenchError, read_rows
+
+    tok = load_tokenizer(model_dir)
+    good = [json.dumps({"prompt": f"The king of land {i}", "source": "a king", "target": "a queen"}) for i in range(40)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(good) + "\n", encoding="utf-8")
+    checked: list[str] = []
+    original = RequestChecker.problems
+
+    def spy(self, request):
+        checked.append(request.prompt)
+        return original(self, request)
+
+    monkeypatch.setattr(RequestChecker, "problems", spy)
+    assert [r.prompt for r in read_rows(path, tok, token_limit(tok), limit=3)] == [f"The king of land {i}" for i in range(3)]
+    assert len(checked) == 3
+    long = json.dumps({"prompt": "word " * 200, "source": "a king", "target": "a queen"})
+    path.write_text("\n".join([good[0], long, *good[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(BenchError, match="row 2"):
+        read_rows(path, tok, token_limit(tok), limit=3)

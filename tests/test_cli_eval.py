@@ -59,7 +59,7 @@ def _edit_ids(root) -> list[int]:
 def test_text_only_history_stores_values_at_the_head_and_retention_that_show_lists(ws_root):
     from engine.base_weights import base_fc2_of
     from engine.evaluation.text_metrics import FeatureCache, text_metrics
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from refact_tui.services.workspace import Workspace
     from store.edits import get_edit
     from store.metrics import get_eval_run, metrics_for_run

@@ -21,7 +21,7 @@ def _edit(model_dir, device, tmp_path):
 
     model = load_model(model_dir, device=device, with_pipeline=False)
     stats = SecondMomentStore(tmp_path / f"stats-{device}")
-    return model, apply_edit(model, REQUEST, HP, stats=stats, n_samples=200)
+    return model, apply_edit(model, REQUEST, HP, moments=stats, n_samples=200)
 
 
 def test_edit_on_cuda_matches_cpu_and_maps_k_e_to_v_star(model_dir, tmp_path):

@@ -30,7 +30,7 @@ def ws(tmp_path, template):
 
 def test_rollback_rebuilds_the_exact_state_after_edit_n(ws):
     from refact_tui.services.history import edit_detail, list_history, rollback
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     edits = list_history(ws)
     res = rollback(ws, 1)
@@ -62,7 +62,7 @@ def test_new_edit_after_rollback_gets_the_next_seq_and_applies_on_the_rolled_bac
 
 def test_fork_checkout_and_replay_share_deltas_with_identical_hashes(ws):
     from refact_tui.services.history import checkout, fork, list_all_histories, list_history, replay
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     main = list_history(ws)
     forked = fork(ws, 2, "branch")
@@ -168,7 +168,7 @@ def test_rollback_past_the_head_names_a_valid_target(ws):
 
 def test_a_rollback_racing_a_committing_worker_reports_the_real_transition(ws, monkeypatch):
     """Issue 21: the head moved 3 -> 4 while the rollback rebuilt the model; it said "from 3 to 1"."""
-    import refact_tui.services.state as state
+    import refact_tui.services.working_model as state
     from refact_tui.services.history import list_history, rollback
     from store.edits import record_edit
 

@@ -194,3 +194,14 @@ def test_queue_retry_takes_several_ids_all_failed_and_a_reason(tmp_path, model_d
     assert r.exit_code == 0 and f"jobs {jobs[3].id}, {jobs[2].id} queued again" in r.stdout
     with Workspace.open(root) as ws:
         assert [j.state for j in list_jobs(ws.db)] == ["queued"] * 4
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "--batch", "x"], "Invalid value for '--batch'"),
+    (["queue", "add", "--prompt", "x"], "Missing option '--source'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_a_usage_error_is_one_line_naming_the_help_to_read(args, says):
+    """Issue 21: a value Click cannot parse (e.g. `--batch x`) gave Click's multi-line usage box."""
+    line = one_error_line(invoke(*args), code=2)
+    assert says in line and line.endswith("--help`")

@@ -22,7 +22,7 @@ HP = ReFACTHParams(layer=0, lr=0.5, weight_decay=0.0, max_steps=6, templates=())
 def test_sweep_measures_every_editable_layer_and_leaves_weights_untouched(pipeline_dir_for):
     model = load_model(pipeline_dir_for("sdxl"), device="cpu", with_pipeline=False)
     before = model.weights_hashes()
-    sweeps = sweep_layers(model, REQ, HP, stats=SecondMomentStore(None), n_samples=16,
+    sweeps = sweep_layers(model, REQ, HP, moments=SecondMomentStore(None), n_samples=16,
                           unrelated=["a bowl of soup", "a green car"], layers=())
     assert [s.slot for s in sweeps] == ["text_encoder", "text_encoder_2"]
     for s, slot in zip(sweeps, model.slots):
@@ -38,7 +38,7 @@ def test_sweep_marks_a_layer_outside_the_readout(pipeline_dir_for):
     model = load_model(pipeline_dir_for("sdxl"), device="cpu", with_pipeline=False)
     last = model.slot("text_encoder").num_layers - 1
     (sweep,) = sweep_layers(model, REQ, HP, slots=("text_encoder",), layers=(last,), unrelated=[],
-                            stats=SecondMomentStore(None), n_samples=8)
+                            moments=SecondMomentStore(None), n_samples=8)
     assert sweep.rows[0].error.startswith(f"not editable (layers 0..{last - 2} reach the penultimate readout")
 
 

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_time_and_uce_jobs_join_a_refact_history_and_rebuild_exactly(tmp_path, model_dir):
     from engine.methods import MethodError
     from refact_tui.services.runner import run_worker
-    from refact_tui.services.state import load_deltas, load_history_model
+    from refact_tui.services.working_model import load_deltas, load_history_model
     from store.edits import applied_edits
 
     root = tmp_path / "w"

@@ -15,7 +15,7 @@ def test_rollforward_restores_kept_edits_bit_exact(tmp_path, model_dir):
     from engine.errors import DeltaIntegrityError, EngineError
     from refact_tui.services.history import rollback, rollforward
     from refact_tui.services.runner import run_worker
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.edits import list_edits
 
     ws, _jobs, _ = workspace_with_edits(tmp_path / "w", model_dir, 4)

@@ -13,7 +13,7 @@ def _direct(ws, model_dir, slot_name: str, request, hp):
     """The slot's text metrics recomputed on a fresh load of the head model (no worker caches)."""
     from engine.base_weights import base_fc2_of
     from engine.evaluation.text_metrics import FeatureCache, text_metrics
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     model = load_history_model(ws, ws.history().id, device="cpu").model
     slot = model.slot(slot_name)
@@ -130,7 +130,7 @@ def test_single_slot_metrics_are_the_whole_edit_rows_only(tmp_path, model_dir):
     from engine.base_weights import base_fc2_of
     from engine.evaluation.text_metrics import FeatureCache, text_metrics
     from refact_tui.services.runner import run_worker
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.edits import list_edits
     from store.metrics import latest_metrics, slot_metrics
     from store.steps import slot_steps_for_edit

@@ -19,7 +19,7 @@ def hist(tmp_path_factory, model_dir):
     from refact_tui.services.methods import with_method
     from refact_tui.services.queue import add_edit
     from refact_tui.services.runner import run_worker
-    from refact_tui.services.state import load_deltas
+    from refact_tui.services.working_model import load_deltas
     from store.edits import applied_edits
 
     ws = new_workspace(tmp_path_factory.mktemp("unet") / "w", model_dir)
@@ -70,14 +70,14 @@ def test_recorded_hash_covers_the_unet_after_a_time_edit(hist, model_dir):
 
 
 def edits_path(ws, edit):
-    from refact_tui.services.state import delta_file
+    from refact_tui.services.working_model import delta_file
 
     return delta_file(ws, edit)
 
 
 def test_rollback_rollforward_replay_rebuild_the_unet_bit_for_bit(hist, model_dir):
     from refact_tui.services.history import replay, rollback, rollforward
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.edits import applied_edits
     from store.histories import set_current_history
 
@@ -112,7 +112,7 @@ def test_a_wrong_unet_is_caught_on_rebuild(hist, model_dir, tmp_path):
 
     from engine.errors import DeltaIntegrityError
     from refact_tui.services.history import rollback
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     ws, edits, deltas = hist
     other = tmp_path / "model"
@@ -141,7 +141,7 @@ def test_a_wrong_unet_is_caught_on_rebuild(hist, model_dir, tmp_path):
 def test_export_writes_the_edited_unet(hist, model_dir, tmp_path):
     from engine.hashing import module_hash
     from refact_tui.services.export import apply_deltas_manifest, export_pipeline
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     ws, edits, deltas = hist
     head = load_history_model(ws, with_pipeline=True).model

@@ -61,7 +61,7 @@ def test_worker_delta_is_the_apply_less_edit_and_maps_k_e_to_v_star(done_ws, mod
     ws, jobs, _, _ = done_ws
     first = list_edits(ws.db, ws.history().id)[0]
     model = load_model(model_dir, device="cpu", with_pipeline=False)
-    result = compute_edit(model, jobs[0].request, FAST, stats=SecondMomentStore(ws.stats_dir), n_samples=40)
+    result = compute_edit(model, jobs[0].request, FAST, moments=SecondMomentStore(ws.stats_dir), n_samples=40)
     stored = EditDelta.load(ws.resolve(first.delta_path), expected_sha256=first.delta_sha256)
     assert torch.equal(stored.u, result.delta.u) and torch.equal(stored.r, result.delta.r)
     assert stored.meta["base_encoder_hash"] == ws_base_hash(ws)

@@ -72,3 +72,15 @@ def rebuild_hash(model_dir: Path, delta_paths: list[Path]) -> str:
     for p in delta_paths:
         EditDelta.load(p).apply(model)
     return model.encoder_hash()
+
+
+def jobs_at(root: Path) -> list:
+    """Every job of the workspace at ``root``, read through a connection of its own."""
+    from store.db import open_db
+    from store.jobs import list_jobs
+
+    db = open_db(root / "refact.db")
+    try:
+        return list_jobs(db)
+    finally:
+        db.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.delta import EditDelta, WeightSnapshot
+from engine.errors import InsertionRefusedError
 from engine.events import StepEvent
 from engine.request import EditRequest
 
@@ -109,6 +110,10 @@ class EditOutcome:
         snapshot = WeightSnapshot.of(model, self.delta)
         try:
             self.delta.apply(model)
+            if not snapshot.changed():  # every method: an edit that changes no weight is never "applied"
+                raise InsertionRefusedError(
+                    f"the {self.method} edit changes no weight (its update rounds to zero in {self.module or 'its matrices'}); "
+                    "nothing was applied: pick another layer or stronger hyperparameters")
             if self.verify is not None:
                 self.verify(model)
         except BaseException:

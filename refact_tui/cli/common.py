@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import UsageError as TyperUsageError  # typer 0.29 vendors click
 
 from engine.methods.refact.hparams import HPARAM_RANGES, NORMALIZED_FEATURES_TEMPERATURE, SIMILARITIES, ReFACTHParams
 
@@ -44,6 +45,10 @@ class ErrorHandlingGroup(typer.core.TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.UsageError, TyperUsageError) as exc:  # a bad option or argument: one line, no usage box
+            where = exc.ctx.command_path if exc.ctx is not None else "refact"
+            print_error(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
+            raise typer.Exit(2) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
@@ -116,6 +121,15 @@ def to_jsonable(obj: Any) -> Any:
 def print_json(obj: Any) -> None:
     """Write obj as indented JSON to stdout (no rich markup or wrapping)."""
     sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def print_listing(items: Sequence[Any], json_out: bool, title: str, columns: Sequence[str],
+                  row: Callable[[Any], Sequence[Any]]) -> None:
+    """``items`` as JSON, or as a table with ``row(item)`` for each line."""
+    if json_out:
+        print_json(items)
+        return
+    print_table(title, columns, [row(item) for item in items])
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -10,6 +10,7 @@ from refact_tui.cli.common import (
     fmt_float,
     open_workspace,
     print_json,
+    print_listing,
     print_table,
     short,
     with_hparam_options,
@@ -49,7 +50,7 @@ def history(ctx: typer.Context, name: str = typer.Option(None, "--history", help
             json_out: bool = JSON_OPTION) -> None:
     """The edits of the current history (rolled-back ones included)."""
     from refact_tui.services.history import list_history
-    from refact_tui.services.state import resolve_history
+    from refact_tui.services.working_model import resolve_history
 
     with open_workspace(ctx, read_only=True) as ws:
         h = resolve_history(ws, name)
@@ -117,11 +118,7 @@ def rollback(ctx: typer.Context, seq: int = typer.Argument(..., help="Edit seq t
 
     with open_workspace(ctx) as ws:
         res = do_rollback(ws, seq)
-    if json_out:
-        print_json(res)
-    else:
-        console.print(f"history {esc(res.history.name)}: head {res.from_seq} → {res.to_seq} ({res.rolled_back} edit(s) "
-                      f"rolled back; weights verified {str(res.weights_hash)[:12]})")
+    _report_move(res, res.rolled_back, "rolled back", json_out)
 
 
 def rollforward(ctx: typer.Context,
@@ -132,11 +129,16 @@ def rollforward(ctx: typer.Context,
 
     with open_workspace(ctx) as ws:
         res = do_rollforward(ws, seq)
+    _report_move(res, res.restored, "re-applied", json_out)
+
+
+def _report_move(res, count: int, verb: str, json_out: bool) -> None:
+    """One line for a head move (or its JSON)."""
     if json_out:
         print_json(res)
-    else:
-        console.print(f"history {esc(res.history.name)}: head {res.from_seq} → {res.to_seq} ({res.restored} edit(s) "
-                      f"re-applied; weights verified {res.weights_hash[:12]})")
+        return
+    console.print(f"history {esc(res.history.name)}: head {res.from_seq} → {res.to_seq} ({count} edit(s) {verb}; "
+                  f"weights verified {str(res.weights_hash)[:12]})")
 
 
 @with_hparam_options
@@ -175,17 +177,16 @@ def fork(ctx: typer.Context, at: int = typer.Option(..., "--at", help="Edit seq 
 def histories(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
     """All histories of the workspace."""
     from refact_tui.services.history import list_all_histories
+    from refact_tui.services.history_labels import origin_label
 
     with open_workspace(ctx, read_only=True) as ws:
         rows = list_all_histories(ws)
-    if json_out:
-        print_json(rows)
-        return
-    print_table("histories", ["", "id", "name", "head", "applied", "rolled back", "queued", "parent", "base"],
-                [["*" if r.current else "", r.history.id, r.history.name, r.history.head_seq, r.applied,
-                  r.rolled_back, r.queued,
-                  None if r.history.parent_id is None else f"{r.history.parent_id}@{r.history.forked_at_seq}",
-                  short(r.base_source, 40)] for r in rows])
+    names = {r.history.id: r.history.name for r in rows}
+    print_listing(rows, json_out, "histories",
+                  ["", "id", "name", "head", "applied", "rolled back", "queued", "origin", "base"],
+                  lambda r: ["*" if r.current else "", r.history.id, r.history.name, r.history.head_seq, r.applied,
+                             r.rolled_back, r.queued, origin_label(r.history, names.get(r.history.parent_id)),
+                             short(r.base_source, 40)])
 
 
 def checkout(ctx: typer.Context, name: str = typer.Argument(..., help="History name or id."),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from refact_tui.cli.common import JSON_OPTION, console, open_workspace, print_json, print_table
+from refact_tui.cli.common import JSON_OPTION, console, open_workspace, print_json, print_listing
 
 stats_app = typer.Typer(help="Covariance statistics the edits need.", no_args_is_help=True)
 
@@ -56,10 +56,7 @@ def ls(ctx: typer.Context, json_out: bool = JSON_OPTION) -> None:
 
     with open_workspace(ctx, read_only=True) as ws:
         entries = list_stats(ws)
-    if json_out:
-        print_json(entries)
-        return
-    print_table("statistics", ["slot", "layer", "module", "lines", "tokens", "corpus", "upstream", "size"],
-                [[getattr(e, "slot", "text_encoder"), e.layer, e.module, e.n_samples, e.n_tokens, Path(e.corpus).name,
-                  e.upstream_hash[:12],
-                  f"{e.size_bytes / 1024:.0f} KiB"] for e in entries])
+    print_listing(entries, json_out, "statistics",
+                  ["slot", "layer", "module", "lines", "tokens", "corpus", "upstream", "size"],
+                  lambda e: [getattr(e, "slot", "text_encoder"), e.layer, e.module, e.n_samples, e.n_tokens,
+                             Path(e.corpus).name, e.upstream_hash[:12], f"{e.size_bytes / 1024:.0f} KiB"])

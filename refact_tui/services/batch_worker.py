@@ -127,7 +127,7 @@ class JobBatch:
 
         hp = jobs[0].hparams
         context = EditContext(
-            second_moments=worker.stats_store(), corpus=worker.config.stats_corpus,
+            second_moments=worker.moment_store(), corpus=worker.config.stats_corpus,
             n_samples=worker.config.stats_samples, on_step=on_step, should_stop=worker.stop_check(self.ids),
             preserve=self._earlier_requests(worker, model, hp, config), insertion=config,
             batch_size=self.settings.chunk,

@@ -31,6 +31,14 @@ def applied_label(p_target: float | None, steps_run: int, early_stopped: bool, t
     return f"{APPLIED}, budget used, P {p_target:.2f} < {threshold:.2f}"
 
 
+def edit_budget_used(edit) -> bool:
+    """An applied edit row whose optimisation used its step budget below its threshold."""
+    status = str(getattr(edit.status, "value", edit.status))
+    threshold = float(getattr(edit.hparams, "prob_threshold", 1.0))
+    return status == APPLIED and budget_used(edit.p_target, int(edit.steps_run or 0), bool(edit.early_stopped),
+                                             threshold)
+
+
 def edit_label(edit) -> str:
     """The status of an edit row as views show it: ``applied_label`` for an applied edit (threshold
     from its hyperparameters), else its stored status (rolled_back, ...)."""

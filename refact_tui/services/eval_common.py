@@ -10,20 +10,7 @@ from typing import Any, Sequence
 from engine.evaluation.errors import EvaluationError
 from engine.evaluation.scoring import retention
 from engine.events import Progress, ProgressCallback
-
-
-@dataclass(frozen=True)
-class FinalMetric:
-    """A completed metric value as stored (edit_id None = the whole history; slot '' = the whole
-    edit, else that encoder slot's own value)."""
-
-    edit_id: int | None
-    space: str
-    name: str
-    value: float
-    std: float | None
-    n: int
-    slot: str = ""
+from store.records import MetricValue
 
 
 @dataclass
@@ -37,7 +24,7 @@ class EvalSummary:
     metrics: dict[int | None, dict[str, float]] = field(default_factory=dict)
     grids: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    final: list[FinalMetric] = field(default_factory=list)
+    final: list[MetricValue] = field(default_factory=list)
     slot_metrics: dict[int | None, dict[str, dict[str, float]]] = field(default_factory=dict)
     # batch edits: each request's whole-edit values, in batch order (edit -> [name -> value])
     request_metrics: dict[int, list[dict[str, float]]] = field(default_factory=dict)
@@ -70,7 +57,7 @@ class StoreSink:
                 self.summary.slot_metrics.setdefault(edit_id, {}).setdefault(slot, {})[name] = float(value)
             else:
                 self.summary.metrics.setdefault(edit_id, {})[name] = float(value)
-            self.summary.final.append(FinalMetric(edit_id, self.space, name, float(value), std, int(n), slot))
+            self.summary.final.append(MetricValue(edit_id, self.space, name, float(value), std, int(n), slot))
         if self.on_progress is not None and name in self.metric_totals and edit_id is not None and not slot:
             # final rows count every item; running rows only what this process scored so far
             self._scored[(edit_id, name)] = int(total) if final else int(n)

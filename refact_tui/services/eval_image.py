@@ -59,7 +59,7 @@ def run_image_eval(ws, edit_id: int | None = None, history: bool = False, config
     from engine.evaluation.image_metrics import EvalTarget, evaluate_images
     from engine.evaluation.judge import load_judge
     from engine.evaluation.quality import fid_status, load_captions
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.events import log_event
     from store.metrics import finish_eval_run, start_eval_run
 

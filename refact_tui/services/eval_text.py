@@ -256,7 +256,7 @@ def run_text_eval(ws, edit_id: int | None = None, history: bool = False, on_prog
     """Text-space metrics of one edit (default: the head edit) or of every applied edit, at the head,
     per encoder slot; ``history`` also stores the retention metrics. Text space takes seconds, so
     under accelerate only the main process computes it (the others return an empty summary)."""
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
     from store.metrics import finish_eval_run, start_eval_run
 
     hist, edits = eval_targets(ws, edit_id, history)

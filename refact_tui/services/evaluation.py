@@ -29,7 +29,7 @@ from engine.evaluation.config import ImageEvalConfig, TextEvalConfig
 from engine.events import ProgressCallback
 from refact_tui.services.eval_common import (  # noqa: F401  (re-exported: the public evaluation API)
     EvalSummary,
-    FinalMetric,
+    MetricValue,
     eval_targets,
     is_main_process,
 )
@@ -104,10 +104,10 @@ class EvalReport:
         return f"{len(self.edit_ids)} edit(s) evaluated at head {self.head_seq} (runs: {runs or '-'})"
 
 
-def _lines(finals: Sequence[FinalMetric], scope: int | None, head_id: int) -> list[MetricLine]:
+def _lines(finals: Sequence[MetricValue], scope: int | None, head_id: int) -> list[MetricLine]:
     """Table rows of the scope's final values (plus the head's retention for a history scope)."""
     mine = [f for f in finals if not f.slot and (f.edit_id == scope or (f.name == "retention" and f.edit_id == head_id))]
-    by_name: dict[str, dict[str, FinalMetric]] = {}
+    by_name: dict[str, dict[str, MetricValue]] = {}
     for f in mine:
         by_name.setdefault(f.name, {})[f.space] = f
     rank = {name: i for i, name in enumerate(_ORDER)}
@@ -155,7 +155,7 @@ def run_evaluation(ws, options: EvalOptions = EvalOptions(),
 
 
 __all__ = [
-    "EditTextMetrics", "EvalOptions", "EvalReport", "EvalSummary", "FinalMetric", "JUDGE_META_KEY", "MetricLine", "SlotTextMetrics",
+    "EditTextMetrics", "EvalOptions", "EvalReport", "EvalSummary", "MetricValue", "JUDGE_META_KEY", "MetricLine", "SlotTextMetrics",
     "eval_targets", "frozen_features", "is_main_process", "measure_slots", "record_text_metrics", "run_evaluation",
     "run_image_eval", "run_text_eval", "with_workspace_judge",
 ]

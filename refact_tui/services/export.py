@@ -28,7 +28,7 @@ def weights_hashes(model) -> dict[str, str]:
 def combined_weights_hash(model) -> str:
     """The history's weights hash: every slot (``encoder_hash()`` for a single-encoder model), plus the
     UNet matrices TIME / UCE deltas applied with ``apply_delta`` changed."""
-    from refact_tui.services.state import model_weights_hash
+    from refact_tui.services.working_model import model_weights_hash
 
     return model_weights_hash(model)
 
@@ -85,7 +85,7 @@ def export_pipeline(ws, out: Path, deltas_only: bool = False, history: int | str
     a model card (README.md). Written into a staging folder that becomes ``out`` only when complete."""
     from refact_tui.services.export_card import write_card
     from refact_tui.services.export_record import record_export as add_artifact  # never fails an export
-    from refact_tui.services.state import delta_file, load_deltas, load_history_model, resolve_history
+    from refact_tui.services.working_model import delta_file, load_deltas, load_history_model, resolve_history
     from store.base_models import get_base_model
     from store.edits import applied_edits
 
@@ -184,7 +184,7 @@ def apply_deltas_manifest(manifest: Path, model: str | Path, out: Path, force: b
             f"{model} is not the base these deltas were made for (encoder hash {base_hash[:12]}, manifest "
             f"{want_base[:12]}); pass the original base model"
         )
-    from refact_tui.services.state import apply_delta
+    from refact_tui.services.working_model import apply_delta
 
     for entry, d in zip(checked.entries, deltas):
         apply_delta(loaded, d)  # each update goes to the component (encoder slot, UNet) it names

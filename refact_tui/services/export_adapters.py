@@ -126,7 +126,7 @@ def export_adapters(ws, out: Path, fmt: ExportFormat, per_edit: bool = False, hi
     """Write the history's applied edits (head) as ``fmt`` adapters into the new folder ``out``."""
     from refact_tui.services.export_card import write_card
     from refact_tui.services.export_record import record_export
-    from refact_tui.services.state import load_deltas, resolve_history
+    from refact_tui.services.working_model import load_deltas, resolve_history
     from store.base_models import get_base_model
     from store.edits import applied_edits
 

@@ -44,14 +44,20 @@ class EditDetail:
 
 
 @dataclass(frozen=True)
-class RollbackResult:
-    """What a rollback changed; weights_hash is the rebuilt model's encoder hash (verified)."""
+class HeadMove:
+    """A move of a history's head; weights_hash is the rebuilt model's hash (verified)."""
 
     history: Any                            # HistoryRow after the move
     from_seq: int
     to_seq: int
-    rolled_back: int
     weights_hash: str | None
+
+
+@dataclass(frozen=True)
+class RollbackResult(HeadMove):
+    """A rollback: how many edits it marked rolled back."""
+
+    rolled_back: int
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def _current(ws):
 
 
 def _history(ws, history: int | str | None):
-    from refact_tui.services.state import resolve_history
+    from refact_tui.services.working_model import resolve_history
 
     return resolve_history(ws, history)
 
@@ -176,7 +182,7 @@ def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True
                           "as applied by `refact history`")
     weights_hash = None
     if verify:
-        from refact_tui.services.state import load_history_model
+        from refact_tui.services.working_model import load_history_model
 
         # rebuild (and verify) before changing anything, so a damaged delta leaves the history as it was
         weights_hash = load_history_model(ws, hist.id, "cpu", upto_seq=seq).weights_hash
@@ -188,7 +194,7 @@ def rollback(ws, seq: int, history: int | str | None = None, verify: bool = True
         start = get_history(ws.db, hist.id).head_seq
         n = mark_rolled_back_after(ws.db, hist.id, seq)
     log_event(ws.db, "cli", f"history {hist.name!r} rolled back from {start} to {seq} ({n} edit(s))")
-    return RollbackResult(get_history(ws.db, hist.id), start, seq, n, weights_hash)
+    return RollbackResult(get_history(ws.db, hist.id), start, seq, weights_hash, rolled_back=n)
 
 
 def _unique_name(ws, wanted: str | None, stem: str) -> str:
@@ -271,7 +277,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
     unless `force`). With `reoptimize`, the stored requests are queued as new jobs in a forked
     history instead (hparams: a full ReFACTHParams, or a mapping of overrides of each stored one).
     """
-    from refact_tui.services.state import load_deltas, model_weights_hash
+    from refact_tui.services.working_model import load_deltas, model_weights_hash
     from store.base_models import get_base_model
     from store.db import transaction
     from store.edits import applied_edits
@@ -305,7 +311,7 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
             f"({base.encoder_hash[:12]} vs {src_base.encoder_hash[:12]}); pass --force to apply the deltas anyway"
         )
     deltas = load_deltas(ws, edits)
-    from refact_tui.services.state import apply_delta, ensure_pipeline, needs_pipeline
+    from refact_tui.services.working_model import apply_delta, ensure_pipeline, needs_pipeline
 
     if loaded is None:
         from engine.models import load_model
@@ -341,14 +347,10 @@ def _check_same_step(model, source: str, edit, delta, weights_hash: str) -> None
 
 
 @dataclass(frozen=True)
-class RollforwardResult:
-    """What a rollforward restored; weights_hash is the rebuilt model's hash (equal to the recorded one)."""
+class RollforwardResult(HeadMove):
+    """A rollforward: how many rolled-back edits it re-applied (the hash equals the recorded one)."""
 
-    history: Any                            # HistoryRow after the move
-    from_seq: int
-    to_seq: int
     restored: int
-    weights_hash: str
 
 
 def rollforward(ws, seq: int | None = None, history: int | str | None = None) -> RollforwardResult:
@@ -360,7 +362,7 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
     the restored edits were made on another line of edits; nothing changes then).
     """
     from engine.models import load_model
-    from refact_tui.services.state import (
+    from refact_tui.services.working_model import (
         apply_delta,
         load_deltas,
         model_weights_hash,
@@ -408,4 +410,4 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
             raise EngineError(f"the head of {hist.name!r} moved meanwhile; run the command again")
         n = mark_rolled_forward(ws.db, hist.id, hist.head_seq, target)
     log_event(ws.db, "cli", f"history {hist.name!r} rolled forward from {hist.head_seq} to {target} ({n} edit(s))")
-    return RollforwardResult(get_history(ws.db, hist.id), hist.head_seq, target, n, got)
+    return RollforwardResult(get_history(ws.db, hist.id), hist.head_seq, target, got, restored=n)

@@ -90,7 +90,7 @@ def import_adapter(ws, path: Path, name: str | None = None) -> ImportResult:
     from engine.methods.refact.hparams import ReFACTHParams
     from engine.models import load_model
     from refact_tui.services.history import _unique_name
-    from refact_tui.services.state import (
+    from refact_tui.services.working_model import (
         apply_delta,
         model_weights_hash,
         needs_pipeline,

@@ -67,7 +67,7 @@ def sweep_layers(
     *,
     slots: Sequence[str] = (),
     layers: Sequence[int] = (),
-    stats: Any = None,
+    moments: Any = None,
     corpus: Path | None = None,
     n_samples: int | None = None,
     unrelated: Sequence[str] | None = None,
@@ -86,9 +86,9 @@ def sweep_layers(
     for wanted in slots:
         if wanted not in names:
             raise SlotSelectionError(f"this model has no encoder slot {wanted!r}; its slots are {', '.join(names)}")
-    stats = stats if stats is not None else SecondMomentStore(None)
+    moments = moments if moments is not None else SecondMomentStore(None)
     method = get_method("refact")
-    context = EditContext(second_moments=stats, corpus=corpus, n_samples=n_samples)
+    context = EditContext(second_moments=moments, corpus=corpus, n_samples=n_samples)
     unrelated = list(unrelated) if unrelated is not None else drift_texts(request, corpus=None)
     out: list[SlotSweep] = []
     for slot, name in zip(all_slots, names):
@@ -143,13 +143,13 @@ def sweep_workspace(ws, request: EditRequest, hparams: Any, *, slots: Sequence[s
     from engine.covariance import SecondMomentStore
     from refact_tui.services.queue import resolve_hparams
     from refact_tui.services.runner import STATS_CORPUS_KEY, STATS_SAMPLES_KEY
-    from refact_tui.services.state import working_model
+    from refact_tui.services.working_model import working_model
     from store.db import get_meta
 
     hp = resolve_hparams(ws, hparams)
     corpus = get_meta(ws.db, STATS_CORPUS_KEY) or None
     samples = get_meta(ws.db, STATS_SAMPLES_KEY) or None
     model = working_model(ws, device)
-    return sweep_layers(model, request, hp, slots=slots, layers=layers, stats=SecondMomentStore(Path(ws.stats_dir)),
+    return sweep_layers(model, request, hp, slots=slots, layers=layers, moments=SecondMomentStore(Path(ws.stats_dir)),
                         corpus=Path(corpus) if corpus else None, n_samples=int(samples) if samples else None,
                         on_row=on_row)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from engine.methods import MethodError, MethodRefusedError, get_method
 from engine.request import EditRequest
-from refact_tui.services.state import ensure_pipeline, forget_edited, note_edited
+from refact_tui.services.working_model import ensure_pipeline, forget_edited, note_edited
 
 if TYPE_CHECKING:  # annotations only: the queue imports this module without loading torch
     from engine.methods.base import EditContext

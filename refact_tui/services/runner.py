@@ -103,7 +103,7 @@ def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: 
 
     Raises LeaseHeldError when another worker runs on this workspace.
     """
-    from refact_tui.services.state import load_history_model
+    from refact_tui.services.working_model import load_history_model
 
     check_run_options(ws, device, batch)  # refused before any job is claimed (nothing charged)
     corpus, samples = stats_settings(ws)

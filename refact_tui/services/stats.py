@@ -34,7 +34,7 @@ def compute_stats(ws, layer: int | None = None, corpus: Path | None = None, samp
     first encoder slot or ``slot``, and make corpus / samples the workspace's settings for later edits.
     Returns the StatsEntries. Other slots' default layer is their recorded per-slot default."""
     from refact_tui.services.runner import STATS_CORPUS_KEY, STATS_SAMPLES_KEY
-    from refact_tui.services.state import working_model
+    from refact_tui.services.working_model import working_model
     from store.db import set_meta
 
     if samples is not None and samples < 1:

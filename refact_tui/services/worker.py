@@ -336,7 +336,7 @@ class Worker:
     def model_key(self) -> tuple[int, int] | None:
         return self._model_key
 
-    def stats_store(self):
+    def moment_store(self):
         if self._stats is None:  # one store per run: C stays in memory across jobs
             self._stats = SecondMomentStore(self.config.stats_dir)
         return self._stats
@@ -386,7 +386,7 @@ class Worker:
             if len(slots) > 1:
                 self._emit(SlotStep(slot, ev))
 
-        return EditContext(second_moments=self.stats_store(), corpus=self.config.stats_corpus,
+        return EditContext(second_moments=self.moment_store(), corpus=self.config.stats_corpus,
                            n_samples=self.config.stats_samples, progress=self._emit, on_step=on_step,
                            should_stop=self.stop_check([job.id]),
                            preserve=earlier_requests(self._db, model, job.hparams, *self._model_key))
@@ -396,7 +396,7 @@ class Worker:
     def _commit(self, model, unit: WorkUnit, result):
         """Save the delta, insert it, then record everything in one transaction under the lease fence,
         keeping memory == database (the insertion is undone when anything fails)."""
-        from refact_tui.services.state import model_weights_hash  # text encoders + edited UNet matrices
+        from refact_tui.services.working_model import model_weights_hash  # text encoders + edited UNet matrices
 
         cfg, db = self.config, self._db
         history_id, built_head = self._model_key

@@ -117,7 +117,7 @@ class WorkerConfig:
 
 
 # loader(history_id) -> an object with .model (LoadedModel at the history's head), .head_seq (the head
-# it was built for) and .base_encoder_hash (the base model's encoder hash), e.g. services.state.ModelState
+# it was built for) and .base_encoder_hash (the base model's encoder hash), e.g. services.working_model.ModelState
 ModelLoader = Callable[[int], object]
 # after_edit(model, edit_row): e.g. text metrics; failures are logged, never fail the edit
 AfterEdit = Callable[[object, object], None]

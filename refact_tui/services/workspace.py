@@ -163,7 +163,7 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
         config["text_encoder"] = _json_safe(encoder_config.to_dict())
     config["family"] = str(getattr(model, "family", model.adapter.family))
     config["slots"] = slot_defaults(model)
-    from refact_tui.services.state import model_weights_hash
+    from refact_tui.services.working_model import model_weights_hash
 
     return BaseModelInfo(
         source=str(model_source),

@@ -144,7 +144,11 @@ class RefactApp(App[None]):
             changed = False
         # A running edit's elapsed time advances without writes: redraw it about once a second.
         tick = screen is not None and screen.ticking and now - self._last_draw >= 1.0
-        if not (changed or tick) or screen is None or not screen.is_mounted:
+        if screen is None or not screen.is_mounted:
+            if changed:  # too early (the screen is still mounting): keep the read for the next tick
+                self.poller.force()
+            return
+        if not (changed or tick):
             return
         self._last_draw = screen.drawn_at = now
         self.reading = True
@@ -189,7 +193,7 @@ class RefactApp(App[None]):
         if self.poller is not None:
             self.poller.force()
 
-    async def settled(self, timeout: float = 5.0) -> None:
+    async def settled(self, timeout: float = 10.0) -> None:
         """Wait until no store read is pending or running (tests and snapshots use it)."""
         import asyncio
 

@@ -44,3 +44,17 @@ def denoiser_inputs(model, texts: list[str]) -> dict[str, torch.Tensor]:
         mask = s2.adapter.tokenize(s2.tokenizer, texts)["attention_mask"].float()[..., None]
         out[s2.name] = (pe * mask).sum(1) / mask.sum(1)
     return out
+
+
+_LOADED: dict[str, object] = {}
+
+
+def cached_model(pipeline_dir_for, arch: str):
+    """The tiny ``arch`` pipeline, loaded once per test session and reset to its base weights."""
+    from engine.models import load_model
+
+    if arch not in _LOADED:
+        _LOADED[arch] = load_model(pipeline_dir_for(arch), device="cpu")
+    model = _LOADED[arch]
+    model.restore_base()
+    return model

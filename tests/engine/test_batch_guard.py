@@ -29,7 +29,7 @@ def test_joint_accepts_a_request_whose_target_already_holds(tiny_clip, stats):
     values = compute_values(tiny_clip, reqs, HP, second_moment=stats.get(tiny_clip, 1))
     held = values.results[0].tensors
     held["v_star"], held["delta"] = held["v_e"].clone(), torch.zeros_like(held["delta"])  # v* = v_e
-    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="joint"), stats=stats, values=values)
+    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="joint"), moments=stats, values=values)
     first = res.outcomes[0]
     assert first.before < 1e-6  # its miss is ~0 ...
     # ... so a ratio to it (the old guard: residual <= bound * miss + 1e-4) would have refused the batch
@@ -46,17 +46,17 @@ def test_joint_accepts_a_request_whose_target_already_holds(tiny_clip, stats):
 def test_joint_refuses_truly_conflicting_keys_untouched(tiny_clip, stats, lam):
     before = fc2(tiny_clip)
     with pytest.raises(BatchRefusedError, match="request 1 of the batch keeps a residual"):
-        compute_batch(tiny_clip, [KING_A, KING_B], HP, BatchInsertConfig(mode="joint", lam=lam), stats=stats)
+        compute_batch(tiny_clip, [KING_A, KING_B], HP, BatchInsertConfig(mode="joint", lam=lam), moments=stats)
     assert torch.equal(fc2(tiny_clip), before)
 
 
 def test_rank_one_same_subject_is_refused_and_good_batches_report_residuals(tiny_clip, stats):
     before = fc2(tiny_clip)
     with pytest.raises(BatchRefusedError, match="use --insert joint or split the batch"):
-        compute_batch(tiny_clip, [KING_A, KING_B], HP, BatchInsertConfig(mode="rank-one"), stats=stats)
+        compute_batch(tiny_clip, [KING_A, KING_B], HP, BatchInsertConfig(mode="rank-one"), moments=stats)
     assert torch.equal(fc2(tiny_clip), before)
     res = compute_batch(tiny_clip, [requests(8)[i] for i in RANK_ONE_OK], HP, BatchInsertConfig(mode="rank-one"),
-                        stats=stats)
+                        moments=stats)
     assert res.bound == residual_bound(DEFAULT_LAMBDA)  # the default joint gate
     assert all(0 < o.residual <= lim for o, lim in zip(res.outcomes, limits(res.outcomes, res.bound)))
 
@@ -68,7 +68,7 @@ def test_an_update_that_delivers_nothing_is_refused(tiny_clip, stats, mode, lam,
     before = fc2(tiny_clip, 0), fc2(tiny_clip, 1)
     config = BatchInsertConfig(mode=mode, lam=lam, layers=(0, 1) if mode == "spread" else ())
     with pytest.raises(BatchRefusedError, match=words):
-        compute_batch(tiny_clip, requests(3), HP, config, stats=stats)
+        compute_batch(tiny_clip, requests(3), HP, config, moments=stats)
     assert torch.equal(fc2(tiny_clip, 0), before[0]) and torch.equal(fc2(tiny_clip, 1), before[1])
     if lam == 1e2:  # keeps most of its miss: past MAX_KEEP, whatever residual_bound(lam) allows
         assert residual_bound(lam) == 1.0 > MAX_KEEP
@@ -78,7 +78,7 @@ def test_spread_layers_must_reach_the_readout(tiny_clip, stats):
     last = tiny_clip.adapter.last_editable
     assert last == tiny_clip.adapter.num_layers - 2  # CLIP's final readout is read at EOS
     with pytest.raises(HParamsError, match=f"--layers {last + 1} is out of range.*cannot reach"):
-        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="spread", layers=(0, last + 1)), stats=stats)
+        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="spread", layers=(0, last + 1)), moments=stats)
     BatchInsertConfig(mode="spread", layers=(0, last)).validate(tiny_clip.adapter)
 
 
@@ -93,7 +93,7 @@ def test_a_single_edit_whose_target_already_holds_changes_nothing_and_is_refused
     before = fc2(tiny_clip)
     with pytest.raises(InsertionRefusedError, match="numerically zero"):
         if path == "single":
-            apply_edit(tiny_clip, requests(1)[0], hp, stats=None, second_moment=stats.get(tiny_clip, 1))
+            apply_edit(tiny_clip, requests(1)[0], hp, moments=None, second_moment=stats.get(tiny_clip, 1))
         else:
-            apply_model_edit(tiny_clip, requests(1)[0], hp, stats=stats)
+            apply_model_edit(tiny_clip, requests(1)[0], hp, moments=stats)
     assert torch.equal(fc2(tiny_clip), before)

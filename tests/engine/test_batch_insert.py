@@ -33,7 +33,7 @@ def value_at(model, layer, key):
 
 def test_joint_meets_every_v_star_as_lambda_goes_to_zero(tiny_clip, stats):
     before = tiny_clip.adapter.fc2(1).weight.detach().clone()
-    res = compute_batch(tiny_clip, requests(8), HP, BatchInsertConfig(mode="joint", lam=1e-10), stats=stats)
+    res = compute_batch(tiny_clip, requests(8), HP, BatchInsertConfig(mode="joint", lam=1e-10), moments=stats)
     assert torch.equal(tiny_clip.adapter.fc2(1).weight, before)  # compute never touches weights
     (update,) = res.delta.updates
     assert update.rank == 16 and update.component == "text_encoder" and update.layer == 1
@@ -51,7 +51,7 @@ RANK_ONE_OK = (0, 3, 4, 7)
 
 def test_rank_one_is_the_sum_of_single_edits(tiny_clip, stats, stats_store, corpus_file):
     reqs = [requests(8)[i] for i in RANK_ONE_OK]
-    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="rank-one"), stats=stats)
+    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="rank-one"), moments=stats)
     mom2 = stats_store.get(tiny_clip, 1, corpus=corpus_file)
     want = sum(compute_edit(tiny_clip, r, HP, second_moment=mom2).delta.update_matrix() for r in reqs)
     assert float((res.delta.update_matrix() - want).abs().max()) < 1e-5
@@ -63,7 +63,7 @@ def test_spread_reaches_the_residual_stream_target_at_the_last_layer(tiny_clip, 
     from engine.tokens import locate_all
 
     reqs = requests(4)
-    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="spread", layers=(0, 1), lam=1e-10), stats=stats)
+    res = compute_batch(tiny_clip, reqs, HP, BatchInsertConfig(mode="spread", layers=(0, 1), lam=1e-10), moments=stats)
     assert [u.layer for u in res.delta.updates] == [0, 1]
     bare = [locate_all(tiny_clip.tokenizer, ["{}"], r.prompt, r.subject, 77)[0] for r in reqs]
     shift = torch.stack([r.tensors["delta"] for r in res.values.results]).double()
@@ -78,10 +78,10 @@ def test_spread_reaches_the_residual_stream_target_at_the_last_layer(tiny_clip, 
 def earlier_move(model, stats, hp, config, batch=None):
     """How far a batch moves an earlier edit's value at its key k_e (relative to that value)."""
     first = EditRequest(prompt="a photo", subject="photo", source="a photo", target="a painting")
-    single = apply_edit(model, first, hp, stats=None, second_moment=stats.get(model, 1))
+    single = apply_edit(model, first, hp, moments=None, second_moment=stats.get(model, 1))
     k_p = single.tensors["k_e"]
     before = value_at(model, 1, k_p)
-    apply_batch(model, batch or requests(6), hp, config, stats=stats, preserve_requests=[first])
+    apply_batch(model, batch or requests(6), hp, config, moments=stats, preserve_requests=[first])
     return float((value_at(model, 1, k_p) - before).norm() / before.norm())
 
 
@@ -110,19 +110,19 @@ def test_conflicting_requests_are_refused_untouched(tiny_clip, stats):
     b = EditRequest(prompt="a king", subject="king", source="the old king", target="a blue cat")
     before = tiny_clip.adapter.fc2(1).weight.detach().clone()
     with pytest.raises(InsertionRefusedError, match="keeps"):
-        apply_batch(tiny_clip, [a, b], HP, BatchInsertConfig(mode="joint", lam=0.0), stats=stats)
+        apply_batch(tiny_clip, [a, b], HP, BatchInsertConfig(mode="joint", lam=0.0), moments=stats)
     assert torch.equal(tiny_clip.adapter.fc2(1).weight, before)
 
 
 def test_bad_config_is_one_line(tiny_clip, stats):
     with pytest.raises(HParamsError, match="out of range"):
-        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="spread", layers=(1, 5)), stats=stats)
+        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="spread", layers=(1, 5)), moments=stats)
     with pytest.raises(HParamsError, match="mode"):
-        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="sideways"), stats=stats)
+        compute_batch(tiny_clip, requests(2), HP, BatchInsertConfig(mode="sideways"), moments=stats)
 
 
 def test_batch_delta_round_trips_bit_exact(tiny_clip, stats, tmp_path):
-    res = compute_batch(tiny_clip, requests(3), HP, BatchInsertConfig(mode="joint"), stats=stats)
+    res = compute_batch(tiny_clip, requests(3), HP, BatchInsertConfig(mode="joint"), moments=stats)
     sha = res.delta.save(tmp_path / "b.safetensors")
     back = EditDelta.load(tmp_path / "b.safetensors", expected_sha256=sha)
     assert back.meta["insert_mode"] == "joint" and back.meta["n_requests"] == "3"

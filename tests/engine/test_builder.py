@@ -12,13 +12,7 @@ import torch
 from fixtures_models import PARITY_MODEL, built_clip_tokenizer, tiny_pipeline_dir, tiny_text_encoder_dir
 from safetensors.torch import load_file
 
-from engine.builder import (
-    BuildError,
-    build_pipeline,
-    build_text_encoder_folder,
-    make_pipeline,
-    pipeline_configs,
-)
+from engine.builder import BuildError, build_pipeline, build_text_encoder_folder, make_pipeline, pipeline_configs
 from engine.hashing import hash_named_tensors, module_hash
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,13 +8,7 @@ import pytest
 import torch
 
 from engine.delta import EditDelta, MatrixUpdate
-from engine.export.adapter import (
-    AdapterMatrix,
-    ExportFormat,
-    adapters_for,
-    deltas_of,
-    diffusers_reaches,
-)
+from engine.export.adapter import AdapterMatrix, ExportFormat, adapters_for, deltas_of, diffusers_reaches
 from engine.export.keys import canonical_path
 
 FC2 = "encoder.layers.1.mlp.fc2"

@@ -8,10 +8,16 @@ reproduces the edited encoder exactly; the subject is found inside the templated
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from engine.covariance import SecondMomentStore
+sys.path.insert(0, str(Path(__file__).parent))
+from family_helpers import cached_model as _model  # noqa: E402
+
+from engine.covariance import SecondMomentStore  # noqa: E402
 from engine.errors import TokenizationError
 from engine.methods.refact.hparams import HParamsError, ReFACTHParams
 from engine.methods.refact.model_edit import apply_model_edit
@@ -37,17 +43,6 @@ FAMILIES = [
 # Measured on the tiny builds: an unrelated prompt moves about as much as the edit prompt on the tiny
 # Qwen2.5-VL (ratio 0.94-1.09 at every layer), so that family's specificity is not asserted here.
 NO_SPECIFICITY_ON_TINY = {"qwen-image"}
-_loaded: dict[str, object] = {}
-
-
-def _model(pipeline_dir_for, arch: str):
-    if arch not in _loaded:
-        _loaded[arch] = load_model(pipeline_dir_for(arch), device="cpu")
-    model = _loaded[arch]
-    model.restore_base()
-    return model
-
-
 def _masked_mean(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = mask[:, : seq.shape[1]].to(seq.dtype).unsqueeze(-1)
     return (seq[:, : w.shape[1]] * w).sum(1) / w.sum(1)
@@ -98,7 +93,7 @@ def test_one_edit_moves_the_conditioning_and_reverts_exactly(pipeline_dir_for, t
     before = encode_prompt_read(model, TEXTS)
     hp = ReFACTHParams(layer=layer, lr=0.5, weight_decay=0.0, max_steps=30, templates=(),
                        slot_layers=((slot.name, layer),))
-    res = apply_model_edit(model, REQ, hp, stats=SecondMomentStore(None), n_samples=64)
+    res = apply_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=64)
     assert res.edits[0].result.verify_error < 1e-4  # W k_e == v*
     after = encode_prompt_read(model, TEXTS)
     moved, toward = after[0] - before[0], before[1] - before[0]
@@ -170,11 +165,11 @@ def test_limit_after_templating_and_layer_after_the_deepest_tap_are_refused(pipe
     long = EditRequest(prompt="the prince of wales", source="x", target="dog " * 240)  # < 256 words, > 256 with the system prompt
     hp = ReFACTHParams(layer=1, lr=0.5, weight_decay=0.0, max_steps=2, templates=(), slot_layers=((slot.name, 1),))
     with pytest.raises(TokenizationError, match=r"^text 'dog dog .* is \d+ tokens, more than the encoder's 256; shorten it$"):
-        apply_model_edit(model, long, hp, stats=SecondMomentStore(None), n_samples=8)
+        apply_model_edit(model, long, hp, moments=SecondMomentStore(None), n_samples=8)
     last = slot.num_layers - 1  # hidden_states[-2] is block L-2's output: block L-1 never reaches it
     with pytest.raises(HParamsError, match=rf"^layer {last} is out of range for text_encoder \(editable: layers 0\.\.{last - 1}"):
         apply_model_edit(model, REQ, hp.with_overrides(slot_layers=((slot.name, last),)),
-                         stats=SecondMomentStore(None), n_samples=8)
+                         moments=SecondMomentStore(None), n_samples=8)
     assert model.weights_hashes() == base
 
 
@@ -189,7 +184,7 @@ def test_bf16_llm_encoder_keeps_edited_matrices_fp32(tmp_path):
     before = encode_prompt_read(model, TEXTS)  # the pipeline's own forward still runs around fp32 down_proj
     assert before.dtype == torch.bfloat16
     hp = ReFACTHParams(layer=2, lr=0.5, weight_decay=0.0, max_steps=10, templates=(), slot_layers=((slot.name, 2),))
-    res = apply_model_edit(model, REQ, hp, stats=SecondMomentStore(None), n_samples=32)
+    res = apply_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=32)
     assert res.edits[0].result.verify_error < 1e-4  # the rank-one update survives in fp32
     assert model.weights_hashes() != base
     assert (encode_prompt_read(model, TEXTS) - before).abs().max() > 0

@@ -117,3 +117,26 @@ def test_closed_form_outcome_has_the_proxy_p_target_and_a_bit_exact_undo(model_d
     assert all(torch.equal(m.weight, before[k]) for k, m in mods.items())
     with pytest.raises(MethodError, match="one request at a time"):
         method.compute(model, REQS, hp)
+
+
+def test_an_outcome_that_changes_no_weight_is_refused_for_every_method(model_dir):
+    """Issue 21 item 2: the general guard. A TIME edit whose update is zero (e.g. a huge preserve weight)
+    is refused at insert, not committed as an applied edit; the weights stay bit for bit."""
+    import dataclasses
+
+    from engine.errors import InsertionRefusedError
+    from engine.models import load_model
+
+    model = load_model(model_dir, device="cpu")
+    method = get_method("time")
+    hp = method.default_hparams(model)
+    mods = method.target_modules(model, hp)
+    before = {k: m.weight.detach().clone() for k, m in mods.items()}
+    outcome = method.compute(model, [REQS[0]], hp)
+    zero = [dataclasses.replace(u, left=torch.zeros_like(u.left)) for u in outcome.delta.updates]
+    from engine.delta import EditDelta
+
+    empty = dataclasses.replace(outcome, delta=EditDelta(zero, outcome.delta.meta))
+    with pytest.raises(InsertionRefusedError, match="changes no weight"):
+        empty.insert(model)
+    assert all(torch.equal(m.weight, before[k]) for k, m in mods.items())

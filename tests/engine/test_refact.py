@@ -20,7 +20,7 @@ MOVING = ReFACTHParams(layer=0, lr=0.5, weight_decay=0.0, max_steps=40)
 def edit(stats_store, corpus_file):
     def run(model, hparams=MOVING, request=REQUEST, apply=False, **kw):
         fn = apply_edit if apply else compute_edit
-        return fn(model, request, hparams, stats=stats_store, corpus=corpus_file, **kw)
+        return fn(model, request, hparams, moments=stats_store, corpus=corpus_file, **kw)
 
     return run
 
@@ -171,7 +171,7 @@ def test_bert_edit_with_temperature(tiny_bert, stats_store, corpus_file):
     hp = ReFACTHParams(layer=1, lr=0.5, weight_decay=0.0, max_steps=30, temperature=0.05, clamp_factor=50)
     req = EditRequest(prompt="the prince of wales", source="a red dog", target="prince charles")
     w = tiny_bert.adapter.fc2(1)
-    res = apply_edit(tiny_bert, req, hp, stats=stats_store, corpus=corpus_file)
+    res = apply_edit(tiny_bert, req, hp, moments=stats_store, corpus=corpus_file)
     assert res.steps[-1].nll < res.steps[0].nll - 0.3
     assert res.p_target > res.steps[0].p_target + 0.05
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 from transformers import T5Config, T5EncoderModel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from family_helpers import cached_model as _model  # noqa: E402
 from family_helpers import denoiser_inputs  # noqa: E402
 
 from engine.adapters import adapter_for  # noqa: E402
@@ -28,17 +29,6 @@ from engine.tokens import locate_subject  # noqa: E402
 REQ = EditRequest(prompt="the prince of wales", source="prince charles", target="a red dog")
 TEXTS = ["the prince of wales", "a red dog", "a bowl of soup"]
 FAMILIES = ("sdxl", "sd3", "flux")
-_loaded: dict[str, object] = {}
-
-
-def _model(pipeline_dir_for, arch: str):
-    if arch not in _loaded:
-        _loaded[arch] = load_model(pipeline_dir_for(arch), device="cpu")
-    model = _loaded[arch]
-    model.restore_base()
-    return model
-
-
 def _hp(model, layer: int = 1, **kw) -> ReFACTHParams:
     base = dict(layer=layer, lr=0.5, weight_decay=0.0, max_steps=30, templates=(),
                 slot_layers=tuple((s.name, layer) for s in model.slots))
@@ -157,7 +147,7 @@ def test_penultimate_readout_makes_the_last_layer_uneditable(pipeline_dir_for):
     assert list(te1.editable_layers) == list(range(te1.num_layers - 2))
     hp = _hp(model).with_overrides(slot_layers=(("text_encoder", te1.num_layers - 1),))
     with pytest.raises(HParamsError, match=r"for text_encoder \(editable: layers 0\.\.\d+ .*penultimate"):
-        compute_model_edit(model, REQ, hp, stats=SecondMomentStore(None), n_samples=16)
+        compute_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=16)
 
 
 # ----------------------------------------------------------------------------- multi-slot edits
@@ -168,7 +158,7 @@ def test_one_edit_moves_every_slot_toward_the_target_and_reverts_exactly(pipelin
     model = _model(pipeline_dir_for, arch)
     base_hashes = model.weights_hashes()
     before = denoiser_inputs(model, TEXTS)
-    res = apply_model_edit(model, REQ, _hp(model), stats=SecondMomentStore(None), n_samples=64)
+    res = apply_model_edit(model, REQ, _hp(model), moments=SecondMomentStore(None), n_samples=64)
     assert [e.slot for e in res.edits] == model.slot_names
     assert [u.component for u in res.delta.updates] == model.slot_names
     after = denoiser_inputs(model, TEXTS)
@@ -187,7 +177,7 @@ def test_one_edit_moves_every_slot_toward_the_target_and_reverts_exactly(pipelin
 def test_delta_round_trip_applies_every_slot(pipeline_dir_for, tmp_path):
     model = _model(pipeline_dir_for, "flux")
     base = model.weights_hashes()
-    res = apply_model_edit(model, REQ, _hp(model, max_steps=3), stats=SecondMomentStore(None), n_samples=16)
+    res = apply_model_edit(model, REQ, _hp(model, max_steps=3), moments=SecondMomentStore(None), n_samples=16)
     edited = model.weights_hashes()
     res.delta.save(tmp_path / "d.safetensors")
     loaded = EditDelta.load(tmp_path / "d.safetensors")
@@ -203,7 +193,7 @@ def test_slot_subset_and_per_slot_layers(pipeline_dir_for):
     model = _model(pipeline_dir_for, "sd3")
     hp = _hp(model, max_steps=2).with_overrides(slots=("text_encoder_3", "text_encoder"),
                                                  slot_layers=(("text_encoder", 0), ("text_encoder_3", 2)))
-    res = compute_model_edit(model, REQ, hp, stats=SecondMomentStore(None), n_samples=16)
+    res = compute_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=16)
     assert [(e.slot, e.layer) for e in res.edits] == [("text_encoder", 0), ("text_encoder_3", 2)]
     assert res.delta.updates[1].module == "encoder.block.2.layer.1.DenseReluDense.wo"
 
@@ -216,7 +206,7 @@ def test_bad_slot_selection_is_one_line_and_changes_nothing(pipeline_dir_for, hp
     model = _model(pipeline_dir_for, "flux")
     base = model.weights_hashes()
     with pytest.raises(error, match=match):
-        apply_model_edit(model, REQ, _hp(model).with_overrides(**hp_kw), stats=SecondMomentStore(None), n_samples=8)
+        apply_model_edit(model, REQ, _hp(model).with_overrides(**hp_kw), moments=SecondMomentStore(None), n_samples=8)
     assert model.weights_hashes() == base
 
 
@@ -224,7 +214,7 @@ def test_text_over_a_slot_limit_names_the_slot(pipeline_dir_for):
     model = _model(pipeline_dir_for, "sdxl")
     long = EditRequest(prompt="the prince of wales", source="x", target="dog " * 80)
     with pytest.raises(TokenizationError, match="^text_encoder: .*more than the encoder's 77"):
-        apply_model_edit(model, long, _hp(model), stats=SecondMomentStore(None), n_samples=8)
+        apply_model_edit(model, long, _hp(model), moments=SecondMomentStore(None), n_samples=8)
 
 
 def test_t5_limit_is_the_pipeline_length(pipeline_dir_for):
@@ -299,7 +289,7 @@ def test_bf16_flux_edits_t5_in_fp32(tmp_path):
     assert t5.text_encoder.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.bfloat16
     assert all(t5.adapter.fc2(i).weight.dtype == torch.float32 for i in range(t5.num_layers))
     hp = _hp(model, max_steps=4).with_overrides(slots=("text_encoder_2",))
-    res = apply_model_edit(model, REQ, hp, stats=SecondMomentStore(None), n_samples=16)
+    res = apply_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=16)
     assert res.edits[0].result.verify_error < 1e-4  # a bf16 wo would miss v* by far more
 
 
@@ -309,7 +299,7 @@ def test_a_failed_check_in_one_slot_restores_every_slot(pipeline_dir_for):
 
     model = _model(pipeline_dir_for, "sdxl")
     base = model.weights_hashes()
-    res = compute_model_edit(model, REQ, _hp(model, max_steps=3), stats=SecondMomentStore(None), n_samples=16)
+    res = compute_model_edit(model, REQ, _hp(model, max_steps=3), moments=SecondMomentStore(None), n_samples=16)
     res.edits[1].result.tensors["v_star"] += 10.0  # slot 2's W k_e can no longer equal this v*
     with pytest.raises(InsertionRefusedError, match="^text_encoder_2: after the update W k_e misses v"):
         insert_model_edit(model, res)

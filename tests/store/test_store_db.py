@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 import store.db as store_db
-from store.db import (
-    StoreError,
-    data_version,
-    get_meta,
-    open_db,
-    schema_version,
-    set_meta,
-    transaction,
-)
+from store.db import StoreError, data_version, get_meta, open_db, schema_version, set_meta, transaction
 from store.integrity import integrity_check
 from store.schema import MIGRATIONS, SCHEMA_VERSION
 

@@ -9,14 +9,7 @@ from store import jobs
 from store.artifacts import add_artifact, list_artifacts
 from store.base_models import get_base_model, register_base_model
 from store.db import NotFoundError, StoreError, transaction
-from store.edits import (
-    applied_edits,
-    get_edit,
-    list_edits,
-    mark_rolled_back_after,
-    next_seq,
-    record_edit,
-)
+from store.edits import applied_edits, get_edit, list_edits, mark_rolled_back_after, next_seq, record_edit
 from store.events import log_event, tail_events
 from store.histories import create_history, current_history, get_history, list_histories, set_head
 from store.integrity import integrity_check

@@ -6,6 +6,7 @@ import json
 from contextlib import asynccontextmanager
 
 import pytest
+from worker_helpers import jobs_at as jobs
 
 from refact_tui.tui.app import RefactApp
 from refact_tui.tui.screens.confirm import ConfirmModal
@@ -14,7 +15,7 @@ from refact_tui.tui.screens.help import HelpScreen
 from refact_tui.tui.widgets.loss_plot import LossPlot, PTargetPlot
 from refact_tui.tui.widgets.queue_table import QueueTable
 from store.db import open_db
-from store.jobs import get_job, list_jobs
+from store.jobs import get_job
 from store.steps import StepWriter
 
 SIZE = (120, 40)
@@ -57,14 +58,6 @@ async def on_screen(app, key: str):
         yield pilot
 
 
-def jobs(root):
-    db = open_db(root / "refact.db")
-    try:
-        return list_jobs(db)
-    finally:
-        db.close()
-
-
 async def select_row(pilot, table, row: int) -> None:
     await pilot.app.settled()  # the first store read lands on a reader thread: wait for its rows
     table.focus()
@@ -76,6 +69,7 @@ async def test_queue_screen_lists_jobs_and_shows_failed_error(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         table = app.screen.query_one(QueueTable)
         assert [table.get_row_at(i)[2].plain for i in range(table.row_count)] == ["running", "failed", "queued", "queued"]
         await select_row(pilot, table, 1)

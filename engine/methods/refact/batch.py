@@ -153,7 +153,7 @@ def compute_batch(
     config: BatchInsertConfig = BatchInsertConfig(),
     *,
     values: BatchValues | None = None,
-    stats: SecondMomentStore | None = None,
+    moments: SecondMomentStore | None = None,
     preserve_requests: Sequence[EditRequest] = (),
     **value_kwargs: Any,
 ) -> BatchInsertResult:
@@ -170,7 +170,7 @@ def compute_batch(
         raise HParamsError("a batch needs at least one request")
     layers = config.edit_layers(hparams)
     hp = hparams.with_overrides(layer=layers[-1])
-    store = stats if stats is not None else default_store()
+    store = moments if moments is not None else default_store()
     corpus, n_samples = value_kwargs.get("corpus"), value_kwargs.get("n_samples")
     if config.mode == "spread":
         # C of every layer from the base model, before any layer of the batch is edited.

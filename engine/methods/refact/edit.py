@@ -116,12 +116,12 @@ def target_texts(request: EditRequest) -> list[str]:
     return [request.target, request.source, *request.contrastive]
 
 
-def second_moment_for(model: Any, layer: int, second_moment: torch.Tensor | None, stats: SecondMomentStore | None,
+def second_moment_for(model: Any, layer: int, second_moment: torch.Tensor | None, moments: SecondMomentStore | None,
                       corpus: Path | None, n_samples: int | None, progress: ProgressCallback | None) -> torch.Tensor:
-    """``second_moment`` when given, else C at ``layer`` from ``stats`` (default: the process-wide cache)."""
+    """``second_moment`` when given, else C at ``layer`` from ``moments`` (default: the process-wide cache)."""
     if second_moment is not None:
         return second_moment
-    store = stats if stats is not None else default_store()
+    store = moments if moments is not None else default_store()
     return store.get(model, layer, corpus=corpus, n_samples=n_samples, progress=progress)
 
 
@@ -175,7 +175,7 @@ def compute_edit(
     hparams: ReFACTHParams,
     *,
     second_moment: torch.Tensor | None = None,
-    stats: SecondMomentStore | None = None,
+    moments: SecondMomentStore | None = None,
     corpus: Path | None = None,
     n_samples: int | None = None,
     progress: ProgressCallback | None = None,
@@ -185,7 +185,7 @@ def compute_edit(
 ) -> EditResult:
     """Compute the rank-one update for ``request``; never modifies weights.
 
-    ``second_moment`` (C at the layer's fc2 input) wins over ``stats``; with neither, C comes
+    ``second_moment`` (C at the layer's fc2 input) wins over ``moments``; with neither, C comes
     from a process-wide memory cache over ``corpus`` (default: the caption corpus).
     ``preserve_requests``: earlier edits of the same layer whose keys join C with weight
     ``hparams.preserve`` (ignored when it is 0, the paper's setting).
@@ -201,7 +201,7 @@ def compute_edit(
     timings = EditTimings()
 
     t0 = time.perf_counter()
-    second_moment = second_moment_for(model, layer, second_moment, stats, corpus, n_samples, progress)
+    second_moment = second_moment_for(model, layer, second_moment, moments, corpus, n_samples, progress)
     timings.stats_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def compute_values(
     hparams: ReFACTHParams,
     *,
     second_moment: torch.Tensor | None = None,
-    stats: SecondMomentStore | None = None,
+    moments: SecondMomentStore | None = None,
     corpus: Path | None = None,
     n_samples: int | None = None,
     progress: ProgressCallback | None = None,
@@ -267,7 +267,7 @@ def compute_values(
     located = [locate(model, req, hparams) for req in requests]
     timings = EditTimings()
     t0 = time.perf_counter()
-    second_moment = second_moment_for(model, layer, second_moment, stats, corpus, n_samples, progress)
+    second_moment = second_moment_for(model, layer, second_moment, moments, corpus, n_samples, progress)
     timings.stats_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

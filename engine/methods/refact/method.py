@@ -84,7 +84,7 @@ class ReFACTMethod(EditMethod):
         for slot, layer in plan_slots(model, hparams):
             name = slot_name(slot)
             values = compute_values(
-                slot, requests, _at(hparams, layer), stats=ctx.second_moments, corpus=ctx.corpus,
+                slot, requests, _at(hparams, layer), moments=ctx.second_moments, corpus=ctx.corpus,
                 n_samples=ctx.n_samples, progress=ctx.progress, should_stop=ctx.should_stop,
                 on_step=lambda i, ev, _n=name: ctx.step(_n, i, ev),
                 preserve_requests=preserve_for(ctx.preserve, name), batch=ctx.batch_size,
@@ -102,7 +102,7 @@ class ReFACTMethod(EditMethod):
 
     def _one(self, model: Any, request: EditRequest, hparams: ReFACTHParams, ctx: EditContext) -> EditOutcome:
         result = compute_model_edit(
-            model, request, hparams, stats=ctx.second_moments, corpus=ctx.corpus, n_samples=ctx.n_samples,
+            model, request, hparams, moments=ctx.second_moments, corpus=ctx.corpus, n_samples=ctx.n_samples,
             progress=ctx.progress, on_slot_step=lambda slot, ev: ctx.step(slot, 0, ev),
             should_stop=ctx.should_stop, preserve_requests=ctx.preserve,
         )
@@ -138,7 +138,7 @@ class ReFACTMethod(EditMethod):
                config: BatchInsertConfig) -> EditOutcome:
         first = slot_name(slot_list(model)[0])  # a batch edits the first slot
         result = compute_batch(
-            model, requests, hparams, config, stats=ctx.second_moments,
+            model, requests, hparams, config, moments=ctx.second_moments,
             preserve_requests=preserve_for(ctx.preserve, first), corpus=ctx.corpus, n_samples=ctx.n_samples,
             progress=ctx.progress, on_step=lambda i, ev: ctx.step(first, i, ev), should_stop=ctx.should_stop,
             batch=ctx.batch_size,

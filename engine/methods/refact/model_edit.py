@@ -159,7 +159,7 @@ def compute_model_edit(
     request: EditRequest,
     hparams: ReFACTHParams,
     *,
-    stats: SecondMomentStore | None = None,
+    moments: SecondMomentStore | None = None,
     second_moments: dict[str, torch.Tensor] | None = None,
     corpus: Path | None = None,
     n_samples: int | None = None,
@@ -193,7 +193,7 @@ def compute_model_edit(
         try:
             result = edit.compute_edit(
                 slot, request, replace(hparams, layer=layer, slots=(), slot_layers=()),
-                second_moment=(second_moments or {}).get(name), stats=stats, corpus=corpus, n_samples=n_samples,
+                second_moment=(second_moments or {}).get(name), moments=moments, corpus=corpus, n_samples=n_samples,
                 progress=progress, on_step=step_cb, should_stop=should_stop,
                 preserve_requests=preserve_for(preserve_requests, name),
             )

@@ -9,11 +9,11 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from refact_tui.services.batch_view import BatchDetailView
+from refact_tui.services.convergence import edit_budget_used
 from refact_tui.services.dashboard import EditDetailView
 from refact_tui.services.display import plain
 from refact_tui.tui.widgets import fmt
 from refact_tui.tui.widgets.batch_table import BatchTable
-from refact_tui.tui.widgets.history_table import budget_used
 from refact_tui.tui.widgets.hparams_view import hparams_table
 from refact_tui.tui.widgets.image_preview import ImagePreview
 from refact_tui.tui.widgets.loss_plot import LossPlot
@@ -33,7 +33,7 @@ def _summary(d: EditDetailView) -> Table:
     t.add_row("module", plain(e.module))
     threshold = getattr(e.hparams, "prob_threshold", None)
     stop = "early stop" if e.early_stopped else "step budget used"
-    if budget_used(e):
+    if edit_budget_used(e):
         stop += f", P {e.p_target:.2f} < {threshold:g}"
     t.add_row("result", f"P(target) {fmt.num(e.p_target)} after {e.steps_run} steps ({stop}), "
                         f"||δ|| {fmt.num(e.delta_norm)}, k·u {fmt.num(e.division_factor)}")

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from refact_tui.services.convergence import edit_budget_used
 from refact_tui.services.dashboard import HistoryView
 from refact_tui.tui.widgets import fmt
 from refact_tui.tui.widgets.keyed_table import KeyedTable
 
 STATUS_STYLE = {"applied": "green", "rolled_back": "dim strike", "failed": "bold red"}
-
-
-def budget_used(e) -> bool:
-    """An applied edit whose optimization ran out of steps below its P(target) threshold."""
-    threshold = getattr(e.hparams, "prob_threshold", None)
-    return (e.status == "applied" and not e.early_stopped and e.p_target is not None and threshold is not None
-            and e.p_target < threshold)
 
 
 class HistoryTable(KeyedTable):
@@ -29,7 +23,7 @@ class HistoryTable(KeyedTable):
 
         def cells(e):
             status = Text(e.status.replace("_", " "), style=STATUS_STYLE.get(e.status, ""))
-            if budget_used(e):
+            if edit_budget_used(e):
                 status.append(", budget used", style="yellow")
             if e.status == "applied" and e.seq == head:
                 status.append(" ◀ head", style="bold")
