@@ -55,3 +55,27 @@ def test_layers_cli_json_and_bad_slot(tmp_path, model_dir):
     r = runner.invoke(app, args + ["--slot", "text_encoder_2"])
     assert r.exit_code == 1 and "no encoder slot 'text_encoder_2'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_layers_works_on_a_workspace_whose_cache_cannot_be_written(tmp_path, model_dir, monkeypatch):
+    """Issue 21 item 15: `refact layers` on a read-only mount failed writing its C cache; it now measures
+    with C in memory and writes nothing."""
+    import errno
+
+    import engine.covariance
+
+    runner = CliRunner()
+    root = tmp_path / "w"
+    assert runner.invoke(app, ["--workspace", str(root), "init", "--model", str(model_dir)]).exit_code == 0
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if "stats" in p.parts)
+
+    def read_only(path, *a, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(engine.covariance, "save_safetensors_atomic", read_only)
+    r = runner.invoke(app, ["--workspace", str(root), "layers", "--prompt", "the prince of wales", "--source",
+                            "prince charles", "--target", "a red dog", "--max-steps", "2", "--only", "1",
+                            "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["layers"][0]["error"] is None
+    assert sorted(p.relative_to(root) for p in root.rglob("*") if "stats" in p.parts) == before

@@ -101,7 +101,9 @@ def test_compute_each_gives_one_edit_per_request_over_every_slot_equal_to_single
             torch.testing.assert_close(a.matrix(), b.matrix(), rtol=1e-3, atol=1e-5)
 
 
-def test_closed_form_outcome_has_the_proxy_p_target_and_a_bit_exact_undo(model_dir):
+@pytest.fixture(scope="module")
+def time_edit(model_dir):
+    """The tiny SD1 pipeline, TIME, the matrices it may edit (with copies) and one computed outcome."""
     from engine.models import load_model
 
     model = load_model(model_dir, device="cpu")
@@ -109,7 +111,11 @@ def test_closed_form_outcome_has_the_proxy_p_target_and_a_bit_exact_undo(model_d
     hp = method.default_hparams(model)
     mods = method.target_modules(model, hp)
     before = {k: m.weight.detach().clone() for k, m in mods.items()}
-    outcome = method.compute(model, [REQS[0]], hp)
+    return model, method, hp, mods, before, method.compute(model, [REQS[0]], hp)
+
+
+def test_closed_form_outcome_has_the_proxy_p_target_and_a_bit_exact_undo(time_edit):
+    model, method, hp, mods, before, outcome = time_edit
     assert outcome.slots == [] and 0.0 <= outcome.p_target <= 1.0 and outcome.module.startswith("unet: ")
     undo = outcome.insert(model)
     assert any(not torch.equal(m.weight, before[k]) for k, m in mods.items())
@@ -119,23 +125,16 @@ def test_closed_form_outcome_has_the_proxy_p_target_and_a_bit_exact_undo(model_d
         method.compute(model, REQS, hp)
 
 
-def test_an_outcome_that_changes_no_weight_is_refused_for_every_method(model_dir):
+def test_an_outcome_that_changes_no_weight_is_refused_for_every_method(time_edit):
     """Issue 21 item 2: the general guard. A TIME edit whose update is zero (e.g. a huge preserve weight)
     is refused at insert, not committed as an applied edit; the weights stay bit for bit."""
     import dataclasses
 
-    from engine.errors import InsertionRefusedError
-    from engine.models import load_model
-
-    model = load_model(model_dir, device="cpu")
-    method = get_method("time")
-    hp = method.default_hparams(model)
-    mods = method.target_modules(model, hp)
-    before = {k: m.weight.detach().clone() for k, m in mods.items()}
-    outcome = method.compute(model, [REQS[0]], hp)
-    zero = [dataclasses.replace(u, left=torch.zeros_like(u.left)) for u in outcome.delta.updates]
     from engine.delta import EditDelta
+    from engine.errors import InsertionRefusedError
 
+    model, _, _, mods, before, outcome = time_edit
+    zero = [dataclasses.replace(u, left=torch.zeros_like(u.left)) for u in outcome.delta.updates]
     empty = dataclasses.replace(outcome, delta=EditDelta(zero, outcome.delta.meta))
     with pytest.raises(InsertionRefusedError, match="changes no weight"):
         empty.insert(model)

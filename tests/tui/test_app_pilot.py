@@ -131,6 +131,7 @@ async def test_move_down_then_up_reorders_queued_jobs(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         table = app.screen.query_one(QueueTable)
         await select_row(pilot, table, 2)  # job 7, first queued
         await pilot.press("d")
@@ -146,6 +147,7 @@ async def test_cancel_asks_first_and_cancels_only_on_yes(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         table = app.screen.query_one(QueueTable)
         await select_row(pilot, table, 3)  # job 8
         await pilot.press("c")
@@ -163,6 +165,7 @@ async def test_retry_shows_the_error_and_requeues(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         await select_row(pilot, app.screen.query_one(QueueTable), 1)  # job 5, failed
         await pilot.press("r")
         await pilot.pause()
@@ -250,6 +253,7 @@ async def test_failing_service_shows_error_modal_and_app_survives(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         app.run_service("Rollback", "history", "rollback", 4)  # edit 4 is rolled back: refused
         await settle(app, pilot)
         assert isinstance(app.screen, ErrorModal) and app.screen.title_text == "Rollback failed"

@@ -48,6 +48,7 @@ async def test_bench_screen_lists_runs_and_shows_the_selected_run(sample_ws, S):
     app = RefactApp(sample_ws, clock=lambda: S.NOW, poll_interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         await pilot.press("5")
         await pilot.pause(0.2)
         screen = app.screen

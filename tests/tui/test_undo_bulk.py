@@ -87,6 +87,7 @@ async def test_multi_select_cancels_with_one_confirmation(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         table = app.screen.query_one(QueueTable)
         table.focus()
         table.move_cursor(row=2)  # job 7 (queued); space marks it and moves to job 8
@@ -117,6 +118,7 @@ async def test_filter_queue_rows(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         table = app.screen.query_one(QueueTable)
         await pilot.press("slash", *"pope")
         await pilot.pause()
@@ -144,6 +146,7 @@ async def test_spinner_shows_while_an_action_runs(sample_ws, S, monkeypatch):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         app.run_service("Rollback", "history", "rollback")
         await pilot.pause(0.05)
         assert "Rollback: working…" in app.sub_title
@@ -189,6 +192,7 @@ async def test_w_names_the_worker_that_holds_the_lease(sample_ws, S):
     app = make_app(sample_ws, S)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.1)
+        await app.settled()  # the first store read lands on a reader thread
         await pilot.press("w")
         await pilot.pause()
         assert not app.worker_running
