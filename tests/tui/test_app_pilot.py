@@ -6,9 +6,9 @@ import json
 from contextlib import asynccontextmanager
 
 import pytest
+from pilot_helpers import SIZE, make_app, opened, text_of
 from worker_helpers import jobs_at as jobs
 
-from refact_tui.tui.app import RefactApp
 from refact_tui.tui.screens.confirm import ConfirmModal
 from refact_tui.tui.screens.error import ErrorModal
 from refact_tui.tui.screens.help import HelpScreen
@@ -17,23 +17,6 @@ from refact_tui.tui.widgets.queue_table import QueueTable
 from store.db import open_db
 from store.jobs import get_job
 from store.steps import StepWriter
-
-SIZE = (120, 40)
-
-
-def text_of(widget) -> str:
-    """The plain text a Static currently shows (tables and Text alike)."""
-    import io
-
-    from rich.console import Console
-
-    console = Console(width=200, file=io.StringIO(), record=True)
-    console.print(widget.content)
-    return console.export_text()
-
-
-def make_app(root, S) -> RefactApp:
-    return RefactApp(root, clock=lambda: S.NOW, poll_interval=0.05)
 
 
 async def settle(app, pilot) -> None:
@@ -67,9 +50,7 @@ async def select_row(pilot, table, row: int) -> None:
 
 async def test_queue_screen_lists_jobs_and_shows_failed_error(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         table = app.screen.query_one(QueueTable)
         assert [table.get_row_at(i)[2].plain for i in range(table.row_count)] == ["running", "failed", "queued", "queued"]
         await select_row(pilot, table, 1)
@@ -129,9 +110,7 @@ async def test_import_file_queues_every_request(sample_ws, S, tmp_path):
 
 async def test_move_down_then_up_reorders_queued_jobs(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         table = app.screen.query_one(QueueTable)
         await select_row(pilot, table, 2)  # job 7, first queued
         await pilot.press("d")
@@ -145,9 +124,7 @@ async def test_move_down_then_up_reorders_queued_jobs(sample_ws, S):
 
 async def test_cancel_asks_first_and_cancels_only_on_yes(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         table = app.screen.query_one(QueueTable)
         await select_row(pilot, table, 3)  # job 8
         await pilot.press("c")
@@ -163,9 +140,7 @@ async def test_cancel_asks_first_and_cancels_only_on_yes(sample_ws, S):
 
 async def test_retry_shows_the_error_and_requeues(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         await select_row(pilot, app.screen.query_one(QueueTable), 1)  # job 5, failed
         await pilot.press("r")
         await pilot.pause()
@@ -251,9 +226,7 @@ async def test_history_rollback_confirm_text_names_the_edits(sample_ws, S, monke
 
 async def test_failing_service_shows_error_modal_and_app_survives(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         app.run_service("Rollback", "history", "rollback", 4)  # edit 4 is rolled back: refused
         await settle(app, pilot)
         assert isinstance(app.screen, ErrorModal) and app.screen.title_text == "Rollback failed"

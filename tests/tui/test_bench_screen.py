@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pilot_helpers import opened, text_of
+
 from refact_tui.tui.app import RefactApp
 from refact_tui.tui.screens.bench import BenchRowsTable, BenchRunsTable, BenchScreen
 
@@ -33,32 +35,20 @@ def _store_runs(root) -> None:
     db.close()
 
 
-def _text(widget) -> str:
-    import io
-
-    from rich.console import Console
-
-    console = Console(width=200, file=io.StringIO(), record=True)
-    console.print(widget.content)
-    return console.export_text()
-
-
 async def test_bench_screen_lists_runs_and_shows_the_selected_run(sample_ws, S):
     _store_runs(sample_ws)
     app = RefactApp(sample_ws, clock=lambda: S.NOW, poll_interval=0.05)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app, size=SIZE) as pilot:
         await pilot.press("5")
         await pilot.pause(0.2)
         screen = app.screen
         assert isinstance(screen, BenchScreen)
         runs = screen.query_one(BenchRunsTable)
         assert runs.row_count == 2 and runs.selected_id == 2  # newest first
-        agg = _text(screen.query_one("#bench-aggregates"))
+        agg = text_of(screen.query_one("#bench-aggregates"))
         assert "image space (the truth)" in agg and "0.700 ± 0.010" in agg and "baseline" in agg and "oracle" in agg
         rows = screen.query_one(BenchRowsTable)
         assert rows.row_count == 3 and "text: 1" in str(rows.get_row_at(1)[-1])
         await pilot.press("down")
         await pilot.pause(0.2)
-        assert screen.view.id == 1 and "0.900 ± 0.010" in _text(screen.query_one("#bench-aggregates"))
+        assert screen.view.id == 1 and "0.900 ± 0.010" in text_of(screen.query_one("#bench-aggregates"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from refact_tui.tui.app import RefactApp
+from pilot_helpers import SIZE, make_app, opened
+
 from refact_tui.tui.screens.confirm import ConfirmModal
 from refact_tui.tui.screens.histories import HistoriesModal
 from refact_tui.tui.widgets.filter_bar import FilterBar
@@ -12,12 +13,6 @@ from refact_tui.tui.widgets.queue_table import QueueTable
 from store.db import open_db
 from store.histories import current_history
 from store.jobs import list_jobs
-
-SIZE = (120, 40)
-
-
-def make_app(root, S) -> RefactApp:
-    return RefactApp(root, clock=lambda: S.NOW, poll_interval=0.05)
 
 
 async def settle(app, pilot) -> None:
@@ -85,9 +80,7 @@ async def test_histories_tree_and_checkout(sample_ws, S):
 
 async def test_multi_select_cancels_with_one_confirmation(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         table = app.screen.query_one(QueueTable)
         table.focus()
         table.move_cursor(row=2)  # job 7 (queued); space marks it and moves to job 8
@@ -116,9 +109,7 @@ async def test_multi_select_cancels_with_one_confirmation(sample_ws, S):
 
 async def test_filter_queue_rows(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         table = app.screen.query_one(QueueTable)
         await pilot.press("slash", *"pope")
         await pilot.pause()
@@ -144,9 +135,7 @@ async def test_spinner_shows_while_an_action_runs(sample_ws, S, monkeypatch):
     monkeypatch.setattr(app_module, "load_service", lambda module, func: slow if module == "history"
                         else real(module, func))
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         app.run_service("Rollback", "history", "rollback")
         await pilot.pause(0.05)
         assert "Rollback: working…" in app.sub_title
@@ -190,9 +179,7 @@ async def test_bench_compare_two_marked_runs(sample_ws, S):
 
 async def test_w_names_the_worker_that_holds_the_lease(sample_ws, S):
     app = make_app(sample_ws, S)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
-        await app.settled()  # the first store read lands on a reader thread
+    async with opened(app) as pilot:
         await pilot.press("w")
         await pilot.pause()
         assert not app.worker_running
