@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from engine.adapters.base import EncoderAdapter
-from engine.errors import DeltaIntegrityError
+from engine.errors import DeltaIntegrityError, InsertionRefusedError
 from engine.files import file_sha256, save_safetensors_atomic
 
 FORMAT_V1 = "refact-delta/1"
@@ -332,6 +332,12 @@ class WeightSnapshot:
     def changed(self) -> bool:
         """Whether any kept weight differs (bit for bit) from its copy."""
         return any(not torch.equal(module.weight, weight) for module, weight in self._saved)
+
+    def require_changed(self, why: str) -> None:
+        """InsertionRefusedError(``why``) when every kept weight is still bit-identical to its copy: an
+        edit that changes nothing is never applied (the caller restores)."""
+        if not self.changed():
+            raise InsertionRefusedError(why)
 
     @torch.no_grad()
     def restore(self) -> None:

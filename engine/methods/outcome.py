@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.delta import EditDelta, WeightSnapshot
-from engine.errors import InsertionRefusedError
 from engine.events import StepEvent
 from engine.request import EditRequest
 
@@ -110,10 +109,9 @@ class EditOutcome:
         snapshot = WeightSnapshot.of(model, self.delta)
         try:
             self.delta.apply(model)
-            if not snapshot.changed():  # every method: an edit that changes no weight is never "applied"
-                raise InsertionRefusedError(
-                    f"the {self.method} edit changes no weight (its update rounds to zero in {self.module or 'its matrices'}); "
-                    "nothing was applied: pick another layer or stronger hyperparameters")
+            snapshot.require_changed(  # every method: an edit that changes no weight is never "applied"
+                f"the {self.method} edit changes no weight (its update rounds to zero in "
+                f"{self.module or 'its matrices'}); nothing was applied: pick another layer or stronger hyperparameters")
             if self.verify is not None:
                 self.verify(model)
         except BaseException:

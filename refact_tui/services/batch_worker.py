@@ -118,8 +118,7 @@ class JobBatch:
         """Every request's v* (vectorised) and the batch's delta; weights unchanged."""
         jobs, config = self.jobs, self.config
         check_same_base(worker.db, jobs)
-        slots = getattr(model, "slots", None)  # a batch edits the first slot
-        writer = batch_step_writer(worker.config.db_path, jobs[0].id, slots[0].name if slots else "text_encoder")
+        writer = batch_step_writer(worker.config.db_path, jobs[0].id, _first_slot(model))
 
         def on_step(_slot: str, index: int, ev: StepEvent) -> None:
             writer.add_for(jobs[index].id, jobs[index].attempts, ev)
@@ -143,8 +142,7 @@ class JobBatch:
         if hp.preserve <= 0 and not config.null_space:
             return []
         history_id, head = worker.model_key
-        slots = getattr(model, "slots", None)  # a batch edits the first slot
-        first = slots[0].name if slots else "text_encoder"
+        first = _first_slot(model)
         wanted = {(first, layer) for layer in config.edit_layers(hp)}
         applied = applied_edits(worker.db, history_id, head)
         touched = touched_slots(worker.db, applied, first)
@@ -202,6 +200,12 @@ class JobBatch:
             record_batch_text_metrics(worker.db, model, edit)
 
 
+def _first_slot(model) -> str:
+    """The encoder slot a batch edits: the model's first (a bare text encoder is ``text_encoder``)."""
+    slots = getattr(model, "slots", None)
+    return slots[0].name if slots else "text_encoder"
+
+
 def _mode(outcome) -> str:
     """The insertion mode a batch outcome used (rank-one, joint or spread)."""
     return outcome.delta.meta.get("insert_mode", "rank-one")
@@ -220,9 +224,8 @@ def claim_batch_unit(worker, model, nxt, limit: int | None):
         log_event(worker.db, "worker", f"job {nxt.id} edits more than {model.slots[0].name} at layer "
                                        f"{nxt.hparams.layer}: it runs alone (a batch edits that slot only)")
         return False
-    slots = getattr(model, "slots", None)
     for layer in settings.layers:  # the single edit's readout-aware range, on the loaded model
-        check_slot_layer(model.adapter, layer, slots[0].name if slots else "text_encoder")
+        check_slot_layer(model.adapter, layer, _first_slot(model))
     size = settings.size if limit is None else min(settings.size, limit)
     jobs = claim_batch(worker.db, worker.config.worker_id, size, fence=worker.lease.fence)
     if not jobs:

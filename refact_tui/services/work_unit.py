@@ -17,6 +17,7 @@ from engine.covariance import SecondMomentStore
 from engine.errors import InsertionRefusedError
 from engine.events import StopCheck
 from refact_tui.services.convergence import applied_label
+from refact_tui.services.methods import insert_outcome
 from refact_tui.services.worker_lease import LeaseKeeper
 from refact_tui.services.worker_records import delta_meta, slot_rows
 from refact_tui.services.worker_types import BatchSettings, JobFinished, JobStarted, WorkerConfig, WorkerEvent
@@ -84,11 +85,6 @@ class WorkUnit(Protocol):
     def after_edit(self, worker: UnitHost, model, edit) -> None: ...
 
 
-def result_timings(result) -> dict[str, float]:
-    t = result.timings
-    return {k: float(getattr(t, k)) for k in ("stats_s", "key_s", "optimize_s", "insert_s", "total_s") if hasattr(t, k)}
-
-
 @dataclass
 class SingleJob:
     """One job, one edit (ReFACT over the slots its hyperparameters plan, or a TIME / UCE edit)."""
@@ -124,8 +120,6 @@ class SingleJob:
 
     def insert(self, model, result) -> Callable[[], None]:
         # ReFACT checks W k_e == v* (restores W and raises InsertionRefusedError if not)
-        from refact_tui.services.methods import insert_outcome
-
         return insert_outcome(model, result)
 
     def delta_name(self, history_id: int) -> str:
@@ -163,4 +157,4 @@ class SingleJob:
             worker.after_edit_hook(model, edit)
 
 
-__all__ = ["SingleJob", "WorkUnit", "result_timings"]
+__all__ = ["SingleJob", "WorkUnit"]

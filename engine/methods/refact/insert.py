@@ -16,13 +16,6 @@ ZERO_UPDATE = ("the edit's update is numerically zero (no weight changes): v* eq
                "target already holds; raise prob_threshold or leave the request out; the model was not changed")
 
 
-def check_changed(snapshot: WeightSnapshot) -> None:
-    """InsertionRefusedError when applying an update left every kept weight bit-identical: an edit
-    that changes nothing is never applied (the caller restores)."""
-    if not snapshot.changed():
-        raise InsertionRefusedError(ZERO_UPDATE)
-
-
 def right_vector(
     v_star: torch.Tensor, v_e: torch.Tensor, k_e: torch.Tensor, u: torch.Tensor, min_division: float
 ) -> tuple[torch.Tensor, float]:
@@ -70,7 +63,7 @@ def insert(adapter: EncoderAdapter, delta: EditDelta, k_e: torch.Tensor, v_star:
     snapshot = WeightSnapshot([linear])
     delta.apply(adapter)
     try:
-        check_changed(snapshot)
+        snapshot.require_changed(ZERO_UPDATE)
         return check_inserted(linear, k_e, v_star)
     except BaseException:
         snapshot.restore()

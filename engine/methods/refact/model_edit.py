@@ -25,7 +25,7 @@ from engine.methods.outcome import EditTimings
 from engine.methods.refact import edit
 from engine.methods.refact.edit import EditResult
 from engine.methods.refact.hparams import HParamsError, ReFACTHParams
-from engine.methods.refact.insert import check_changed, check_inserted
+from engine.methods.refact.insert import ZERO_UPDATE, check_inserted
 from engine.request import EditRequest
 from engine.slots import check_slot_layer, default_layer_for
 
@@ -239,7 +239,7 @@ def insert_model_edit(model: Any, result: ModelEditResult) -> float:
     snapshot = WeightSnapshot.of(model, result.delta)
     result.delta.apply(model)
     try:
-        check_changed(snapshot)
+        snapshot.require_changed(ZERO_UPDATE)
         return verify_model_edit(model, result)
     except BaseException:
         snapshot.restore()
