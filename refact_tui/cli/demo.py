@@ -57,9 +57,9 @@ def _print_part(result, title: str) -> None:
     from refact_tui.cli.eval import print_report
     from refact_tui.cli.history import print_edits
     from refact_tui.cli.run import print_summary
-    from refact_tui.services.convergence import APPLIED, edit_label
+    from refact_tui.services.convergence import edit_budget_used
 
-    budget_used = sum(1 for e in result.edits if e.status == APPLIED and edit_label(e) != APPLIED)
+    budget_used = sum(1 for e in result.edits if edit_budget_used(e))
     print_summary(result.summary, budget_used)
     print_edits(result.edits, title)
     if result.evaluation is not None:
