@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+from pilot_helpers import opened
 from rich.console import Console
 
 from engine.request import EditRequest
@@ -46,8 +47,7 @@ def assert_safe(text: str) -> None:
 async def test_queue_live_history_show_hostile_text_literally(sample_ws, S):
     make_hostile(sample_ws)
     app = RefactApp(sample_ws, clock=lambda: S.NOW, poll_interval=0.05)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.2)
+    async with opened(app, size=SIZE) as pilot:
         table = app.screen.query_one(QueueTable)
         cells = " | ".join(rendered(c) for i in range(table.row_count) for c in table.get_row_at(i))
         assert "The [/] Prince [bold]of Wales" in cells and "\\x1b]0;pwned\\x07" in cells
@@ -61,6 +61,7 @@ async def test_queue_live_history_show_hostile_text_literally(sample_ws, S):
 
         await pilot.press("2")
         await pilot.pause(0.2)
+        await app.settled()
         stats = rendered(app.screen.query_one("#step-stats").content)
         assert MARKUP[:20] in stats
         assert_safe(stats)
@@ -72,6 +73,7 @@ async def test_queue_live_history_show_hostile_text_literally(sample_ws, S):
 
         await pilot.press("4")
         await pilot.pause(0.2)
+        await app.settled()
         history = app.screen.query_one(HistoryTable)
         history.focus()
         history.move_cursor(row=1)

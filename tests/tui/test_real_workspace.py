@@ -43,6 +43,7 @@ async def test_rollback_export_fork_worker_and_text_eval_for_real(real_ws):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         await pilot.pause(0.15)
+        await app.settled()  # the screen's store read lands on a reader thread
         table = app.screen.query_one("#history-table")
         assert table.row_count == 3  # edits 1, 2 applied; 3 rolled back by the fixture
         table.focus()
