@@ -116,7 +116,9 @@ def write_section(path: Path, result: dict) -> None:
              f"process (`python -m refact_tui ...`); `init` once; the model's own load "
              f"({result['model_load_s']:.2f} s) timed in a process with everything imported.",
              "- Commands that need no model import no torch (rule: `refact_tui/cli/__init__.py`; checked by "
-             "tests/test_cli_startup.py). `queue add` / `queue import` still load the tokenizer through transformers.",
+             "tests/test_cli_startup.py). `queue add` / `queue import` count tokens with the `tokenizers` package "
+             "alone (engine/token_counts.py), once `refact init` has checked it gives transformers' ids; `init` "
+             "no longer imports diffusers nor the image-evaluation stack.",
              "", *table(result), "", SECTION_END]
     replace_section(path, "\n".join(lines), SECTION_START, SECTION_END)
 

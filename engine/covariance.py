@@ -12,13 +12,20 @@ encoder slot, tokenization mode). Only the layers an edit asks for are ever coll
 
 Inputs are fed in the slot's own format: T5 in SD3/FLUX sees every prompt padded to 256/512 tokens
 without a mask, so its keys are collected that way; only the prompt's own tokens become rows (the
-padding rows would outnumber them 20:1 and mostly repeat one pattern).
+padding rows would outnumber them 20:1 and mostly repeat one pattern). A templated slot (an LLM's chat
+template, Lumina's system prompt) gets every corpus line through its template: the slot's tokenizer
+is the ``TemplatedTokenizer`` that the prompts go through.
+
+Memory: each batch's k^T k is added in place in float64 column blocks (no d x d temporary), into an
+accumulator of the storage dtype: float64 below ``FP32_STORAGE_FROM`` wide, float32 from there (LLM
+``down_proj`` inputs of 9216..32768, T5-XXL's 10240), so C takes width² x 4 bytes; every solve upcasts
+it to float64 (engine.methods.refact.linalg). ``moment_memory`` gives the figure, stated in one line
+before a long collection and refused up front when the device cannot hold it (engine.admission).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ import torch
 from safetensors import safe_open
 
 from engine.adapters.base import EncoderAdapter
+from engine.admission import MomentMemory, check_moment_memory, free_memory
 from engine.errors import EngineError
 from engine.events import Progress, ProgressCallback
 from engine.files import file_sha256, save_safetensors_atomic
@@ -40,6 +48,22 @@ DEFAULT_BATCH_TOKENS = 64 * 77
 DEFAULT_MEMORY_BYTES = 2 * 2**30
 # Key widths from which a CPU collection takes minutes (bigG 5120, T5-XXL 10240).
 GPU_ADVISED_KEY_SIZE = 4096
+# Key widths from which C is stored in float32 (half of float64; the solve upcasts). Every CLIP and
+# bigG C (and the parity tests') stays float64. Measured effect on u: BENCHMARKS.md, "Second moments
+# at LLM widths".
+FP32_STORAGE_FROM = 8192
+# Columns of one batch's k^T k formed at once in float64 (a d x 2048 x 8-byte workspace).
+COLUMN_BLOCK = 2048
+
+
+def storage_dtype(width: int) -> torch.dtype:
+    """The dtype C of a ``width``-wide key is accumulated and kept in."""
+    return torch.float32 if int(width) >= FP32_STORAGE_FROM else torch.float64
+
+
+def moment_memory(width: int, rank: int = 0) -> MomentMemory:
+    """The memory figure of C at ``width`` (storage as ``storage_dtype``; ``rank`` > 0: low-rank solve)."""
+    return MomentMemory(int(width), str(storage_dtype(width)).removeprefix("torch."), int(rank))
 
 
 def gpu_advice(adapter: EncoderAdapter) -> str | None:
@@ -48,26 +72,20 @@ def gpu_advice(adapter: EncoderAdapter) -> str | None:
     if d < GPU_ADVISED_KEY_SIZE or adapter.device.type != "cpu":
         return None
     mib = d * d * 8 / 2**20
-    return (f"second moment of a {d}-wide key ({mib:.0f} MiB fp64 per layer) on CPU takes minutes; "
+    return (f"second moment of a {d}-wide key (its fp64 factor is {mib:.0f} MiB per layer) on CPU takes minutes; "
             "a GPU (--device cuda) is advised")
 
 
-def check_second_moment_fits(adapter: EncoderAdapter, free_bytes: int | None = None) -> int:
-    """Bytes C needs (fp64 accumulator and its Cholesky factor); EngineError in one line when the
-    device has less free memory (``free_bytes`` overrides the measurement)."""
-    d, device = int(adapter.key_size), adapter.device
-    need = 2 * d * d * 8
-    if free_bytes is None:
-        if device.type == "cuda":
-            free_bytes = int(torch.cuda.mem_get_info(device)[0])
-        else:
-            free_bytes = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    if need > free_bytes:
-        raise EngineError(
-            f"the second moment of a {d}-wide key needs {need / 2**30:.1f} GiB (fp64 C and its factor) but "
-            f"{device.type} has {free_bytes / 2**30:.1f} GiB free; use a device with more memory"
-        )
-    return need
+def check_second_moment_fits(adapter: EncoderAdapter, free_bytes: int | None = None, rank: int = 0) -> int:
+    """Bytes C needs (``moment_memory``: C in its storage dtype plus the fp64 solve workspace);
+    EngineError in one line when the device has less free memory (``free_bytes`` overrides the
+    measurement, for the device and the host alike)."""
+    need = moment_memory(adapter.key_size, rank)
+    return check_moment_memory(need, adapter.device, free_bytes, free_bytes)
+
+
+# C from this many bytes gets its memory figure stated in one line before the collection.
+STATE_MEMORY_FROM = 256 * 2**20
 
 
 class Positions(str, Enum):
@@ -118,10 +136,14 @@ def collect_second_moment(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: ProgressCallback | None = None,
     positions: Positions = Positions.ATTENDED,
+    dtype: torch.dtype | None = None,
+    column_block: int = COLUMN_BLOCK,
 ) -> tuple[torch.Tensor, int]:
-    """(C in float64 on CPU, number of token vectors) for fc2's input at ``layer``, over ``positions``
+    """(C on CPU, number of token vectors) for fc2's input at ``layer``, over ``positions``
     (Positions.READ on an encoder that ``read_format`` gives none for is the attended C).
 
+    C is accumulated and returned in ``dtype`` (default ``storage_dtype`` of the key width); each
+    batch's k^T k is formed in float64, ``column_block`` columns at a time, and added in place.
     Lines longer than the encoder's maximum are truncated: the corpus is a statistic, not a request.
     """
     if not lines:
@@ -131,11 +153,12 @@ def collect_second_moment(
     read_all = read_format(adapter) if positions == Positions.READ else None
     fixed = read_all or fixed
     seqs = [list(ids) for ids in enc["input_ids"]]
+    attended = enc.get("attention_mask")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Longest first, so each batch's padding is small and the first batch shows the peak memory.
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     d = adapter.key_size
-    acc = torch.zeros(d, d, dtype=torch.float64, device=adapter.device)
+    acc = torch.zeros(d, d, dtype=dtype or storage_dtype(d), device=adapter.device)
     n_tokens = 0
     done = 0
     start = 0
@@ -147,21 +170,32 @@ def collect_second_moment(
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, i in enumerate(chunk):
             ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[r, : len(seqs[i])] = 1
+            mask[r, : len(seqs[i])] = torch.tensor(attended[i]) if attended else 1  # CogView4's pads: 0
         if read_all:  # the pipeline's input: every position, no mask
             mask = torch.ones_like(mask)
         batch = {"input_ids": ids.to(adapter.device), "attention_mask": mask.to(adapter.device)}
         if adapter.family == "bert":
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         keys = adapter.prefix(batch, layer, with_output=False).key
-        k = keys[batch["attention_mask"].bool()].to(torch.float64)
-        acc += k.T @ k
+        k = keys[batch["attention_mask"].bool()]
+        accumulate(acc, k, column_block)
         n_tokens += k.shape[0]
         start += len(chunk)
         done += len(chunk)
         if progress is not None:
             progress(Progress(task="second-moment", done=done, total=len(order), detail=f"layer {layer}"))
-    return (acc / n_tokens).cpu(), n_tokens
+    return acc.div_(max(n_tokens, 1)).cpu(), n_tokens
+
+
+def accumulate(acc: torch.Tensor, keys: torch.Tensor, column_block: int = COLUMN_BLOCK) -> None:
+    """acc += keys^T keys in place, the product formed in float64 ``column_block`` columns at a time
+    (a float32 ``acc`` then rounds once per batch, not once per row)."""
+    k = keys.to(torch.float64)
+    if acc.dtype == torch.float64:
+        acc.addmm_(k.T, k)  # in place: no d x d temporary
+        return
+    for j in range(0, k.shape[1], column_block):
+        acc[:, j : j + column_block] += (k.T @ k[:, j : j + column_block]).to(acc.dtype)
 
 
 @dataclass(frozen=True)
@@ -201,8 +235,10 @@ class SecondMomentStore:
     """Memory + disk cache of C per (upstream weights, layer, corpus, n_samples)."""
 
     def __init__(self, cache_dir: Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 max_memory_bytes: int = DEFAULT_MEMORY_BYTES, positions: Positions = Positions.ATTENDED) -> None:
+                 max_memory_bytes: int = DEFAULT_MEMORY_BYTES, positions: Positions = Positions.ATTENDED,
+                 solve_rank: int = 0) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.solve_rank = int(solve_rank)  # the memory figure's solve: dense (0) or low-rank
         self.positions = Positions(positions)
         self.batch_tokens = batch_tokens
         # least recently used C are dropped from memory past this (the newest is always kept);
@@ -229,7 +265,10 @@ class SecondMomentStore:
         n_samples: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """C (float64, CPU) for ``layer`` of ``model`` (anything with ``.adapter`` and ``.tokenizer``)."""
+        """C (CPU, in ``storage_dtype``) for ``layer`` of ``model`` (anything with ``.adapter`` and
+        ``.tokenizer``); before a collection, the memory figure is checked against the device
+        (EngineError in one line when it cannot hold C) and, from STATE_MEMORY_FROM, stated as a
+        ``Progress`` with ``done == 0`` and the line as its detail."""
         adapter, tokenizer = _adapter_tokenizer(model)
         corpus = Path(corpus) if corpus is not None else default_corpus_path()
         if not corpus.is_file():
@@ -246,14 +285,19 @@ class SecondMomentStore:
         path = self.path_for(key)
         if path is not None and path.is_file():
             with safe_open(str(path), framework="pt") as f:
-                mom2 = f.get_tensor("mom2").to(torch.float64)
+                mom2 = f.get_tensor("mom2")
+            mom2 = mom2.to(storage_dtype(mom2.shape[0]))
             self._remember(key, mom2)
             return mom2
         lines = read_corpus(corpus, n_samples)
-        check_second_moment_fits(adapter)
-        advice = gpu_advice(adapter)
-        if advice is not None and progress is not None:
-            progress(Progress(task="second-moment", done=0, total=len(lines), detail=advice))
+        need = moment_memory(adapter.key_size, self.solve_rank)
+        free = free_memory(adapter.device)
+        check_moment_memory(need, adapter.device, free)
+        if progress is not None:
+            notes = [need.line(adapter.device.type, free)] if need.total >= STATE_MEMORY_FROM else []
+            notes += [a for a in [gpu_advice(adapter)] if a is not None]
+            for note in notes:
+                progress(Progress(task="second-moment", done=0, total=len(lines), detail=note))
         mom2, n_tokens = collect_second_moment(
             adapter, tokenizer, lines, layer, batch_tokens=self.batch_tokens, progress=progress,
             positions=self.positions,

@@ -63,6 +63,10 @@ PIPELINE_CLASSES = {
     "PixArtSigmaPipeline": "pixart-sigma",
     "ChromaPipeline": "chroma",
     "QwenImagePipeline": "qwen-image",
+    "SanaPipeline": "sana",
+    "CogView4Pipeline": "cogview4",
+    "Flux2Pipeline": "flux2",
+    "HiDreamImagePipeline": "hidream",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -83,6 +87,7 @@ class LoadedModel:
     device: torch.device
     pooling: tuple[str, bool] | None = None  # sentence-transformers (mode, normalize), if the folder has one
     pipeline_family: str | None = None  # sd1 | sd2 | sdxl | sd3 | flux for a pipeline
+    dtype: str | None = None  # the dtype it was loaded in (float32 / float16 / bfloat16; None: as stored)
 
     # -- first-slot view -------------------------------------------------------------------------
     @property
@@ -280,7 +285,7 @@ def load_model(
     kind = detect_kind(folder)
     dev = resolve_device(device)
     load_kw = load_dtype_kwargs(dtype, dev)
-    quiet_hf_logging()
+    quiet_hf_logging(diffusers=with_pipeline and kind == "sd-pipeline")  # importing diffusers costs seconds
     pooling = None
     pipeline = None
     family = None
@@ -309,7 +314,7 @@ def load_model(
     (pipeline if pipeline is not None else torch.nn.ModuleList([p[1] for p in parts])).to(dev)
     slots = [make_slot(name, enc, tok, family, pooling, (readouts or {}).get(name)) for name, enc, tok in parts]
     return LoadedModel(source=str(source), path=folder, kind=kind, slots=slots, pipeline=pipeline, device=dev,
-                       pooling=pooling, pipeline_family=family)
+                       pooling=pooling, pipeline_family=family, dtype=dtype)
 
 
 def make_slot(name: str, encoder: torch.nn.Module, tokenizer: Any, family: str | None,
@@ -319,10 +324,11 @@ def make_slot(name: str, encoder: torch.nn.Module, tokenizer: Any, family: str |
     encoder.eval()
     encoder.requires_grad_(False)
     fmt = slot_input(family, name)
-    adapter = _adapter_for(encoder, pooling, pad_to=fmt.max_length, use_mask=fmt.use_mask)
-    tokenizer = templated(tokenizer, fmt.template, fmt.max_length)
+    limit, readout = fmt.resolve(tokenizer, readout or default_readout(family or "", name))  # Sana's window
+    adapter = _adapter_for(encoder, pooling, pad_to=limit, use_mask=fmt.use_mask)
+    tokenizer = templated(tokenizer, fmt.template, limit)
     try:
-        adapter.set_readout(readout or default_readout(family or "", name))
+        adapter.set_readout(readout)
     except ReadoutError as exc:
         raise ModelFormatError(f"{name}: {exc}") from None
     keep_editable_fp32(adapter)
@@ -411,7 +417,10 @@ def load_tokenizer(source: str | Path, slot: str = "text_encoder") -> Any:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise ModelFormatError(f"could not load the tokenizer in {folder} ({_one_line(exc)})") from None
-    return tokenizer if fmt is None else templated(tokenizer, fmt.template, fmt.max_length)
+    if fmt is None:
+        return tokenizer
+    limit, _ = fmt.resolve(tokenizer, default_readout("", slot))
+    return templated(tokenizer, fmt.template, limit)
 
 
 def token_limit(tokenizer: Any, default: int = 77) -> int:

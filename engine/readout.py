@@ -17,7 +17,14 @@ Kinds:
   embeddings, k the output of block k-1, the last one after the final norm; negatives count from the
   end), stacked on channels as FLUX.2 and HiDream stack them, then averaged over the tokens the
   denoiser reads: the prompt's own (padding excluded) after the template's first ``drop`` tokens
-  (Qwen-Image drops 34). Spec: ``hidden:9,18,27`` or ``hidden:-1/drop=34``.
+  (Qwen-Image drops 34), or the ``drop`` tokens from position ``drop_from`` on (Sana keeps BOS and
+  drops its instruction's tokens after it: diffusers' ``select_index``, BOS plus the last
+  ``max_sequence_length - 1`` tokens of an input padded to the instruction's length plus
+  ``max_sequence_length - 2``; the count depends on the tokenizer and is set at load,
+  ``engine.slots.SlotInput.resolve``). Positions count from the first real token, so left padding
+  (CogView4) never shifts them. Spec: ``hidden:9,18,27``, ``hidden:-1/drop=34`` (= ``drop=0:34``) or
+  ``hidden:-1/drop=1:57`` (positions 1..56 unread); ``hidden:1..-1`` reads every
+  index from 1 to the last (HiDream's Llama), each tap pooled on its own before stacking.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ class Readout:
     kind: str = "final"
     embeds_weight: float = 1.0
     layers: tuple[int, ...] = ()  # ``hidden``: the hidden_states indices read
-    drop: int = 0  # ``hidden``: leading template tokens the denoiser never sees
+    drop: int = 0  # ``hidden``: template tokens the denoiser never sees (from position ``drop_from``)
+    drop_from: int = 0  # ``hidden``: the first of them (0: the leading ones; Sana 1: BOS is read)
+    span: bool = False  # ``hidden``: ``layers`` is (first, last), every hidden_states index between read (HiDream)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,13 +58,17 @@ class Readout:
             raise ReadoutError("a hidden readout names its hidden_states layers (e.g. 'hidden:-2'); other kinds none")
         if self.drop < 0 or (self.drop and self.kind != "hidden"):
             raise ReadoutError(f"drop={self.drop} fits only a hidden readout, as a count >= 0")
+        if self.drop_from < 0 or (self.drop_from and not self.drop):
+            raise ReadoutError(f"drop_from={self.drop_from} needs a drop count and must be >= 0")
+        if self.span and len(self.layers) != 2:
+            raise ReadoutError("a hidden span names its first and last hidden_states index (e.g. 'hidden:1..-1')")
 
     def taps(self, num_layers: int) -> tuple[int, ...]:
         """Layers whose outputs the feature is computed from (-1 is the embedding output)."""
         last = num_layers - 1
         if self.kind == "hidden":
             taps = []
-            for k in self.layers:
+            for k in self._indices(num_layers):
                 index = k if k >= 0 else num_layers + 1 + k  # hidden_states has num_layers + 1 entries
                 if not 0 <= index <= num_layers:
                     raise ReadoutError(
@@ -81,11 +94,23 @@ class Readout:
         deepest = max(self.taps(num_layers))
         return deepest if self.kind in ("mean", "hidden") else deepest - 1
 
+    def _indices(self, num_layers: int) -> tuple[int, ...]:
+        """The hidden_states indices read; a span is expanded on this encoder (negatives count from the end)."""
+        if not self.span:
+            return self.layers
+        first, last = (k if k >= 0 else num_layers + 1 + k for k in self.layers)
+        if first > last:
+            raise ReadoutError(f"readout span {self.spec()!r} is empty on an encoder with hidden_states 0..{num_layers}")
+        return tuple(range(first, last + 1))
+
     def spec(self) -> str:
         """Text form, parsed back by ``parse``: ``kind``, ``penultimate+embeds:<weight>`` or ``hidden:<k,..>[/drop=N]``."""
         if self.kind == "hidden":
             drop = f"/drop={self.drop}" if self.drop else ""
-            return f"hidden:{','.join(str(k) for k in self.layers)}{drop}"
+            if self.drop_from:
+                drop = f"/drop={self.drop_from}:{self.drop_from + self.drop}"
+            sep = ".." if self.span else ","
+            return f"hidden:{sep.join(str(k) for k in self.layers)}{drop}"
         if self.kind == "penultimate+embeds" and self.embeds_weight != 1.0:
             return f"{self.kind}:{self.embeds_weight:g}"
         return self.kind
@@ -96,7 +121,12 @@ class Readout:
         if kind == "hidden":
             layers, _, drop = weight.partition("/drop=")
             try:
-                return cls("hidden", layers=tuple(int(k) for k in layers.split(",")), drop=int(drop or 0))
+                span = ".." in layers
+                parts = layers.split("..") if span else layers.split(",")
+                start, _, stop = drop.rpartition(":")  # "N" or "start:stop"
+                first = int(start or 0)
+                return cls("hidden", layers=tuple(int(k) for k in parts), drop=int(stop or 0) - first if stop else 0,
+                           drop_from=first, span=span)
             except ValueError:
                 raise ReadoutError(f"readout {text!r} is not valid; use e.g. 'hidden:9,18,27' or 'hidden:-1/drop=34'") from None
         try:
@@ -122,6 +152,13 @@ DEFAULT_READOUTS: dict[tuple[str, str], Readout] = {
     ("flux2-klein", "text_encoder"): Readout("hidden", layers=(9, 18, 27)),
     ("lumina2", "text_encoder"): Readout("hidden", layers=(-2,)),
     ("qwen-image", "text_encoder"): Readout("hidden", layers=(-1,), drop=34),
+    # Sana: last_hidden_state; BOS plus the prompt window (its drop is set per tokenizer, SlotInput.resolve)
+    ("sana", "text_encoder"): Readout("hidden", layers=(-1,)),
+    ("cogview4", "text_encoder"): Readout("hidden", layers=(-2,)),
+    ("flux2", "text_encoder"): Readout("hidden", layers=(10, 20, 30)),
+    # HiDream: every block's output, hidden_states[1:] (the transformer picks one per block, config.llama_layers)
+    ("hidream", "text_encoder_4"): Readout("hidden", layers=(1, -1), span=True),
+    ("hidream", "text_encoder_3"): Readout("mean"),
 }
 
 

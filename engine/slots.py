@@ -8,7 +8,7 @@ store, ``base_weights``) takes a slot as it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -32,6 +32,10 @@ FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
     "pixart-sigma": ("text_encoder",),
     "chroma": ("text_encoder",),
     "qwen-image": ("text_encoder",),
+    "sana": ("text_encoder",),
+    "cogview4": ("text_encoder",),
+    "flux2": ("text_encoder",),
+    "hidream": ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4"),
 }
 # Default edit depth, as a fraction of an encoder's layers. The paper edits layer 7 of SD1's 12. For
 # SDXL's encoders (penultimate readouts) the one published text-encoder editor, EMCID, edits CLIP-L
@@ -50,6 +54,31 @@ LUMINA2_SYSTEM_PROMPT = (
     "alignment based on textual prompts or user prompts."
 )
 
+# FLUX.2 [dev]'s system turn (diffusers 0.42.1 flux2/system_messages.py SYSTEM_MESSAGE; tests compare).
+FLUX2_SYSTEM_MESSAGE = (
+    "You are an AI that reasons about image descriptions. You give structured responses focusing on object "
+    "relationships, object\nattribution and actions without speculation."
+)
+
+# Sana's instruction, joined to the (lowercased) prompt by SanaPipeline.__call__'s default
+# complex_human_instruction (diffusers 0.42.1; tests compare with the signature's default).
+SANA_INSTRUCTION = "\n".join((
+    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for "
+    "image generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial "
+    "relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping "
+    "peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street "
+    "lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass "
+    "skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional "
+    "commentary or evaluations:",
+    "User Prompt: ",
+))
+
 # Qwen-Image's template (QwenImagePipeline.prompt_template_encode; its first 34 tokens are dropped).
 QWEN_IMAGE_TEMPLATE = (
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
@@ -63,12 +92,31 @@ class SlotInput:
 
     ``max_length``: T5's fixed padding, or a decoder LM's token limit after templating (None: the
     encoder's own); ``use_mask``: whether the encoder sees the attention mask; ``template``: the text
-    put around the prompt (chat template, system prompt, lowercasing).
+    put around the prompt (chat template, system prompt, lowercasing, CogView4's left padding);
+    ``window``: Sana's prompt window (see ``resolve``; ``max_length`` is then its max_sequence_length).
     """
 
     max_length: int | None = None
     use_mask: bool = False
     template: PromptTemplate = PLAIN
+    window: bool = False
+
+    def resolve(self, tokenizer: Any, readout: Readout) -> tuple[int | None, Readout]:
+        """(token limit after templating, ``readout`` with the template tokens the denoiser never reads).
+
+        Sana (``window``): the pipeline pads instruction + prompt to n + max_length - 2 tokens, n being the
+        instruction's own count as ``tokenizer.encode`` gives it (BOS included), and hands the denoiser the
+        first token and the last max_length - 1 (``select_index``): positions 1..n-2 are never read (with
+        Gemma's tokenizer the instruction's trailing space merges into the prompt's first word, so what is
+        read is BOS plus the prompt). A readout with its own ``drop`` keeps it. Other slots: unchanged.
+        """
+        if not self.window or self.max_length is None:
+            return self.max_length, readout
+        n = len(tokenizer.encode(self.template.prefix))
+        limit = n + self.max_length - 2
+        if readout.kind == "hidden" and not readout.drop:
+            readout = replace(readout, drop=limit - (self.max_length - 1) - 1, drop_from=1)
+        return limit, readout
 
 
 SLOT_INPUTS: dict[tuple[str, str], SlotInput] = {
@@ -82,6 +130,17 @@ SLOT_INPUTS: dict[tuple[str, str], SlotInput] = {
     ),
     ("lumina2", "text_encoder"): SlotInput(256, True, PromptTemplate(prefix=LUMINA2_SYSTEM_PROMPT + " <Prompt Start> ")),
     ("qwen-image", "text_encoder"): SlotInput(1024 + 34, True, PromptTemplate(wrap=QWEN_IMAGE_TEMPLATE)),
+    # Sana: lowercased prompt after the instruction, right-padded under the mask, BOS + the 299-token window.
+    ("sana", "text_encoder"): SlotInput(300, True, PromptTemplate(prefix=SANA_INSTRUCTION, lowercase=True), window=True),
+    # CogView4: no template, pad tokens prepended to a multiple of 16, no mask, at most 1024 tokens.
+    ("cogview4", "text_encoder"): SlotInput(1024, False, PromptTemplate(pad_multiple=16)),
+    # FLUX.2: system + user turn, content as typed parts, no generation prompt, padded to 512 under the mask.
+    ("flux2", "text_encoder"): SlotInput(
+        512, True, PromptTemplate(chat=True, system=FLUX2_SYSTEM_MESSAGE, parts=True, generation_prompt=False)
+    ),
+    # HiDream: T5 and Llama padded to max_sequence_length 128 with their masks (the CLIPs read plain, at EOS).
+    ("hidream", "text_encoder_3"): SlotInput(128, True),
+    ("hidream", "text_encoder_4"): SlotInput(128, True),
 }
 
 

@@ -34,7 +34,8 @@ class PromptTemplate:
 
     ``chat``: one user turn through the tokenizer's chat template with ``chat_kwargs`` (Z-Image,
     FLUX.2); ``wrap``: a fixed text around the prompt (Qwen-Image); ``prefix``: text put before the prompt (Lumina 2's system prompt); ``lowercase``:
-    PixArt lowercases prompts (its caption cleaner is off unless bs4 and ftfy are installed).
+    PixArt lowercases prompts (its caption cleaner is off unless bs4 and ftfy are installed);
+    ``pad_multiple``: CogView4 prepends pad tokens until the input's length is a multiple of it (16).
     """
 
     prefix: str = ""
@@ -42,23 +43,44 @@ class PromptTemplate:
     chat: bool = False
     chat_kwargs: dict[str, Any] = field(default_factory=dict)
     lowercase: bool = False
+    system: str = ""  # chat: a system turn before the user's (FLUX.2's SYSTEM_MESSAGE)
+    parts: bool = False  # chat: message content as a list of typed parts ([{"type": "text", ...}]), as FLUX.2 sends it
+    generation_prompt: bool = True  # chat: add_generation_prompt (FLUX.2 passes False)
+    pad_multiple: int = 1  # left padding of every whole input to a multiple of this (CogView4: 16)
 
     def is_plain(self) -> bool:
-        return not (self.prefix or self.wrap or self.chat or self.lowercase)
+        return not (self.prefix or self.wrap or self.chat or self.lowercase or self.pad_multiple > 1)
 
-    def around(self, tokenizer: Any) -> tuple[str, str]:
-        """(text before, text after) the prompt in the encoder's input."""
+    def left_pad(self, length: int) -> int:
+        """Pad tokens put before an input of ``length`` tokens (CogView4's ``(16 - length % 16) % 16``)."""
+        return (self.pad_multiple - length % self.pad_multiple) % self.pad_multiple
+
+    def around(self, tokenizer: Any, renderer: Any = None) -> tuple[str, str]:
+        """(text before, text after) the prompt in the encoder's input.
+
+        ``renderer`` renders the chat template when it is not the tokenizer's own (a processor's). A BOS
+        the template writes is left to the tokenizer when the tokenizer adds one itself, as a processor's
+        ``apply_chat_template`` then tokenizes without special tokens: either way the sequence has one BOS.
+        """
         if self.wrap:
             before, after = self.wrap.split("{}")
             return self.prefix + before, after
         if not self.chat:
             return self.prefix, ""
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _SLOT_MARK}], tokenize=False, add_generation_prompt=True, **self.chat_kwargs
+
+        def turn(role: str, text: str) -> dict[str, Any]:
+            return {"role": role, "content": [{"type": "text", "text": text}] if self.parts else text}
+
+        messages = ([turn("system", self.system)] if self.system else []) + [turn("user", _SLOT_MARK)]
+        rendered = (renderer or tokenizer).apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=self.generation_prompt, **self.chat_kwargs
         )
         if rendered.count(_SLOT_MARK) != 1:
             raise TokenizationError("the tokenizer's chat template does not show the prompt once; rebuild the tokenizer")
         before, after = rendered.split(_SLOT_MARK)
+        bos = getattr(tokenizer, "bos_token", None)
+        if bos and before.startswith(bos) and _full_ids(tokenizer, "a")[:1] == [tokenizer.bos_token_id]:
+            before = before[len(bos):]
         return self.prefix + before, after
 
 
@@ -74,10 +96,11 @@ class TemplatedTokenizer:
     subject inside the templated sequence and cross-checks it against the decoded tokens.
     """
 
-    def __init__(self, tokenizer: Any, template: PromptTemplate, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, template: PromptTemplate, max_length: int | None = None,
+                 renderer: Any = None) -> None:
         self.tokenizer = tokenizer
         self.template = template
-        self._around = template.around(tokenizer)
+        self._around = template.around(tokenizer, renderer)
         self._max_length = max_length
 
     @property
@@ -96,15 +119,53 @@ class TemplatedTokenizer:
             text = self._text(text, add_special_tokens)
         else:
             text = [self._text(t, add_special_tokens) for t in text]
+        if add_special_tokens and self.template.pad_multiple > 1:
+            return self._left_padded(text, *args, **kwargs)
         return self.tokenizer(text, *args, add_special_tokens=add_special_tokens, **kwargs)
+
+    def _left_padded(self, text: Any, *args: Any, padding: Any = False, return_tensors: Any = None,
+                     **kwargs: Any) -> Any:
+        """Each input with its own pad tokens in front (mask 0), as CogView4 encodes one prompt; a batch is
+        then filled up on the right, where a causal encoder never looks back, so no row depends on the others."""
+        single = isinstance(text, str)
+        enc = self.tokenizer([text] if single else list(text), *args, add_special_tokens=True, **kwargs)
+        pad = self.tokenizer.pad_token_id
+        ids, masks = [], []
+        for row in enc["input_ids"]:
+            n = self.template.left_pad(len(row))
+            ids.append([pad] * n + list(row))
+            masks.append([0] * n + [1] * len(row))
+        if padding:
+            width = max(len(r) for r in ids)
+            ids = [r + [pad] * (width - len(r)) for r in ids]
+            masks = [m + [0] * (width - len(m)) for m in masks]
+        data = {"input_ids": ids[0], "attention_mask": masks[0]} if single else {"input_ids": ids, "attention_mask": masks}
+        if return_tensors == "pt":  # only then torch: the counting tokenizer (engine.token_counts) runs without it
+            import torch
+
+            data = {k: torch.tensor(v) for k, v in data.items()}
+        return data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tokenizer, name)
 
 
 def templated(tokenizer: Any, template: PromptTemplate, max_length: int | None = None) -> Any:
-    """``tokenizer`` itself for a plain template, else a ``TemplatedTokenizer`` (limit ``max_length``)."""
-    return tokenizer if template.is_plain() else TemplatedTokenizer(tokenizer, template, max_length)
+    """``tokenizer`` itself for a plain template, else a ``TemplatedTokenizer`` (limit ``max_length``).
+
+    A plain template is wrapped too when the pipeline reads fewer tokens than the tokenizer allows (SD3's
+    T5 256, HiDream's T5 and Llama-3.1 128), so queue-time checks use the slot's real limit. A processor
+    (FLUX.2's ``PixtralProcessor``) renders the chat template; its text tokenizer tokenizes.
+    """
+    if template.is_plain():
+        own = getattr(tokenizer, "model_max_length", None)
+        if max_length is None or not isinstance(own, int) or own <= max_length:
+            return tokenizer
+        return TemplatedTokenizer(tokenizer, template, max_length)
+    inner = getattr(tokenizer, "tokenizer", None) if hasattr(tokenizer, "image_processor") else None
+    if inner is not None:
+        return TemplatedTokenizer(inner, template, max_length, renderer=tokenizer)
+    return TemplatedTokenizer(tokenizer, template, max_length)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -172,9 +233,10 @@ def locate_subject(
     """
     if template.count("{}") != 1:
         raise TokenizationError(f"template {template!r} must contain exactly one '{{}}'")
-    around, lower = ("", ""), False
+    around, lower, shape = ("", ""), False, PLAIN
     if isinstance(tokenizer, TemplatedTokenizer):  # the pipeline's template goes around the ReFACT one
-        around, lower, tokenizer = tokenizer._around, tokenizer.template.lowercase, tokenizer.tokenizer
+        around, lower, shape = tokenizer._around, tokenizer.template.lowercase, tokenizer.template
+        tokenizer = tokenizer.tokenizer
     prompt = unicodedata.normalize("NFC", prompt).strip()
     subject = unicodedata.normalize("NFC", subject if subject is not None else default_subject(prompt)).strip()
     if lower:
@@ -206,6 +268,8 @@ def locate_subject(
     index = offset + len(_ids(tokenizer, before)) + len(subj_ids) - 1
 
     full = _full_ids(tokenizer, text)
+    pads = shape.left_pad(len(full))  # CogView4: the index counts the pad tokens put in front
+    full, index, offset = [tokenizer.pad_token_id] * pads + full, index + pads, offset + pads
     span = full[index - len(subj_ids) + 1 : index + 1]
     decoded_upto = tokenizer.decode(full[offset : index + 1], skip_special_tokens=True)
     decoded_subj = tokenizer.decode(subj_ids, skip_special_tokens=True)

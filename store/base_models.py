@@ -1,4 +1,5 @@
-"""Base models a workspace edits (provenance: where the weights came from and their hash)."""
+"""Base models a workspace edits (provenance: where the weights came from, their hash, the dtype they
+load in by default and the hash of their stored files)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def register_base_model(
     encoder_family: str,
     encoder_hash: str,
     config: dict[str, Any],
+    *,
+    dtype: str | None = None,
+    files_hash: str | None = None,
 ) -> BaseModelRow:
     """Insert a base model, or return the existing row with the same (encoder_hash, path)."""
     with transaction(db):
@@ -26,12 +30,19 @@ def register_base_model(
         )
         if existing:
             return BaseModelRow.from_row(existing)
-        cur = db.execute(
-            "INSERT INTO base_models (source, path, kind, encoder_family, encoder_hash, config_json, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [str(source), str(path), kind, encoder_family, encoder_hash, dump_json(config), now()],
-        )
+        values = {"source": str(source), "path": str(path), "kind": kind, "encoder_family": encoder_family,
+                  "encoder_hash": encoder_hash, "config_json": dump_json(config), "created_at": now()}
+        # the load-dtype columns only when set (NULL is their default), so an older schema takes the row too
+        values.update({k: v for k, v in (("dtype", dtype), ("files_hash", files_hash)) if v is not None})
+        cur = db.execute(f"INSERT INTO base_models ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                         list(values.values()))
         return get_base_model(db, cur.lastrowid)
+
+
+def set_files_hash(db: sqlite_utils.Database, id: int, files_hash: str) -> None:
+    """Record the stored-files hash of a base registered before it was kept (only where none is)."""
+    with transaction(db):
+        db.execute("UPDATE base_models SET files_hash = ? WHERE id = ? AND files_hash IS NULL", [files_hash, id])
 
 
 def get_base_model(db: sqlite_utils.Database, id: int) -> BaseModelRow:

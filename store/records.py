@@ -96,6 +96,8 @@ class BaseModelRow(_Row):
     encoder_hash: str
     config: dict[str, Any]
     created_at: float
+    dtype: str | None = None  # the default load dtype (None: as the files store it)
+    files_hash: str | None = None  # sha256 of the stored text-encoder files (dtype-free identity)
 
     _columns = {"config": ("config_json", _json)}
 

@@ -325,6 +325,14 @@ MIGRATIONS: list[str] = [
     UPDATE edits SET request_json = json_remove(request_json, '$.extra')
     WHERE json_valid(request_json) AND json_extract(request_json, '$.extra') = '{}';
     """,
+    # load dtype (issue 18): the dtype a base model loads in by default (`refact init --dtype`; NULL: as its
+    # files store it, as every workspace loaded before) and the sha256 of its stored text-encoder files,
+    # the identity that vouches for the base when it loads in another dtype than its recorded hash's
+    # (services/working_model.py). Older workspaces get the file hash at their next verified load.
+    """
+    ALTER TABLE base_models ADD COLUMN dtype TEXT CHECK (dtype IN ('float32', 'float16', 'bfloat16'));
+    ALTER TABLE base_models ADD COLUMN files_hash TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,7 +29,8 @@ def tok():
 @pytest.fixture
 def ws(tmp_path, tok, monkeypatch):
     info = BaseModelInfo("tiny", "/models/tiny", "sd-pipeline", "clip", "e" * 64, {"num_layers": 4})
-    monkeypatch.setattr(queue, "_base_tokenizer", lambda ws: tok)  # the base folder is not real
+    # the base folder is not real: the slot's tokenizer and its 77-token limit stand in for it
+    monkeypatch.setattr(queue, "_slot_tokenizer", lambda ws, slot="text_encoder": (tok, 77))
     w = create_workspace(tmp_path / "ws", info)
     yield w
     w.close()

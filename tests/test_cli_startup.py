@@ -48,6 +48,22 @@ def test_queue_ls_and_history_do_not_import_torch(ws_root):
     assert heavy_imports("--workspace", ws_root, "history", "--json") == []
 
 
+def test_queue_add_and_import_count_tokens_without_torch(ws_root, tmp_path):
+    """`refact init` stored the check of the torch-free tokenizer; adding and importing then load neither
+    torch nor transformers, and the length check still refuses a prompt over CLIP's 77 tokens."""
+    assert heavy_imports("--workspace", ws_root, "queue", "add", "-p", "A bird", "-s", "bird", "-t", "fish",
+                         "--layer", "2") == []
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"A house {i}", "source": "a house", "target": "a boat"}) + "\n"
+                            for i in range(2)), encoding="utf-8")
+    assert heavy_imports("--workspace", ws_root, "queue", "import", rows, "--layer", "2") == []
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY_MODULES), "--workspace", str(ws_root),
+                           "queue", "add", "-p", "word " * 80, "-s", "a", "-t", "b", "--layer", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert "(bare: 82), over the limit of 77" in done.stderr + done.stdout  # 80 words + BOS + EOS
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
 def test_the_probe_sees_torch_when_a_command_loads_a_model(tmp_path):
     assert heavy_imports("model", "build", "--help") == []
     assert "torch" in heavy_imports("model", "build", tmp_path / "tiny")

@@ -198,22 +198,28 @@ class LLMAdapter(EncoderAdapter):
         return self.read({self.num_layers - 1: hidden}, batch)
 
     def read(self, outputs: dict[int, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The tapped ``hidden_states`` stacked on channels, pooled over the read tokens (B, taps*H)."""
+        """The tapped ``hidden_states`` stacked on channels, pooled over the read tokens (B, taps*H).
+
+        Each tap is pooled before stacking (the same numbers as pooling the stacked sequence), so a readout
+        over every layer (HiDream's Llama) never builds a (B, T, layers*H) copy.
+        """
         last = self.num_layers - 1
+        weights = self.read_mask(batch).unsqueeze(-1)
         parts = []
         for tap in self.readout.taps(self.num_layers):
             h = outputs[tap]
-            parts.append(self.stack.norm(h) if tap == last else h)  # hidden_states[-1] is post-norm
-        seq = torch.cat(parts, dim=-1)
-        weights = self.read_mask(batch).to(seq.dtype).unsqueeze(-1)
-        return (seq * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            h = self.stack.norm(h) if tap == last else h  # hidden_states[-1] is post-norm
+            w = weights.to(h.dtype)
+            parts.append((h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0))
+        return torch.cat(parts, dim=-1)
 
     def read_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T) 1 where the denoiser reads a token of the prompt: not padding, not a dropped lead."""
+        """(B, T) 1 where the denoiser reads a token of the prompt: not padding, not a dropped template
+        token (``readout.drop`` of them from ``readout.drop_from``, counted from the first real token)."""
         mask = batch["attention_mask"].clone()
-        drop = self.readout.drop
+        drop, start = self.readout.drop, self.readout.drop_from
         if drop:
             first = mask.argmax(dim=1)  # left padding: the sequence starts at the first real token
-            pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
-            mask = mask * (pos >= (first[:, None] + drop)).to(mask.dtype)
+            pos = torch.arange(mask.shape[1], device=mask.device)[None, :] - first[:, None]
+            mask = mask * ((pos < start) | (pos >= start + drop)).to(mask.dtype)
         return mask

@@ -9,7 +9,8 @@ from typing import Any
 from engine.errors import EngineError
 
 SIZES = ("tiny", "full")
-ARCHS = ("sd1", "sd2", "sdxl", "sd3", "flux", "z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image")
+ARCHS = ("sd1", "sd2", "sdxl", "sd3", "flux", "z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image",
+         "flux2", "hidream", "sana", "cogview4")
 DTYPES = ("float32", "bfloat16")
 TEXT_ENCODER_FAMILIES = ("clip", "bert")
 
@@ -26,6 +27,10 @@ PIPELINE_CLASSES = {
     "pixart-sigma": "PixArtSigmaPipeline",
     "chroma": "ChromaPipeline",
     "qwen-image": "QwenImagePipeline",
+    "flux2": "Flux2Pipeline",
+    "hidream": "HiDreamImagePipeline",
+    "sana": "SanaPipeline",
+    "cogview4": "CogView4Pipeline",
 }
 
 

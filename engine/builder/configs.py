@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.builder.common import ARCHS, SIZES, BuildError, check_choice
 from engine.builder.configs_2026 import FULL_ENCODERS, LLM_ARCHS, SCHEDULERS, denoiser_and_vae, encoder_class
+from engine.builder.configs_hidream import HIDREAM_FULL, HIDREAM_MAX_LENGTH, LLAMA_TINY, hidream_denoiser
 from engine.builder.t5_shapes import t5_config
 from engine.builder.vocab import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE
 
@@ -172,6 +173,8 @@ def pipeline_configs(size: str = "tiny", arch: str = "sd1") -> PipelineConfigs:
     check_choice("arch", arch, ARCHS)
     if arch in LLM_ARCHS:
         return _configs_2026(size, arch)
+    if arch == "hidream":
+        return _configs_hidream(size)
     clip_l = clip_config("clip-l", size)
     if arch == "sd1":
         encoders = {"text_encoder": EncoderSpec("CLIPTextModel", clip_l, "clip")}
@@ -222,6 +225,30 @@ def pipeline_configs(size: str = "tiny", arch: str = "sd1") -> PipelineConfigs:
                            dict(FLUX_SCHEDULER_CONFIG), arch, denoiser_full=False)
 
 
+def _configs_hidream(size: str) -> PipelineConfigs:
+    if size != "tiny":
+        raise BuildError(
+            f"--size full is not built for hidream: it needs the real text encoders ({HIDREAM_FULL}) and a "
+            "17-billion-parameter denoiser; load the published pipeline folder instead"
+        )
+    limit = HIDREAM_MAX_LENGTH
+    clip_l = dict(clip_config("clip-l", size), max_position_embeddings=limit)
+    clip_g = dict(clip_config("clip-g", size), max_position_embeddings=limit)
+    t5 = t5_config(size)
+    encoders = {
+        "text_encoder": EncoderSpec("CLIPTextModelWithProjection", clip_l, f"clip:{limit}"),
+        "text_encoder_2": EncoderSpec("CLIPTextModelWithProjection", clip_g, f"clip-bang:{limit}"),
+        "text_encoder_3": EncoderSpec("T5EncoderModel", t5, "t5"),
+        "text_encoder_4": EncoderSpec("LlamaForCausalLM", dict(LLAMA_TINY), "llama3"),
+    }
+    transformer, vae, scheduler = hidream_denoiser(
+        clip_l["projection_dim"] + clip_g["projection_dim"], t5["d_model"], LLAMA_TINY["hidden_size"],
+        LLAMA_TINY["num_hidden_layers"],
+    )
+    return PipelineConfigs(size, encoders, transformer, vae, scheduler, "hidream", denoiser_full=False,
+                           denoiser_class="HiDreamImageTransformer2DModel")
+
+
 def _configs_2026(size: str, arch: str) -> PipelineConfigs:
     if size != "tiny":
         raise BuildError(
@@ -230,8 +257,8 @@ def _configs_2026(size: str, arch: str) -> PipelineConfigs:
         )
     model_class, config, tokenizer = encoder_class(arch)
     width = config.get("hidden_size") or config.get("d_model") or config["text_config"]["hidden_size"]
-    if arch == "flux2-klein":
-        width *= 3  # hidden_states 9, 18 and 27 stacked on channels
+    if arch in ("flux2-klein", "flux2"):
+        width *= 3  # hidden_states 9, 18, 27 (klein) or 10, 20, 30 (dev) stacked on channels
     denoiser_class, denoiser, vae_class, vae, scheduler = denoiser_and_vae(arch, width)
     encoders = {"text_encoder": EncoderSpec(model_class, config, tokenizer)}
     return PipelineConfigs(size, encoders, denoiser, vae, scheduler, arch, denoiser_full=False,

@@ -15,7 +15,7 @@ from typing import Any
 from engine.builder.common import BuildError
 from engine.builder.t5_shapes import t5_config
 
-LLM_ARCHS = ("z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image")
+LLM_ARCHS = ("z-image", "flux2-klein", "lumina2", "pixart-sigma", "chroma", "qwen-image", "flux2", "sana", "cogview4")
 
 # Real text-encoder shapes (hidden / MLP / layers), for --help and the memory figure of C.
 FULL_ENCODERS = {
@@ -25,6 +25,9 @@ FULL_ENCODERS = {
     "pixart-sigma": "T5-v1.1-XXL (4096 / 10240 / 24)",
     "chroma": "T5-v1.1-XXL (4096 / 10240 / 24)",
     "qwen-image": "Qwen2.5-VL-7B (3584 / 18944 / 28)",
+    "sana": "Gemma-2-2B (2304 / 9216 / 26)",
+    "cogview4": "GLM-4-9B (4096 / 13696 / 40)",
+    "flux2": "Mistral-Small-3.1-24B, text part (5120 / 32768 / 40)",
 }
 
 # transformers' default init (std 0.02) leaves a 16-wide random LM's MLP outputs so small that ReFACT's
@@ -64,6 +67,27 @@ def encoder_class(arch: str) -> tuple[str, dict[str, Any], str]:
                    vision_end_token_id=_VOCAB - 1, vision_token_id=_VOCAB - 1)
         return ("Qwen2_5_VLForConditionalGeneration",
                 dict(text_config=text, vision_config=vision, initializer_range=_INIT, **ids), "qwen")
+    if arch == "flux2":  # reads hidden_states 10, 20, 30: 32 blocks keep [30] a raw block output, as in the 40-block model
+        # A wide MLP (16 -> 256; the real one is 5120 -> 32768): after the 90-token system turn, 32-wide keys of
+        # different prompts are so alike that a rank-one edit moved an unrelated prompt as much as the edit's own.
+        text = dict(
+            vocab_size=_VOCAB, hidden_size=16, intermediate_size=256, num_hidden_layers=32, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=8, max_position_embeddings=1024, rms_norm_eps=1e-5, sliding_window=None,
+            pad_token_id=8, bos_token_id=1, eos_token_id=2, initializer_range=_INIT, tie_word_embeddings=False,
+            model_type="mistral",
+        )  # ids: engine.builder.byte_bpe_vocab.MISTRAL_SPECIALS
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                      image_size=32, patch_size=16, model_type="pixtral")
+        return ("Mistral3ForConditionalGeneration",
+                dict(text_config=text, vision_config=vision, spatial_merge_size=1, image_token_index=7,
+                     initializer_range=_INIT), "mistral")
+    if arch == "sana":  # Gemma2Model, as Sana's model_index names it
+        return "Gemma2Model", dict(_GEMMA2), "gemma"
+    if arch == "cogview4":  # GlmModel: fused gate_up_proj, partial rotary, no extra norms
+        glm = dict(vocab_size=_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, partial_rotary_factor=0.5, max_position_embeddings=2048,
+                   pad_token_id=0, eos_token_id=0, initializer_range=_INIT)  # ids: llm_vocab STYLES["glm"]
+        return "GlmModel", glm, "glm"
     raise BuildError(f"no tiny encoder for {arch!r}")
 
 
@@ -100,7 +124,11 @@ def denoiser_and_vae(arch: str, text_width: int) -> tuple[str, dict[str, Any], s
             num_attention_heads=2, num_kv_heads=1, multiple_of=16, norm_eps=1e-5, scaling_factor=1.0,
             axes_dim_rope=(4, 2, 2), axes_lens=(300, 64, 64), cap_feat_dim=text_width,
         )
-        vae = dict(vae16, latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159)
+        # Lumina2Pipeline fixes vae_scale_factor = 8, so the VAE must downsample 8x (four blocks) for the
+        # pipeline's latent grid and the decoded image to match the requested size.
+        vae = dict(vae16, latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159,
+                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                   block_out_channels=(8, 8, 16, 16))
         return "Lumina2Transformer2DModel", transformer, "AutoencoderKL", vae, {}
     if arch == "pixart-sigma":
         transformer = dict(
@@ -126,6 +154,28 @@ def denoiser_and_vae(arch: str, text_width: int) -> tuple[str, dict[str, Any], s
         vae = dict(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
                    latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
         return "QwenImageTransformer2DModel", transformer, "AutoencoderKLQwenImage", vae, {}
+    if arch == "flux2":  # as klein, plus the guidance embedding [dev] is distilled with
+        _, transformer, vae_class, vae, scheduler = denoiser_and_vae("flux2-klein", text_width)
+        return "Flux2Transformer2DModel", dict(transformer, guidance_embeds=True), vae_class, vae, scheduler
+    if arch == "sana":
+        transformer = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                           num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+                           caption_channels=text_width, sample_size=32, patch_size=1)
+        vae = dict(in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                   decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+                   decoder_block_out_channels=(8, 8), encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+                   encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)), upsample_block_type="interpolate",
+                   downsample_block_type="Conv", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+        scheduler = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        return "SanaTransformer2DModel", transformer, "AutoencoderDC", vae, scheduler
+    if arch == "cogview4":
+        transformer = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                           text_embed_dim=text_width, time_embed_dim=16, condition_dim=8, pos_embed_max_size=32,
+                           sample_size=32, rope_axes_dim=(4, 4))
+        vae = dict(vae16, latent_channels=4)
+        scheduler = dict(base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
+                         time_shift_type="linear")
+        return "CogView4Transformer2DModel", transformer, "AutoencoderKL", vae, scheduler
     raise BuildError(f"no tiny denoiser for {arch!r}")
 
 
@@ -133,4 +183,6 @@ SCHEDULERS = {
     "z-image": "FlowMatchEulerDiscreteScheduler", "flux2-klein": "FlowMatchEulerDiscreteScheduler",
     "lumina2": "FlowMatchEulerDiscreteScheduler", "pixart-sigma": "DPMSolverMultistepScheduler",
     "chroma": "FlowMatchEulerDiscreteScheduler", "qwen-image": "FlowMatchEulerDiscreteScheduler",
+    "sana": "DPMSolverMultistepScheduler", "cogview4": "FlowMatchEulerDiscreteScheduler",
+    "flux2": "FlowMatchEulerDiscreteScheduler", "hidream": "FlowMatchEulerDiscreteScheduler",
 }

@@ -38,11 +38,12 @@ GEMMA_CHAT_TEMPLATE = (
 class LLMTokenizerStyle:
     """The transformers class a family's tokenizer is saved as, its special tokens and chat template."""
 
-    class_name: str  # Qwen2Tokenizer | GemmaTokenizer
+    class_name: str  # Qwen2Tokenizer | GemmaTokenizer | PreTrainedTokenizerFast (GLM-4)
     specials: dict[str, object]  # constructor kwargs (bos/eos/pad/unk...)
     extra: tuple[str, ...]  # further special tokens (chat markers)
     chat_template: str | None
     padding_side: str = "right"
+    prefix: tuple[str, ...] = ()  # tokens a post-processor puts before every input (GLM-4's [gMASK]<sop>)
 
 
 STYLES = {
@@ -58,6 +59,15 @@ STYLES = {
          "add_bos_token": True},
         ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"),
         GEMMA_CHAT_TEMPLATE,
+    ),
+    # GLM-4 (CogView4): byte-level BPE like Qwen's, a fast tokenizer that starts every input with
+    # [gMASK]<sop> and pads on the left; CogView4 feeds plain prompts, so no chat template.
+    "glm": LLMTokenizerStyle(
+        "PreTrainedTokenizerFast",
+        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+         "<|observation|>"),
+        None, padding_side="left", prefix=("[gMASK]", "<sop>"),
     ),
 }
 
@@ -94,12 +104,28 @@ def build_llm_tokenizer(style: str, max_length: int = 512, corpus: Path | None =
     import transformers
 
     spec = STYLES[style]
-    vocab, merges = _trained(spec.class_name, spec.extra, corpus)
-    cls = getattr(transformers, spec.class_name)
+    trained_as = "Qwen2Tokenizer" if spec.prefix else spec.class_name
+    vocab, merges = _trained(trained_as, spec.extra, corpus)
+    cls = getattr(transformers, trained_as)
     tokenizer = cls(vocab=dict(vocab), merges=list(merges), padding_side=spec.padding_side, **spec.specials)
     tokenizer.add_special_tokens({"additional_special_tokens": [t for t in spec.extra if t not in spec.specials.values()]})
+    if spec.prefix:
+        tokenizer = _with_prefix(tokenizer, spec)
     tokenizer.model_max_length = max_length
     tokenizer.padding_side = spec.padding_side
     if spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     return tokenizer
+
+
+def _with_prefix(tokenizer, spec: LLMTokenizerStyle):
+    """A fast tokenizer over ``tokenizer``'s vocabulary whose post-processor starts every input with ``spec.prefix``."""
+    import transformers
+    from tokenizers import processors
+
+    backend = tokenizer._tokenizer
+    lead = " ".join(f"{t}:0" for t in spec.prefix)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{lead} $A:0", pair=f"{lead} $A:0 $B:1", special_tokens=[(t, backend.token_to_id(t)) for t in spec.prefix]
+    )
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, padding_side=spec.padding_side, **spec.specials)

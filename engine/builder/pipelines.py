@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from engine.builder.byte_bpe_vocab import build_llama3_tokenizer, build_mistral_processor
 from engine.builder.common import DTYPES, PIPELINE_CLASSES, check_choice, prepare_folder, write_build_info
 from engine.builder.configs import SCHEDULER_CLASSES, EncoderSpec, pipeline_configs
 from engine.builder.llm_vocab import STYLES, build_llm_tokenizer
@@ -15,16 +16,25 @@ from engine.offline import quiet_hf_logging
 
 # Seed offsets per component, so that changing one component's config leaves the others alone
 # (SD1's three keep the offsets they always had).
-_SEED_OFFSETS = {"text_encoder": 0, "denoiser": 1, "vae": 2, "text_encoder_2": 3, "text_encoder_3": 4}
+_SEED_OFFSETS = {"text_encoder": 0, "denoiser": 1, "vae": 2, "text_encoder_2": 3, "text_encoder_3": 4, "text_encoder_4": 5}
 
 
 def make_tokenizer(kind: str):
-    """The offline tokenizer of an encoder spec's kind (``clip``, ``clip-bang``, ``t5``, ``qwen`` or ``gemma``)."""
+    """The offline tokenizer of an encoder spec's kind (``clip``, ``clip-bang``, ``t5``, ``qwen``, ``gemma``,
+    ``mistral`` (a PixtralProcessor) or ``llama3``); a CLIP kind may end in ``:N``, its ``model_max_length``."""
     if kind == "t5":
         return build_t5_tokenizer()
     if kind in STYLES:
         return build_llm_tokenizer(kind)
-    return build_clip_tokenizer(pad_token="!" if kind == "clip-bang" else "<|endoftext|>")
+    if kind == "mistral":
+        return build_mistral_processor()
+    if kind == "llama3":
+        return build_llama3_tokenizer()
+    kind, _, limit = kind.partition(":")
+    tokenizer = build_clip_tokenizer(pad_token="!" if kind == "clip-bang" else "<|endoftext|>")
+    if limit:
+        tokenizer.model_max_length = int(limit)
+    return tokenizer
 
 
 def make_text_encoder(spec: EncoderSpec, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -1,33 +1,28 @@
 """Batched, batch-invariant image generation with the current pipeline, for every family.
 
-Each image gets its own CPU ``torch.Generator(seed)`` for its initial latents, so an image does not
-depend on which prompts share its batch or on the process that renders it (B13 in the reference
-notes). Prompt embeddings come from the pipeline's own ``encode_prompt`` over its fp32 text
-encoders (the ones an edit changes); on CUDA the denoiser and VAE run in fp16 (UNet families) or
-bf16 (SD3 / FLUX transformers). The pipeline's own scheduler is used.
+One path for every pipeline class; what differs between classes is a row of
+``engine.evaluation.pipeline_drives.DRIVES``. Prompt embeddings come from the pipeline's own
+``encode_prompt`` over its fp32 text encoders (the ones an edit changes) and go to the pipeline's own
+``__call__`` precomputed, cast to the denoiser's dtype; on CUDA the denoiser and VAE run in the row's
+half precision (fp16 for UNets, bf16 for transformers). The pipeline's own scheduler is used.
 
-Families (``pipeline_kind``): ``sd`` (SD1/SD2: one embedding tensor), ``sdxl`` (``encode_prompt``
-returns sequence + pooled embeddings, positive and negative), ``sd3`` (the same four tensors, T5 in
-the sequence) and ``flux`` (T5 sequence + CLIP pooled; no classifier-free guidance, the latents are
-packed 2x2 into tokens). ``clip_skip`` is never passed (its SD path breaks under transformers 5).
+Each image gets its own CPU ``torch.Generator(seed)``, so an image does not depend on which prompts
+share its batch or on the process that renders it (B13 in the reference notes). SD1/SD2, SDXL, SD3 and
+FLUX.1 get fp32 noise drawn here (FLUX's packed 2x2 into tokens); every other family draws its noise in
+its own ``prepare_latents`` from the list of per-image generators. ``clip_skip`` is never passed (its
+SD path breaks under transformers 5).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
 from engine.evaluation.config import GenerationConfig
-
-# diffusers pipeline class -> how it is driven (anything else with a .unet is driven like SD1)
-PIPELINE_KINDS = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-}
+from engine.evaluation.pipeline_drives import Negatives, Noise, PipelineDrive, drive_of
 
 
 @dataclass(frozen=True)
@@ -45,23 +40,21 @@ def batched(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
 
 
 def pipeline_kind(pipeline) -> str:
-    """``sd``, ``sdxl``, ``sd3`` or ``flux`` for a diffusers pipeline (by class, then by parts)."""
-    for cls in type(pipeline).__mro__:
-        if cls.__name__ in PIPELINE_KINDS:
-            return PIPELINE_KINDS[cls.__name__]
-    return "sd" if getattr(pipeline, "unet", None) is not None else "flux"
+    """The family name of a diffusers pipeline's row (``sd``, ``sdxl``, ``sd3``, ``flux``, ``z-image``, ...)."""
+    return drive_of(pipeline).kind
 
 
 def denoiser(pipeline) -> torch.nn.Module:
-    """The pipeline's UNet, or its transformer (SD3, FLUX)."""
+    """The pipeline's UNet, or its transformer."""
     unet = getattr(pipeline, "unet", None)
     return unet if unet is not None else pipeline.transformer
 
 
 def text_encoders(pipeline) -> list[torch.nn.Module]:
-    """Every text encoder the pipeline has (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``)."""
-    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
-    return [m for m in (getattr(pipeline, n, None) for n in names) if m is not None]
+    """Every text encoder the pipeline has (``text_encoder``, ``text_encoder_2``, ...), in name order."""
+    parts = getattr(pipeline, "components", {})
+    names = sorted((n for n in parts if n.startswith("text_encoder")), key=lambda n: (len(n), n))
+    return [m for m in (parts[n] for n in names) if isinstance(m, torch.nn.Module)]
 
 
 def resolution(pipeline, config: GenerationConfig) -> tuple[int, int]:
@@ -71,34 +64,39 @@ def resolution(pipeline, config: GenerationConfig) -> tuple[int, int]:
     return (config.height or default, config.width or default)
 
 
-def _latent_channels(pipeline) -> int:
-    channels = int(denoiser(pipeline).config.in_channels)
-    return channels // 4 if pipeline_kind(pipeline) == "flux" else channels
-
-
 def latent_shape(pipeline, height: int, width: int) -> tuple[int, int, int]:
-    """(C, h, w) of one image's unpacked initial noise."""
+    """(C, h, w) of one image's unpacked initial noise, for rows whose noise is drawn here."""
     scale = int(pipeline.vae_scale_factor)
-    if pipeline_kind(pipeline) == "flux":  # packing needs an even latent grid
-        return (_latent_channels(pipeline), 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
-    return (_latent_channels(pipeline), height // scale, width // scale)
+    channels = int(denoiser(pipeline).config.in_channels)
+    if drive_of(pipeline).noise == Noise.PACKED:  # packing needs an even latent grid
+        return (channels // 4, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
+    return (channels, height // scale, width // scale)
 
 
-def initial_latents(pipeline, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-    """float32 CPU noise, one generator per seed: [B, C, h, w], or FLUX's packed [B, h*w/4, 4C]."""
+def initial_latents(pipeline, seeds: Sequence[int], height: int, width: int) -> torch.Tensor | None:
+    """float32 CPU noise, one generator per seed: [B, C, h, w], or FLUX's packed [B, h*w/4, 4C]; None
+    for a family whose pipeline draws its own noise (from ``generators(seeds)``)."""
+    noise_kind = drive_of(pipeline).noise
+    if noise_kind == Noise.PIPELINE:
+        return None
     shape = latent_shape(pipeline, height, width)
-    noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
-    if pipeline_kind(pipeline) == "flux":
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators(seeds)])
+    if noise_kind == Noise.PACKED:
         noise = pipeline._pack_latents(noise, len(seeds), *shape)
     return noise
 
 
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One fresh CPU generator per seed."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
 def prepare_pipeline(pipeline, device: torch.device | str, fp16: bool = True) -> None:
-    """Move to ``device``; on CUDA cast denoiser and VAE to half precision (text encoders stay fp32)."""
+    """Move to ``device``; on CUDA cast denoiser and VAE to the row's half precision (text encoders stay fp32)."""
     device = torch.device(device)
     pipeline.to(device)
     if device.type == "cuda" and fp16:
-        half = torch.bfloat16 if pipeline_kind(pipeline) in ("sd3", "flux") else torch.float16
+        half = getattr(torch, drive_of(pipeline).half)
         denoiser(pipeline).to(dtype=half)
         pipeline.vae.to(dtype=half)
     for encoder in text_encoders(pipeline):
@@ -108,46 +106,68 @@ def prepare_pipeline(pipeline, device: torch.device | str, fp16: bool = True) ->
     pipeline.set_progress_bar_config(disable=True)
 
 
-def prompt_inputs(pipeline, prompts: list[str], cfg: bool) -> dict[str, torch.Tensor]:
-    """The pipeline's own ``encode_prompt`` output as ``__call__`` keyword arguments, cast to the
-    denoiser's dtype (computed by the fp32 text encoders)."""
-    kind = pipeline_kind(pipeline)
+def _encode(pipeline, drive: PipelineDrive, prompts: list[str], cfg: bool, device: torch.device) -> dict[str, Any]:
+    """``encode_prompt(prompts)`` keyed by the row's ``__call__`` keywords. Arguments the signature
+    takes are filled by name; other required ones (SD3's ``prompt_2``/``prompt_3``) are None, which
+    means "the same prompt"."""
+    kwargs: dict[str, Any] = {}
+    params = list(inspect.signature(pipeline.encode_prompt).parameters.values())[1:]
+    given = {"device": device, "num_images_per_prompt": 1, "do_classifier_free_guidance": cfg}
+    for p in params:
+        if p.name in given:
+            kwargs[p.name] = given[p.name]
+        elif p.default is inspect.Parameter.empty and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            kwargs[p.name] = None
+    out = pipeline.encode_prompt(prompts, **kwargs)
+    out = out if isinstance(out, tuple) else (out,)
+    if len(out) != len(drive.outputs):
+        from engine.evaluation.errors import EvaluationError
+
+        raise EvaluationError(f"{type(pipeline).__name__}.encode_prompt returned {len(out)} parts but its row in "
+                              f"engine/evaluation/pipeline_drives.py names {len(drive.outputs)}; fix the row")
+    return {name: value for name, value in zip(drive.outputs, out) if name is not None}
+
+
+def _to(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (or lists of them, Z-Image) cast to ``dtype``; masks and ids left as they are."""
+    if isinstance(value, (list, tuple)):
+        return [_to(v, dtype) for v in value]
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def prompt_inputs(pipeline, prompts: list[str], cfg: bool) -> dict[str, Any]:
+    """The pipeline's own ``encode_prompt`` output as ``__call__`` keyword arguments, floating parts cast
+    to the denoiser's dtype (computed by the fp32 text encoders); the negative branch only when ``cfg``."""
+    drive = drive_of(pipeline)
     net = denoiser(pipeline)
-    device = net.device
     with torch.no_grad():
-        if kind == "sd":
-            pos, neg = pipeline.encode_prompt(prompts, device, 1, cfg)
-            out = {"prompt_embeds": pos, "negative_prompt_embeds": neg}
-        elif kind == "sdxl":
-            pos, neg, pooled, neg_pooled = pipeline.encode_prompt(
-                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg)
-            out = {"prompt_embeds": pos, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
-                   "negative_pooled_prompt_embeds": neg_pooled}
-        elif kind == "sd3":
-            pos, neg, pooled, neg_pooled = pipeline.encode_prompt(
-                prompts, None, None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg)
-            out = {"prompt_embeds": pos, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
-                   "negative_pooled_prompt_embeds": neg_pooled}
-        else:
-            pos, pooled, _ids = pipeline.encode_prompt(prompts, None, device=device, num_images_per_prompt=1)
-            out = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
-    return {k: v.to(net.dtype) for k, v in out.items() if v is not None}
+        out = _encode(pipeline, drive, prompts, cfg and drive.negatives == Negatives.ENCODE, net.device)
+        if cfg and drive.negatives == Negatives.EMPTY:
+            empty = _encode(pipeline, drive, [""] * len(prompts), False, net.device)
+            out.update({f"negative_{k}": v for k, v in empty.items()})
+    # None and empty lists (Z-Image's negatives without guidance) are "not given"
+    return {k: _to(v, net.dtype) for k, v in out.items() if v is not None and not (isinstance(v, list) and not v)}
 
 
 def generate_batch(pipeline, items: Sequence[WorkItem], config: GenerationConfig) -> list[Any]:
     """Render one batch; returns one output per item (PIL image, or a latent/array slice)."""
+    drive = drive_of(pipeline)
     net = denoiser(pipeline)
     height, width = resolution(pipeline, config)
-    kind = pipeline_kind(pipeline)
-    # FLUX has no negative branch: guidance only feeds a guidance-distilled transformer's embedding.
-    cfg = config.guidance > 1.0 and kind != "flux"
+    cfg = config.guidance > drive.cfg_above and drive.negatives != Negatives.NONE
     inputs = prompt_inputs(pipeline, [it.prompt for it in items], cfg)
-    latents = initial_latents(pipeline, [it.seed for it in items], height, width).to(net.device, net.dtype)
+    seeds = [it.seed for it in items]
+    latents = initial_latents(pipeline, seeds, height, width)
+    if latents is not None:
+        inputs["latents"] = latents.to(net.device, net.dtype)
     out = pipeline(
         **inputs,
-        latents=latents,
+        **drive.call_kwargs,
+        **{drive.guidance: config.guidance},
+        generator=generators(seeds),
         num_inference_steps=config.steps,
-        guidance_scale=config.guidance,
         height=height,
         width=width,
         output_type=config.output_type,

@@ -87,6 +87,8 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size", help="Images per generation batch.", rich_help_panel=IMG),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder (default: the workspace's base model)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Load the model in float32 | float16 | bfloat16 "
+                                        "(default: the workspace's, `refact init --dtype`)."),
     stats_samples: Optional[int] = typer.Option(None, "--stats-samples", help="ReFACT: corpus lines for C."),
     json_out: bool = JSON_OPTION,
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the per-row table as CSV."),
@@ -94,6 +96,8 @@ def run(
     """Edit every row independently on the unedited base, score it, revert; store the run."""
     from refact_tui.services.bench import run_bench
     from refact_tui.services.bench_config import BenchOptions
+    from refact_tui.services.plan import BENCH
+    from refact_tui.services.preflight import preflight
 
     options = BenchOptions(file=str(file.expanduser().absolute()), method=method,
                            hparams=_hparams(method, hp, layer, slots),
@@ -102,8 +106,11 @@ def run(
                            judge=judge, captions=str(captions) if captions else None, n_captions=n_captions,
                            batch_size=batch_size, model=model, device=device, stats_samples=stats_samples)
     progress, on_progress = progress_printer(disable=json_out)
-    with open_workspace(ctx) as ws, progress:
-        report = run_bench(ws, options, on_progress=on_progress)
+    with open_workspace(ctx) as ws:
+        preflight(ws, BENCH, device, dtype, model=model)  # before anything loads
+        ws.dtype = dtype  # every load of this command (services.working_model.load_dtype)
+        with progress:
+            report = run_bench(ws, options, on_progress=on_progress)
     _finish(ctx, report.run_id, json_out, csv_out)
 
 

@@ -214,13 +214,14 @@ def hparam_overrides(
     ridge: float | None = None,
     preserve: float | None = None,
     slots: str | None = None,
+    moment_rank: int | None = None,
 ) -> dict[str, Any]:
     """The hparam options the user actually gave (None = not given); ``layer`` may be N or a list
     of N / SLOT=N values, ``slots`` a comma-separated list of encoder slots."""
     given = dict(
         lr=lr, max_steps=max_steps, prob_threshold=prob_threshold,
         weight_decay=weight_decay, clamp_factor=clamp_factor, similarity=similarity,
-        temperature=temperature, ridge=ridge, preserve=preserve,
+        temperature=temperature, ridge=ridge, preserve=preserve, moment_rank=moment_rank,
     )
     out = {k: v for k, v in given.items() if v is not None}
     return {**parse_layers(layer), **out, **parse_slots(slots)}
@@ -261,13 +262,16 @@ TempOpt = typer.Option(None, "--temperature", help=_hp(
 RidgeOpt = typer.Option(None, "--ridge", help=_hp("ridge", "Ridge added to C before the solve."), rich_help_panel=HP)
 PreserveOpt = typer.Option(None, "--preserve", help=_hp("preserve", "Weight of earlier edits' keys in C (0 = paper's "
                            "ReFACT; e.g. 1 protects earlier edits of the same layer)."), rich_help_panel=HP)
+MomentRankOpt = typer.Option(None, "--moment-rank", help=_hp("moment_rank", "Solve u against C's top-K eigenpairs "
+                             "plus its diagonal (O(width x K) memory at LLM widths; 0 = the dense C)."),
+                             rich_help_panel=HP)
 
 # name -> (type, option) of every hyperparameter option, in help order.
 HPARAM_OPTIONS: dict[str, tuple[type, Any]] = {
     "layer": (list[str], LayerOpt), "lr": (float, LrOpt), "max_steps": (int, StepsOpt),
     "prob_threshold": (float, ThresholdOpt), "weight_decay": (float, WdOpt), "clamp_factor": (float, ClampOpt),
     "similarity": (str, SimOpt), "temperature": (float, TempOpt), "ridge": (float, RidgeOpt),
-    "preserve": (float, PreserveOpt), "slots": (str, SlotsOpt),
+    "preserve": (float, PreserveOpt), "moment_rank": (int, MomentRankOpt), "slots": (str, SlotsOpt),
 }
 
 

@@ -33,10 +33,14 @@ def evaluate(
                                rich_help_panel=IMG),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per generation batch.", rich_help_panel=IMG),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (accelerate picks per process)."),
+    dtype: str = typer.Option(None, "--dtype", help="Load the model in float32 | float16 | bfloat16 (default: "
+                              "the workspace's, `refact init --dtype`)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Measure edits at the head: text space, then images scored by a CLIP judge (not with --text-only)."""
     from refact_tui.services.evaluation import EvalOptions, is_main_process, run_evaluation
+    from refact_tui.services.plan import EDIT, IMAGE_EVAL
+    from refact_tui.services.preflight import preflight
 
     if history and edit_id is not None:
         raise typer.BadParameter("give an EDIT_ID or --history, not both", param_hint="EDIT_ID")
@@ -45,8 +49,11 @@ def evaluate(
     # Under accelerate only the main process draws progress and prints the results.
     show = is_main_process()
     progress, on_progress = progress_printer(disable=json_out or not show)
-    with open_workspace(ctx) as ws, progress:
-        report = run_evaluation(ws, options, on_progress=on_progress)
+    with open_workspace(ctx) as ws:
+        preflight(ws, EDIT if text_only else IMAGE_EVAL, device, dtype)  # before anything loads
+        ws.dtype = dtype  # every load of this command (services.working_model.load_dtype)
+        with progress:
+            report = run_evaluation(ws, options, on_progress=on_progress)
     if not show:
         return
     if json_out:

@@ -86,9 +86,11 @@ def init(
     judge: str = typer.Option(None, "--judge", help="open_clip judge MODEL:CHECKPOINT that `refact eval` and "
                               "`refact bench` use in this workspace (default: $REFACT_JUDGE, else ViT-bigG-14 "
                               "from the local cache)."),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | float16 | bfloat16: the dtype `run`, `eval` and "
+                              "`bench` load the model in by default (default: as its files store it)."),
 ) -> None:
     """Create a workspace for a base model (loaded offline; nothing is downloaded)."""
-    from refact_tui.services.evaluation import JUDGE_META_KEY
+    from refact_tui.services.preflight import check_dtype
     from refact_tui.services.workspace import init_workspace
     from store.db import set_meta
 
@@ -96,19 +98,24 @@ def init(
         from engine.evaluation.judge import parse_judge_spec
 
         parse_judge_spec(judge)  # a malformed spec fails before the model load, leaving no workspace
+    check_dtype(dtype, "cpu")  # an unknown dtype fails before the model load, leaving no workspace
     root = workspace_root(ctx)
     with console.status("loading the model"):
-        ws = init_workspace(root, model_source, history=history_name)
+        ws = init_workspace(root, model_source, history=history_name, dtype=dtype)
     if judge is not None:
+        from refact_tui.services.evaluation import JUDGE_META_KEY  # lazy: it imports the image-eval stack
+
         set_meta(ws.db, JUDGE_META_KEY, judge)
     from refact_tui.services.display import markup_escape as esc
-    from refact_tui.services.queue import default_hparams
+    from refact_tui.services.queue import default_hparams, prepare_token_counts
 
     with ws:
         h = ws.history()
         d = default_hparams(ws)
+        prepare_token_counts(ws)  # transformers is loaded now: check the torch-free tokenizers `queue add` uses
         console.print(f"workspace ready at [bold]{esc(ws.root)}[/] (history [bold]{esc(h.name)}[/], "
-                      f"base model {esc(model_source)}); defaults: layer {d.layer}, temperature {d.temperature:g}")
+                      f"base model {esc(model_source)}); defaults: layer {d.layer}, temperature {d.temperature:g}"
+                      + (f", dtype {dtype}" if dtype else ""))
 
 
 @app.command("tui", rich_help_panel="Workspace")

@@ -13,29 +13,25 @@ def register(app: typer.Typer) -> None:
     app.command("plan", rich_help_panel="Workspace")(plan)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def plan(
     ctx: typer.Context,
     model: Path = typer.Option(None, "--model", "-m", help="Model folder (default: the workspace's base model)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    dtype: str = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: the workspace's load "
+                              "dtype, else as the files store it)."),
     batch: int = typer.Option(8, "--batch", help="Batch size N for the batch peak."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Per component parameters and bytes, C per slot and expected peaks, without loading weights."""
     from refact_tui.services.plan import plan_model
+    from refact_tui.services.plan import size_text as _size
 
     if model is None:
+        from refact_tui.services.working_model import load_dtype
         from store.base_models import get_base_model
 
         with open_workspace(ctx, read_only=True) as ws:
-            model = Path(get_base_model(ws.db, ws.history().base_model_id).path)
+            base = get_base_model(ws.db, ws.history().base_model_id)
+            model, dtype = Path(base.path), load_dtype(ws, base, dtype)
     p = plan_model(model, dtype, batch)
     if json_out:
         print_json(p)
@@ -45,6 +41,6 @@ def plan(
     if p.slots:
         print_table("edit state per slot", ["slot", "layers", "width", "C (width² fp32)", "editable params"],
                     [(s.slot, s.layers, s.width, _size(s.c_bytes), f"{s.editable_params:,}") for s in p.slots])
-    print_table("expected peak (weights + edit state)", ["activity", "memory"],
-                [(k, _size(v)) for k, v in p.peaks.items()])
+    print_table("expected peak (weights + edit state)", ["activity", "host", "GPU"],
+                [(k, _size(v), _size(p.device_peaks[k]) if k in p.device_peaks else "-") for k, v in p.peaks.items()])
     console.print(f"total weights {_size(p.total_bytes)}")

@@ -60,8 +60,9 @@ def add(
     from refact_tui.services.methods import with_method
     from refact_tui.services.queue import add_edit
 
-    request = with_method(EditRequest(prompt=prompt, source=source, target=target, subject=subject), method,
-                          _parse_hp(method_hp))
+    request = EditRequest(prompt=prompt, source=source, target=target, subject=subject)
+    if (method or "").strip().lower() != "refact" or method_hp:  # a plain ReFACT request needs no tagging, and
+        request = with_method(request, method, _parse_hp(method_hp))  # resolving a method imports torch
     with open_workspace(ctx) as ws:
         job = add_edit(ws, request, hparams, allow_duplicate=allow_duplicate)
     if json_out:

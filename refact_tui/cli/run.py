@@ -127,20 +127,25 @@ def print_summary(summary, budget_used: int = 0) -> None:
 def run(
     ctx: typer.Context,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    dtype: str = typer.Option(None, "--dtype", help="Load the model in float32 | float16 | bfloat16 (default: "
+                              "the workspace's, `refact init --dtype`); edit math stays float32."),
     max_jobs: int = typer.Option(None, "--max", help="Stop after this many jobs (at least 1; a batch's jobs "
                                  "count one by one)."),
     watch: bool = typer.Option(False, "--watch", help="Keep waiting for new jobs instead of exiting."),
     batch: int = typer.Option(None, "--batch", help="Edit up to N (1..4096) queued jobs of one history together as "
                               "one edit."),
     insert: str = typer.Option(None, "--insert", help="With --batch: joint (default: the best measured F1, "
-                               "BENCHMARKS.md) | rank-one | spread."),
+                               "BENCHMARKS.md) | rank-one | spread | sequential (one request after another; "
+                               "with --null-space each projected off the earlier ones' keys)."),
     layers: str = typer.Option(None, "--layers", help="With --insert spread: the layers, e.g. 5,6,7 (each must reach "
                                "the encoder's readout, as --layer must; see `refact layers`)."),
     lam: float = typer.Option(None, "--lambda", help="With --batch --insert joint/spread: ridge relative to mean "
                               "diag(K^T C^-1 K), 0..0.0399 (above it the batch guard accepts empty edits); "
                               "default 0.01."),
-    null_space: bool = typer.Option(False, "--null-space", help="With --batch --insert joint/spread: keep earlier "
-                                    "edits' keys exactly."),
+    null_space: bool = typer.Option(False, "--null-space", help="With --batch --insert joint/sequential/spread: keep "
+                                    "earlier edits' keys exactly."),
+    rounds: int = typer.Option(None, "--rounds", help="With --batch --insert joint/sequential: re-optimise v* on the "
+                               "edited model and solve again, up to N rounds (1..10; default: the best measured)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Run queued edits (one worker per workspace; Ctrl-C stops between steps and requeues the job).
@@ -153,9 +158,9 @@ def run(
     try:
         if max_jobs is not None and max_jobs < 1:
             raise HParamsError(f"--max must be at least 1, got {max_jobs}; it is the number of jobs to run")
-        settings = batch_settings(batch, insert, layers, lam, null_space)
+        settings = batch_settings(batch, insert, layers, lam, null_space, rounds)
         with open_workspace(ctx) as ws:
-            check_run_options(ws, device, settings)
+            check_run_options(ws, device, settings, dtype)
     except HParamsError as exc:
         print_error(str(exc))
         raise typer.Exit(2) from None
@@ -163,7 +168,7 @@ def run(
         with make_progress(disable=json_out) as progress:
             job_progress = JobProgress(progress)
             summary = run_worker(ws, device=device, max_jobs=max_jobs, on_event=job_progress,
-                                 should_stop=should_stop, watch=watch, batch=settings)
+                                 should_stop=should_stop, watch=watch, batch=settings, dtype=dtype)
     print_json(summary) if json_out else print_summary(summary, job_progress.budget_used)
     if getattr(summary, "lease_lost", None):
         print_error(summary.lease_lost)
@@ -172,14 +177,14 @@ def run(
         raise typer.Exit(1)
 
 
-def batch_settings(batch, insert, layers, lam, null_space):
+def batch_settings(batch, insert, layers, lam, null_space, rounds=None):
     """BatchSettings from the `run` options (None: sequential, the default); one-line HParamsError."""
     from engine.methods.refact.hparams import HParamsError
     from refact_tui.services.worker_types import DEFAULT_INSERT, BatchSettings
 
     if batch is None:
-        if insert is not None or layers is not None or lam is not None or null_space:
-            raise HParamsError("--insert, --layers, --lambda and --null-space need --batch N")
+        if insert is not None or layers is not None or lam is not None or null_space or rounds is not None:
+            raise HParamsError("--insert, --layers, --lambda, --null-space and --rounds need --batch N")
         return None
     parsed: tuple[int, ...] = ()
     if layers is not None:
@@ -187,6 +192,7 @@ def batch_settings(batch, insert, layers, lam, null_space):
             parsed = tuple(int(x) for x in layers.split(","))
         except ValueError:
             raise HParamsError(f"--layers {layers!r} is not a comma-separated list of layer numbers, e.g. 5,6,7") from None
-    settings = BatchSettings(size=batch, insert=insert or DEFAULT_INSERT, layers=parsed, null_space=null_space, lam=lam)
+    settings = BatchSettings(size=batch, insert=insert or DEFAULT_INSERT, layers=parsed, null_space=null_space, lam=lam,
+                             rounds=rounds)
     settings.validate()
     return settings

@@ -36,6 +36,10 @@ def compute(
             tasks: dict[str, int] = {}
 
             def on_progress(p) -> None:
+                if p.done == 0 and p.detail:  # the memory figure of C, or GPU advice: one line each
+                    if not json_out:
+                        console.print(p.detail, markup=False, highlight=False)
+                    return
                 if p.task not in tasks:
                     tasks[p.task] = bar.add_task(p.task, total=p.total or None)
                 bar.update(tasks[p.task], completed=p.done, total=p.total or None)

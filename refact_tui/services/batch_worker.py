@@ -207,8 +207,11 @@ def _first_slot(model) -> str:
 
 
 def _mode(outcome) -> str:
-    """The insertion mode a batch outcome used (rank-one, joint or spread)."""
-    return outcome.delta.meta.get("insert_mode", "rank-one")
+    """The insertion mode a batch outcome used (rank-one, joint, sequential or spread), with its rounds
+    when it solved more than one."""
+    meta = outcome.delta.meta
+    rounds = int(meta.get("rounds", "1"))
+    return meta.get("insert_mode", "rank-one") + (f", {rounds} rounds" if rounds > 1 else "")
 
 
 def claim_batch_unit(worker, model, nxt, limit: int | None):

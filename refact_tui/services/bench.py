@@ -5,6 +5,11 @@ Baseline (unedited) and oracle scores are computed once per (model, corpus, sett
 by every run with that key, whatever its method. A run is stored with everything needed to rerun it
 (`bench_config.py`), in one transaction once every row is done: a failed or interrupted bench stores
 no run. Before every row the hash of the matrices the method edits must equal the base's.
+
+Under ``accelerate launch`` (engine.distributed) every process loads the model on its own device; the
+vectorised v* is sharded by chunks, the rows by contiguous blocks (each row is edited, scored and
+reverted whole by one process), and the results are gathered in row order, so the stored run equals
+a one-process run. References are read and written by the main process only; so is the run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.distributed import (
+    from_main,
+    is_distributed,
+    is_main_process,
+    process_device,
+    process_info,
+    require_work_for_all,
+    run_sharded,
+)
 from engine.errors import DeltaIntegrityError, EngineError
 from engine.evaluation.scoring import EditScores
 from engine.events import Progress, ProgressCallback
@@ -109,7 +123,10 @@ def _load(ws, options: BenchOptions):
     if source is None:
         source = get_base_model(ws.db, ws.history().base_model_id).path
     with_pipe = detect_kind(resolve_source(source)) == "sd-pipeline"
-    return load_model(source, device=options.device, with_pipeline=with_pipe)
+    device = str(process_device(options.device)) if is_distributed() else options.device
+    from refact_tui.services.working_model import load_dtype
+
+    return load_model(source, device=device, with_pipeline=with_pipe, dtype=load_dtype(ws))  # `bench --dtype`
 
 
 def _judge_provenance(spec: str | None) -> dict[str, Any]:
@@ -132,10 +149,11 @@ def _provenance(model, options: BenchOptions, method, hparams, corpus_sha: str, 
         "method": method.name, "hparams": hparams.to_dict(),
         "model": {"source": model.source, "path": str(model.path), "kind": model.kind,
                   "encoder_hash": model.encoder_hash(), "weights_hash": model.weights_hash(),
+                  "dtype": getattr(model, "dtype", None),
                   "unet_hash": module_hash(pipe.unet) if pipe is not None and hasattr(pipe, "unet") else None},
         "corpus": {"path": str(Path(options.file).expanduser().resolve()), "sha256": corpus_sha, "rows": n_rows},
         "versions": library_versions(), "device": str(model.device),
-        "text": {"similarity": "l2", "temperature": 1.0},
+        "text": {"similarity": "l2", "temperature": 1.0}, "processes": process_info()[1],
     }
     if not options.text_only and pipe is not None:
         from engine.evaluation.generation import resolution
@@ -168,12 +186,18 @@ def _references(ws, key: str, space: str, compute: Callable[[], tuple[list[EditS
                 n: int) -> tuple[list[EditScores], list[EditScores]]:
     from store.bench_runs import get_references, put_references
 
-    base, orc = get_references(ws.db, key, space, "baseline"), get_references(ws.db, key, space, "oracle")
-    if len(base) == n and len(orc) == n:
+    def stored():
+        base, orc = get_references(ws.db, key, space, "baseline"), get_references(ws.db, key, space, "oracle")
+        return (base, orc) if len(base) == n and len(orc) == n else None
+
+    found = from_main(stored)  # one answer for every process: all compute, or none
+    if found is not None:
+        base, orc = found
         return [from_json(base[i]) for i in range(n)], [from_json(orc[i]) for i in range(n)]
     b, o = compute()
-    put_references(ws.db, key, space, "baseline", {i: to_json(s) for i, s in enumerate(b)})
-    put_references(ws.db, key, space, "oracle", {i: to_json(s) for i, s in enumerate(o)})
+    if is_main_process():
+        put_references(ws.db, key, space, "baseline", {i: to_json(s) for i, s in enumerate(b)})
+        put_references(ws.db, key, space, "oracle", {i: to_json(s) for i, s in enumerate(o)})
     return b, o
 
 
@@ -225,6 +249,9 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
     source = options.model or get_base_model(ws.db, ws.history().base_model_id).path
     tok = load_tokenizer(source)
     requests = read_rows(options.file, tok, token_limit(tok), options.format, options.limit, options.negatives)
+    require_work_for_all(len(requests), "rows")
+    if not is_main_process():
+        on_progress = None  # the main process reports
     corpus_sha = file_sha256(Path(options.file).expanduser())
     model = _load(ws, options)
     hparams = method.hparams_from_dict(options.hparams, model)
@@ -235,10 +262,9 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
         raise BenchError(f"{model.path} is a text encoder only; image space needs a pipeline (use --text-only)")
     judge = judge_info = None
     if images:
-        from engine.evaluation.distributed import eval_device
         from engine.evaluation.judge import load_judge
 
-        judge = load_judge(options.judge, eval_device(options.device))
+        judge = load_judge(options.judge, process_device(options.device))
         judge_info = _judge_provenance(options.judge)
     config = _provenance(model, options, method, hparams, corpus_sha, len(requests), judge_info)
     if same_model is not None:
@@ -301,8 +327,15 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
     context = _edit_context(ws, options)
     base_hash = method.weights_hash(model, hparams)  # every matrix the method may edit, every slot
     precomputed, shared_s = _vectorised(method, model, requests, hparams, options, context, notes)
-    rows: list[BenchRow] = []
-    for i, req in enumerate(requests):
+    distributed = is_distributed()
+    if quality is not None and distributed and quality.fid_ok:
+        quality.fid_ok = False  # each process keeps its own rows' images; the CLIP score is gathered
+        notes.append(f"FID skipped: rows were scored by {process_info()[1]} processes (run one process for FID)")
+    done_here = 0
+
+    def score_row(i: int) -> tuple[BenchRow, float | None]:
+        nonlocal done_here
+        req = requests[i]
         if on_row_start is not None:
             on_row_start(model, i)
         h = method.weights_hash(model, hparams)
@@ -318,6 +351,7 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
             outcome, error = None, f"edit failed: {' '.join(str(exc).split())}"
         seconds = time.perf_counter() - t0 + shared_s
         scores: dict[str, EditScores] = {}
+        caption_mean = None
         try:
             for space, score in scorers.items():
                 scores[space] = score(req)
@@ -326,11 +360,19 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
                     request_image_scores(model, [req], img_cfg, judge, on_progress=cb)[0][0]))
                 if quality is not None:
                     quality.after_row()
+                    caption_mean = quality.after_means[-1]
         finally:
             if undo is not None:
                 undo()
-        rows.append(BenchRow(i, req, scores, seconds, h, error, edited_parts(outcome)))
-        progress.row(i + 1, req.prompt)
+        done_here += 1
+        progress.row(done_here, req.prompt)
+        return BenchRow(i, req, scores, seconds, h, error, edited_parts(outcome)), caption_mean
+
+    # rows over processes in contiguous blocks, gathered in row order (one process: a plain loop)
+    scored = run_sharded(list(range(n)), score_row)
+    rows = [row for row, _ in scored]
+    if quality is not None and distributed:
+        quality.after_means = [m for _, m in scored]
     if all(r.error for r in rows):
         raise BenchError(f"every edit of the run failed ({rows[0].error.removeprefix('edit failed: ')}); "
                          "nothing was stored; check the method's hyperparameters")
@@ -341,15 +383,15 @@ def run_bench(ws, options: BenchOptions, *, on_progress: ProgressCallback | None
     summary = {"aggregates": aggregates, "notes": notes, "quality": quality_out,
                "edit_seconds": [r.seconds for r in rows], "edited": [r.edited for r in rows]}
     total = time.perf_counter() - t_start
-    stored = insert_bench_run(
+    stored_id = from_main(lambda: insert_bench_run(
         ws.db, method=method.name, hparams=hparams.to_dict(), config=config,
         corpus_path=config["corpus"]["path"], corpus_sha256=corpus_sha, summary=summary, seconds=total,
         rows=[{"row_index": r.index, "request": r.request.to_dict(), "metrics": r.metrics, "failed": r.failed,
                "scores": {s: to_json(v) for s, v in r.scores.items()}, "seconds": r.seconds,
                "weights_hash": r.weights_hash} for r in rows],
         rerun_of=rerun_of,
-    )
-    return BenchReport(stored.id, method.name, rows, aggregates, config, notes, quality_out, total)
+    ).id)
+    return BenchReport(stored_id, method.name, rows, aggregates, config, notes, quality_out, total)
 
 
 def _resolve_stats(ws, options: BenchOptions) -> BenchOptions:

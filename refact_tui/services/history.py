@@ -258,13 +258,13 @@ def fork(ws, at_seq: int, name: str, history: int | str | None = None):
     return get_history(ws.db, new.id)
 
 
-def _register_model(ws, model: str | Path):
-    """Load a model (encoder only) and register it as a base model of the workspace, with the same
-    description `refact init` records (layer count included, so queue checks work on it)."""
+def _register_model(ws, model: str | Path, dtype: str | None = None):
+    """Load a model (encoder only, in ``dtype``) and register it as a base model of the workspace, with the
+    same description `refact init` records (layer count included, so queue checks work on it)."""
     from engine.models import load_model
     from refact_tui.services.workspace import describe_loaded, register_model
 
-    loaded = load_model(model, device="cpu", with_pipeline=False)
+    loaded = load_model(model, device="cpu", with_pipeline=False, dtype=dtype)
     return register_model(ws.db, describe_loaded(loaded, model)), loaded
 
 
@@ -291,7 +291,9 @@ def replay(ws, *, model: str | Path | None = None, force: bool = False, reoptimi
     if model is None:
         base = src_base
     else:
-        base, loaded = _register_model(ws, model)
+        from refact_tui.services.working_model import hash_dtype
+
+        base, loaded = _register_model(ws, model, hash_dtype(src_base.encoder_hash))  # hashes that compare
     if hparams and not reoptimize:
         raise HParamsError("hyperparameter overrides only apply with --reoptimize (stored deltas are re-applied as is)")
     if reoptimize:
@@ -338,7 +340,11 @@ def _check_same_step(model, source: str, edit, delta, weights_hash: str) -> None
     """Onto another model, every delta must give the weights recorded when its edit was made: the
     recorded hash covers every component a history's deltas touch (the text encoders and the edited
     UNet matrices), so a base that differs only in its UNet is caught at the first TIME / UCE delta."""
-    if edit.weights_hash and weights_hash != edit.weights_hash:
+    from refact_tui.services.working_model import hash_dtype
+
+    # a hash recorded in another dtype cannot be compared (services/working_model.py)
+    comparable = hash_dtype(edit.weights_hash) == hash_dtype(weights_hash)
+    if edit.weights_hash and comparable and weights_hash != edit.weights_hash:
         parts = ", ".join(sorted({u.component for u in delta.updates}))
         raise DeltaIntegrityError(
             f"{model} differs from the base of {source!r} in what edit {edit.seq} changes ({parts}): the weights "
@@ -364,6 +370,7 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
     from engine.models import load_model
     from refact_tui.services.working_model import (
         apply_delta,
+        hash_dtype,
         load_deltas,
         model_weights_hash,
         needs_pipeline,
@@ -395,7 +402,8 @@ def rollforward(ws, seq: int | None = None, history: int | str | None = None) ->
         raise DeltaIntegrityError(f"edit {target} has no recorded weights hash; it cannot be verified")
     deltas = load_deltas(ws, chain)  # each file checked against its sha256
     base = get_base_model(ws.db, hist.base_model_id)
-    model = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas))
+    # rebuilt in the dtype the hash was recorded in, so the two compare
+    model = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas), dtype=hash_dtype(want))
     for d in deltas:
         apply_delta(model, d)
     got = model_weights_hash(model)

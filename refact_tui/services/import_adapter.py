@@ -92,6 +92,7 @@ def import_adapter(ws, path: Path, name: str | None = None) -> ImportResult:
     from refact_tui.services.history import _unique_name
     from refact_tui.services.working_model import (
         apply_delta,
+        hash_dtype,
         model_weights_hash,
         needs_pipeline,
         recorded_hash_matches,
@@ -114,14 +115,17 @@ def import_adapter(ws, path: Path, name: str | None = None) -> ImportResult:
     if not edits:
         raise DeltaIntegrityError(f"{folder / SIDECAR} lists no edits")
     deltas = deltas_of(_adapters(folder, data), [e["seq"] for e in edits])
-    model = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas.values()))
+    # rebuilt in the dtype the base's hash was taken in, so the hashes compare (services/working_model.py)
+    model = load_model(base.path, device="cpu", with_pipeline=needs_pipeline(deltas.values()),
+                       dtype=hash_dtype(base.encoder_hash))
     if model_weights_hash(model) != base.encoder_hash:
         raise DeltaIntegrityError(f"the base model at {base.path} changed since it was registered")
     hashes = []
     for e in edits:
         apply_delta(model, deltas[e["seq"]])
         got = model_weights_hash(model)
-        if e.get("weights_hash") and not recorded_hash_matches(model, e["weights_hash"], got):
+        comparable = hash_dtype(e.get("weights_hash")) == model.dtype  # else the files' sha256 vouch
+        if e.get("weights_hash") and comparable and not recorded_hash_matches(model, e["weights_hash"], got):
             raise DeltaIntegrityError(f"edit {e['seq']} read back from the adapter does not give the weights "
                                       "recorded when it was made; the adapter does not match its record")
         hashes.append(got)

@@ -4,7 +4,11 @@ without loading a weight.
 Per component: parameter count and bytes in the chosen dtype. Per encoder slot: the width of the
 editable matrix's input (fc2 / wo / down_proj) and its second moment C (width² float32: edit math stays
 fp32 whatever the dtype). Expected peaks (weights + edit state, activations not included) for an edit, a
-batch of N, image evaluation and the bench.
+batch of N, image evaluation and the bench, on the host and on a GPU.
+
+``check_fits`` refuses, in one line, an activity the chosen device has too little free memory for;
+``available_memory`` (host MemAvailable, ``torch.cuda.mem_get_info``) is the default source of that
+figure, and callers (tests) can pass their own ``MemorySource``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from engine.errors import EngineError, ModelFormatError
 
@@ -21,6 +26,9 @@ _HEADER_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2
                  "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 KEY_TEMPLATES = 9  # context templates per request: keys of one request are 9 x width floats
+# host memory a load holds besides the weights (tokenizers, module objects, allocator slack): measured
+# 120-150 MiB on loads of SD1's full-size CLIP-L (benchmarks/plan_check.py)
+LOAD_OVERHEAD = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class MemoryPlan:
     dtype: str
     components: list[ComponentPlan]
     slots: list[SlotPlan]
-    peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes
+    peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes of host memory
+    device_peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes on a GPU (weights there)
 
     @property
     def total_bytes(self) -> int:
@@ -91,7 +100,7 @@ def component_plan(folder: Path, name: str, class_name: str, dtype: str) -> Comp
             n, kind = _numel(entry["shape"]), entry["dtype"]
             stored.add(kind)
             params += n
-            nbytes += n * (DTYPES[dtype] if kind in _FLOATS else _HEADER_SIZES.get(kind, 4))
+            nbytes += n * (DTYPES[dtype] if kind in _FLOATS and dtype else _HEADER_SIZES.get(kind, 4))
             on_disk += n * _HEADER_SIZES.get(kind, 4)
     return ComponentPlan(name, class_name, params, nbytes, stored.pop() if len(stored) == 1 else
                          ("mixed" if stored else "-"), on_disk)
@@ -117,9 +126,9 @@ def slot_plan(folder: Path, name: str) -> SlotPlan | None:
     return SlotPlan(name, layers, width, out, width * width * 4, layers * width * out, keeps_fp32)
 
 
-def plan_model(path: str | Path, dtype: str = "float32", batch: int = 8) -> MemoryPlan:
-    """The memory plan of a pipeline or text-encoder folder in ``dtype``."""
-    if dtype not in DTYPES:
+def plan_model(path: str | Path, dtype: str | None = "float32", batch: int = 8) -> MemoryPlan:
+    """The memory plan of a pipeline or text-encoder folder in ``dtype`` (None: as the files store it)."""
+    if dtype is not None and dtype not in DTYPES:
         raise EngineError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if batch < 1:
         raise EngineError(f"--batch must be at least 1, got {batch}")
@@ -145,29 +154,107 @@ def plan_model(path: str | Path, dtype: str = "float32", batch: int = 8) -> Memo
                 slots.append(s)
     if not components:
         raise EngineError(f"{folder} holds no safetensors weights; nothing to plan")
-    return MemoryPlan(str(path), dtype, components, slots, _peaks(components, slots, dtype, batch))
+    host, device = _peaks(components, slots, dtype, batch)
+    return MemoryPlan(str(path), dtype or "as stored", components, slots, host, device)
 
 
-def _peaks(components: list[ComponentPlan], slots: list[SlotPlan], dtype: str, batch: int) -> dict[str, int]:
-    """Weights + edit state per activity. Loading into another dtype than the files hold also keeps the
-    files' pages resident while converting (measured: benchmarks/plan_check.py)."""
+def _peaks(components: list[ComponentPlan], slots: list[SlotPlan], dtype: str | None,
+           batch: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Weights + edit state per activity, on the host (plus ``LOAD_OVERHEAD``) and on a GPU.
+
+    Loading into another dtype than the files hold keeps one component's file pages resident while its
+    copies are made; components load one after another, so the transient is the largest converting
+    component's stored bytes, not their sum (measured on full-size SD1: benchmarks/plan_check.py)."""
     texts = [c for c in components if c.name.startswith("text_encoder")]
     text = sum(c.bytes for c in texts)
     everything = sum(c.bytes for c in components)
-    convert_text = sum(c.stored_bytes for c in texts if c.converts)
-    convert_all = sum(c.stored_bytes for c in components if c.converts)
-    size = DTYPES[dtype]
+    convert_text = max((c.stored_bytes for c in texts if c.converts), default=0)
+    convert_all = max((c.stored_bytes for c in components if c.converts), default=0)
+    size = DTYPES[dtype] if dtype else 4
     # editable matrices kept fp32 under fp16/bf16 (T5 / LLM), and the snapshot of them rollback keeps
     upcast = sum(s.editable_params * (4 - size) for s in slots if s.keeps_fp32)
     snapshot = sum(s.editable_params * (4 if s.keeps_fp32 else size) for s in slots)
     edit_state = sum(s.c_bytes for s in slots)
     keys = sum(batch * KEY_TEMPLATES * s.width * 4 for s in slots)
     encoders = text + upcast + snapshot
-    return {
-        "load (host)": everything + convert_all,
+    pipeline = everything + upcast + snapshot
+    host = {
+        "load (host)": pipeline + convert_all,
         "load encoders (host)": encoders + convert_text,
-        "edit": max(encoders + convert_text, encoders + edit_state),
-        f"batch of {batch}": max(encoders + convert_text, encoders + edit_state + keys),
-        "image eval": max(everything + convert_all, everything + upcast + snapshot),
-        "bench": max(everything + convert_all, everything + upcast + snapshot + edit_state),
+        "edit": encoders + max(convert_text, edit_state),
+        f"batch of {batch}": encoders + max(convert_text, edit_state + keys),
+        "image eval": pipeline + convert_all,
+        "bench": pipeline + max(convert_all, edit_state),
     }
+    host = {k: v + LOAD_OVERHEAD for k, v in host.items()}
+    # on a GPU: the weights moved there (the load and its conversion happen on the host; the rollback
+    # snapshot stays on the host) plus the edit state
+    device = {
+        "edit": text + upcast + edit_state,
+        f"batch of {batch}": text + upcast + edit_state + keys,
+        "image eval": everything + upcast,
+        "bench": everything + upcast + edit_state,
+    }
+    return host, device
+
+
+# activity names of a plan's peaks, per command
+EDIT, IMAGE_EVAL, BENCH = "edit", "image eval", "bench"
+
+
+def batch_activity(batch: int) -> str:
+    """The peak's name for a batch of ``batch`` requests."""
+    return f"batch of {batch}"
+
+
+# free bytes on a device ("cpu", "cuda", "cuda:N"); None when unknown (nothing is then refused)
+MemorySource = Callable[[str], int | None]
+
+
+def available_memory(device: str) -> int | None:
+    """Free memory of ``device``: the host's MemAvailable (/proc/meminfo, else psutil) for cpu,
+    ``torch.cuda.mem_get_info`` for a CUDA device; None when it cannot be read."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def size_text(n: float) -> str:
+    """Bytes as B / KiB / MiB / GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class MemoryPlanError(EngineError):
+    """The chosen device has too little free memory for what a command is about to load."""
+
+
+def check_fits(plan: MemoryPlan, activity: str, device: str, memory: MemorySource | None = None) -> None:
+    """Refuse in one line (MemoryPlanError) when ``device`` has less free memory than ``plan`` expects
+    ``activity`` to peak at: host memory for cpu, GPU memory for cuda. Unknown free memory passes."""
+    on_gpu = device.startswith("cuda")
+    need = (plan.device_peaks if on_gpu else plan.peaks).get(activity)
+    free = (memory or available_memory)(device)
+    if need is None or free is None or need <= free:
+        return
+    where = f"GPU memory on {device}" if on_gpu else "host memory"
+    lighter = " load it in bfloat16 or float16 (--dtype)," if plan.dtype in ("float32", "as stored") else ""
+    raise MemoryPlanError(
+        f"{activity} of {plan.model} in {plan.dtype} needs about {size_text(need)} of {where} (`refact plan`) but "
+        f"only {size_text(free)} is free;{lighter} free memory or pick another --device")

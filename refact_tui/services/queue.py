@@ -13,7 +13,7 @@ from engine.request import EditRequest, RequestError
 from refact_tui.services.workspace import Workspace
 from store import jobs as job_store
 from store.base_models import get_base_model
-from store.db import transaction
+from store.db import get_meta, set_meta, transaction
 from store.edits import applied_edits
 from store.events import log_event
 from store.records import JobRow
@@ -47,6 +47,9 @@ class ImportReport:
 
 
 PAPER_LAYER = ReFACTHParams().layer
+# engine.slots.PAPER_DEPTH (layer 7 of SD1's 12), spelled here because engine.slots imports torch and
+# `queue add` must not (refact_tui/cli/__init__.py); tests/test_token_counts.py checks they agree
+PAPER_DEPTH = PAPER_LAYER / 12
 
 
 def default_hparams(ws: Workspace) -> ReFACTHParams:
@@ -65,8 +68,6 @@ def default_hparams(ws: Workspace) -> ReFACTHParams:
         # the first slot's readout bounds its layers (SDXL's penultimate readout stops two short)
         editable = first["editable"]
         fits = int(editable[0]) <= PAPER_LAYER <= int(editable[1])
-        from engine.slots import PAPER_DEPTH  # imports torch; `queue ls` must not (refact_tui/cli/__init__.py)
-
         own_depth = float(first.get("default_depth", PAPER_DEPTH)) != PAPER_DEPTH
         return paper.with_overrides(layer=int(first["default_layer"])) if own_depth or not fits else paper
     num_layers = base.config.get("num_layers")
@@ -186,40 +187,65 @@ def method_text_problems(checker: RequestChecker | None, request: EditRequest) -
     return out
 
 
-def _base_tokenizer(ws: Workspace) -> Any | None:
-    """The current history's base tokenizer, or None when its folder is gone (jobs then check lengths)."""
-    from engine.errors import EngineError
-    from engine.models import load_tokenizer
+def _slot_tokenizer(ws: Workspace, slot: str = "text_encoder") -> tuple[Any, int] | None:
+    """(tokenizer, token limit) of a slot of the current history's base model, or None when its folder
+    is gone (jobs then check lengths).
+
+    The tokenizer is engine.token_counts' torch-free one when a stored check (workspace meta, per base
+    model and slot) found it gives transformers' ids and the folder is unchanged since; otherwise the
+    transformers tokenizer, which is then checked against the torch-free one and the verdict stored, so
+    later `queue add` / `queue import` runs skip torch (`refact init` stores it at once).
+    """
+    from engine.token_counts import CountingRecord
 
     base = get_base_model(ws.db, ws.history().base_model_id)
+    key = f"token_counts:{base.id}:{slot}"
+    record = CountingRecord.from_json(get_meta(ws.db, key))
+    fast = record.tokenizer() if record is not None and record.limit is not None else None
+    if fast is not None:
+        return fast, int(record.limit)
+    from engine.errors import EngineError
+    from engine.models import load_tokenizer, token_limit
+    from engine.token_counts import record_for
+
     try:
-        return load_tokenizer(base.path)
+        tokenizer = load_tokenizer(base.path, slot)
     except EngineError:
         return None
+    limit = token_limit(tokenizer)
+    checked = record_for(tokenizer, limit)
+    if checked is not None and not ws.read_only:
+        set_meta(ws.db, key, checked.to_json())
+    return tokenizer, limit
+
+
+def prepare_token_counts(ws: Workspace) -> None:
+    """Check every slot's torch-free tokenizer against transformers now and store the verdicts, so the
+    first `queue add` already skips torch (`refact init` calls it while transformers is loaded)."""
+    token_limits(ws)
 
 
 def token_limits(ws: Workspace, tokenizer: Any | None = None, slots: tuple[str, ...] = ()) -> list[TokenLimit]:
     """The (tokenizer, limit) pairs every text of a request must fit, for the current history's base
     model: one per encoder slot (``slots``: only those) with the slot's own limit (77 for CLIP, the
     pipeline's 256/512 for T5); empty when a tokenizer cannot be loaded (jobs then check lengths)."""
-    from engine.errors import EngineError
-    from engine.models import load_tokenizer, token_limit
+    if tokenizer is not None:  # the caller's own (transformers) tokenizer: torch is loaded already
+        from engine.models import token_limit
 
-    recorded = get_base_model(ws.db, ws.history().base_model_id).config.get("slots") or {} if tokenizer is None else {}
+        return [TokenLimit(tokenizer, token_limit(tokenizer))]
+    recorded = get_base_model(ws.db, ws.history().base_model_id).config.get("slots") or {}
     if len(recorded) > 1:
-        base = get_base_model(ws.db, ws.history().base_model_id)
         limits = []
         for name, info in recorded.items():
             if slots and name not in slots:
                 continue
-            try:
-                tok = load_tokenizer(base.path, name)
-            except EngineError:
+            found = _slot_tokenizer(ws, name)
+            if found is None:
                 return []
-            limits.append(TokenLimit(tok, int(info.get("max_length") or token_limit(tok)), name))
+            limits.append(TokenLimit(found[0], int(info.get("max_length") or found[1]), name))
         return limits
-    tokenizer = tokenizer if tokenizer is not None else _base_tokenizer(ws)
-    return [] if tokenizer is None else [TokenLimit(tokenizer, token_limit(tokenizer))]
+    found = _slot_tokenizer(ws)
+    return [] if found is None else [TokenLimit(*found)]
 
 
 def request_checker(ws: Workspace, hparams: ReFACTHParams, tokenizer: Any | None = None) -> RequestChecker | None:

@@ -76,36 +76,45 @@ def _text_metrics_hook(ws) -> Callable:
     return hook
 
 
-def check_run_options(ws, device: str = "auto", batch=None) -> None:
+def check_run_options(ws, device: str = "auto", batch=None, dtype: str | None = None,
+                      memory=None) -> None:
     """Every `run` option, before any job is claimed and whether or not the queue holds jobs: the device,
-    the batch settings, and ``--layers`` against the base model of the current history and of every
-    history with queued jobs (the readout-aware range a single edit's layer is held to). One-line
-    HParamsError / EngineError."""
+    the load dtype (``--dtype``, else the workspace default) and that the device runs it, the batch
+    settings, ``--layers`` against the base model of the current history and of every history with
+    queued jobs (the readout-aware range a single edit's layer is held to), and the free memory of the
+    device against those models' memory plan (``memory``: a services.plan.MemorySource, for tests).
+    One-line HParamsError / EngineError."""
     from engine.models import resolve_device
+    from refact_tui.services.plan import EDIT, batch_activity
+    from refact_tui.services.preflight import check_dtype, preflight
     from store.base_models import get_base_model
     from store.histories import get_history
     from store.jobs import list_jobs
 
     resolve_device(device)
-    if batch is None:
-        return
-    batch.validate()
+    check_dtype(dtype, device)
+    if batch is not None:
+        batch.validate()
     histories = {ws.history().id} | {j.history_id for j in list_jobs(ws.db, states=("queued",))}
     bases = {get_history(ws.db, h).base_model_id for h in histories}
-    for base_id in sorted(bases):
-        batch.check_layers(get_base_model(ws.db, base_id).config.get("slots") or {})
+    if batch is not None:
+        for base_id in sorted(bases):
+            batch.check_layers(get_base_model(ws.db, base_id).config.get("slots") or {})
+    activity = EDIT if batch is None else batch_activity(batch.size)
+    preflight(ws, activity, device, dtype, base_ids=bases, batch=1 if batch is None else batch.size, memory=memory)
 
 
 def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: EventCallback | None = None,
                should_stop: StopCheck | None = None, *, watch: bool = False,
-               text_metrics: bool = True, batch=None) -> WorkerSummary:
-    """Process the workspace's queue until it is empty (or max_jobs / should_stop).
+               text_metrics: bool = True, batch=None, dtype: str | None = None, memory=None) -> WorkerSummary:
+    """Process the workspace's queue until it is empty (or max_jobs / should_stop), loading models in
+    ``dtype`` (None: the workspace default).
 
     Raises LeaseHeldError when another worker runs on this workspace.
     """
     from refact_tui.services.working_model import load_history_model
 
-    check_run_options(ws, device, batch)  # refused before any job is claimed (nothing charged)
+    check_run_options(ws, device, batch, dtype, memory)  # refused before any job is claimed (nothing charged)
     corpus, samples = stats_settings(ws)
     stale_after, heartbeat = lease_timing()
     config = WorkerConfig(
@@ -115,7 +124,7 @@ def run_worker(ws, device: str = "auto", max_jobs: int | None = None, on_event: 
     )
     worker = Worker(
         config,
-        lambda history_id: load_history_model(ws, history_id, device),
+        lambda history_id: load_history_model(ws, history_id, device, dtype=dtype),
         on_event=on_event,
         should_stop=should_stop,
         after_edit=_text_metrics_hook(ws) if text_metrics else None,

@@ -162,13 +162,13 @@ class Worker:
         cfg, db = self.config, self._db
         recovery = recover_orphans(db, max_crashes=cfg.max_attempts)
         summary.recovered_jobs = list(recovery.requeued)
+        notices = []
         if summary.recovered_jobs:
-            msg = f"requeued interrupted job(s) {summary.recovered_jobs} left by a stopped worker"
-            log_event(db, "worker", msg, level="warning")
-            self._emit(WorkerNotice(msg))
+            notices.append(f"requeued interrupted job(s) {summary.recovered_jobs} left by a stopped worker")
         if recovery.batch_charged:
-            msg = (f"the worker died while batch job(s) {recovery.batch_charged} ran: the batch is charged, "
-                   "not its jobs; each runs alone next")
+            notices.append(f"the worker died while batch job(s) {recovery.batch_charged} ran: the batch is charged, "
+                           "not its jobs; each runs alone next")
+        for msg in notices:
             log_event(db, "worker", msg, level="warning")
             self._emit(WorkerNotice(msg))
         remove_orphan_deltas(db, cfg.root, cfg.deltas_dir, recovery.requeued + recovery.failed)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.events import Progress, StepEvent
-from engine.methods.refact.batch import DEFAULT_LAMBDA, MODES, BatchInsertConfig
+from engine.methods.refact.batch import DEFAULT_LAMBDA, MAX_ROUNDS, MODES, ROUND_MODES, BatchInsertConfig
 from engine.methods.refact.hparams import HParamsError
 from engine.methods.refact.joint_solve import residual_bound
 
@@ -125,9 +125,15 @@ AfterEdit = Callable[[object, object], None]
 
 # ----------------------------------------------------------------------------- batch settings
 
-# `--batch` without `--insert`: the joint solve had the best F1 of the insertion modes on real weights
-# (all-MiniLM-L6-v2, benchmarks/scale.py), and summed rank-one updates cross-talk on shared key directions.
+# `--batch` without `--insert`/`--rounds`: joint, one round. Measured on real weights (all-MiniLM-L6-v2,
+# benchmarks/scale.py, BENCHMARKS.md "Scale"), F1 / unrelated drift at N = 30 and 90: joint 0.954 / 0.138,
+# 0.956 / 0.347; joint 2 rounds 0.958 / 0.142, 0.956 / 0.381 (3 rounds: 0.945 at 90); sequential
+# --null-space 0.958 / 0.140, 0.958 / 0.430. The F1 gains are 1-2 probe flips (2 rounds: none at N = 90),
+# the drift costs hold at every N, and the null space runs out past key width / 2 requests (768 on
+# MiniLM), so the joint solve stays the default; summed rank-one updates are refused from N = 30.
 DEFAULT_INSERT = "joint"
+# solves of re-optimised v* for --insert joint/sequential when --rounds is not given; other modes solve once
+DEFAULT_ROUNDS = 1
 # `--batch` upper bound: far above any padded batch that fits a GPU, far below an integer that overflows.
 MAX_BATCH = 4096
 # `--lambda` upper bound (relative ridge, see engine.methods.refact.joint_solve); lambda_limit() may be lower.
@@ -148,17 +154,19 @@ def lambda_limit() -> float:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space]`.
+    """`refact run --batch N [--insert MODE] [--layers ...] [--lambda X] [--null-space] [--rounds R]`.
 
-    ``lam`` None: the default (DEFAULT_LAMBDA); ``--lambda`` and ``--null-space`` shape the joint and
-    spread solves only, so a rank-one batch refuses them."""
+    ``lam`` None: the default (DEFAULT_LAMBDA); ``--lambda`` and ``--null-space`` shape the joint,
+    sequential and spread solves only, so a rank-one batch refuses them. ``rounds`` None: DEFAULT_ROUNDS
+    for joint and sequential, 1 otherwise; more than 1 only for those two."""
 
     size: int
     insert: str = DEFAULT_INSERT
     layers: tuple[int, ...] = ()
     lam: float | None = None
     null_space: bool = False
-    chunk: int | None = None  # requests per padded batch (memory cap); None = all N at once
+    chunk: int | None = None  # requests per padded batch (memory cap); None = the engine's DEFAULT_CHUNK (32)
+    rounds: int | None = None
 
     def validate(self) -> None:
         """HParamsError (one line) on any option that cannot work or would be ignored."""
@@ -172,8 +180,14 @@ class BatchSettings:
         if len(set(self.layers)) != len(self.layers):
             raise HParamsError("--layers lists a layer twice; give each layer once")
         if self.insert == "rank-one" and (self.lam is not None or self.null_space):
-            raise HParamsError("--lambda and --null-space shape the --insert joint/spread solves; a rank-one batch "
-                               "would ignore them (add --insert joint, or drop them)")
+            raise HParamsError("--lambda and --null-space shape the --insert joint/sequential/spread solves; a "
+                               "rank-one batch would ignore them (add --insert joint, or drop them)")
+        if self.rounds is not None:
+            if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= MAX_ROUNDS:
+                raise HParamsError(f"--rounds must be an integer in 1..{MAX_ROUNDS}, got {self.rounds!r}")
+            if self.rounds > 1 and self.insert not in ROUND_MODES:
+                raise HParamsError(f"--rounds applies to --insert {' and '.join(ROUND_MODES)}; a {self.insert} batch "
+                                   "solves once (drop --rounds)")
         if self.lam is not None:
             limit = lambda_limit()
             if not (math.isfinite(self.lam) and 0 <= self.lam <= limit):
@@ -184,7 +198,9 @@ class BatchSettings:
 
     def insert_config(self) -> BatchInsertConfig:
         lam = DEFAULT_LAMBDA if self.lam is None else self.lam
-        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=lam, null_space=self.null_space)
+        rounds = self.rounds if self.rounds is not None else DEFAULT_ROUNDS if self.insert in ROUND_MODES else 1
+        return BatchInsertConfig(mode=self.insert, layers=tuple(self.layers), lam=lam, null_space=self.null_space,
+                                 rounds=rounds)
 
     def check_layers(self, slots: dict) -> None:
         """``--layers`` against a base model's first encoder slot as `refact init` recorded it (``slots``:

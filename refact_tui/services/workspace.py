@@ -40,6 +40,8 @@ class BaseModelInfo:
     encoder_family: str
     encoder_hash: str
     config: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None        # the workspace's default load dtype (None: as the files store it)
+    files_hash: str | None = None   # sha256 of the stored text-encoder files (services.working_model)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Workspace:
     images_dir: Path
     stats_dir: Path
     exports_dir: Path
+    read_only: bool = False
+    dtype: str | None = None  # this session's load dtype (a command's --dtype); None: the base's default
 
     @property
     def db_path(self) -> Path:
@@ -70,11 +74,11 @@ class Workspace:
             db = open_checked(root / DB_NAME, read_only=read_only)
         except StoreError as exc:
             raise WorkspaceError(str(exc)) from None
-        return cls._from(root, db)
+        return cls._from(root, db, read_only)
 
     @classmethod
-    def _from(cls, root: Path, db: sqlite_utils.Database) -> "Workspace":
-        return cls(root, db, root / "deltas", root / "images", root / "stats", root / "exports")
+    def _from(cls, root: Path, db: sqlite_utils.Database, read_only: bool = False) -> "Workspace":
+        return cls(root, db, root / "deltas", root / "images", root / "stats", root / "exports", read_only)
 
     def history(self) -> HistoryRow:
         """The current history."""
@@ -145,15 +149,17 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def describe_model(model_source: str | Path) -> BaseModelInfo:
-    """Load the model offline (text encoder only) and collect what the store records about it."""
+def describe_model(model_source: str | Path, dtype: str | None = None) -> BaseModelInfo:
+    """Load the model offline (text encoder only, directly in ``dtype``) and collect what the store
+    records about it, ``dtype`` as its default load dtype."""
     from engine.models import load_model  # lazy: torch/transformers only when a model is needed
 
-    return describe_loaded(load_model(model_source, device="cpu", with_pipeline=False), model_source)
+    return describe_loaded(load_model(model_source, device="cpu", with_pipeline=False, dtype=dtype), model_source)
 
 
 def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
-    """What the store records about an already loaded model (``model_source`` as the user gave it)."""
+    """What the store records about an already loaded model (``model_source`` as the user gave it): its
+    hash in the dtype it was loaded in, that dtype as the default, and its stored files' hash."""
     config: dict[str, Any] = {
         "num_layers": int(model.adapter.num_layers),
         "max_length": int(model.adapter.max_length),
@@ -163,7 +169,7 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
         config["text_encoder"] = _json_safe(encoder_config.to_dict())
     config["family"] = str(getattr(model, "family", model.adapter.family))
     config["slots"] = slot_defaults(model)
-    from refact_tui.services.working_model import model_weights_hash
+    from refact_tui.services.working_model import base_files_hash, model_weights_hash
 
     return BaseModelInfo(
         source=str(model_source),
@@ -172,6 +178,8 @@ def describe_loaded(model: Any, model_source: str | Path) -> BaseModelInfo:
         encoder_family=model.adapter.family,
         encoder_hash=model_weights_hash(model),
         config=config,
+        dtype=getattr(model, "dtype", None),
+        files_hash=base_files_hash(model),
     )
 
 
@@ -200,7 +208,7 @@ def slot_defaults(model: Any) -> dict[str, dict[str, Any]]:
 def register_model(db: sqlite_utils.Database, base: BaseModelInfo) -> BaseModelRow:
     """Record a base model in the workspace store (inside the caller's transaction)."""
     return register_base_model(db, base.source, base.path, base.kind, base.encoder_family, base.encoder_hash,
-                               base.config)
+                               base.config, dtype=base.dtype, files_hash=base.files_hash)
 
 
 def _make_dirs(root: Path) -> None:
@@ -250,12 +258,14 @@ def create_workspace(root: Path | str, base: BaseModelInfo, history: str = "main
     return Workspace._from(root, db)
 
 
-def init_workspace(root: Path | str, model_source: str | Path, history: str = "main") -> Workspace:
-    """Load the model (offline), then create the workspace with it as the base of ``history``.
+def init_workspace(root: Path | str, model_source: str | Path, history: str = "main",
+                   dtype: str | None = None) -> Workspace:
+    """Load the model (offline, directly in ``dtype``), then create the workspace with it as the base of
+    ``history`` and ``dtype`` as the workspace's default load dtype (None: as the files store it).
 
     The model is loaded first, so a bad model leaves no half-made workspace behind.
     """
     root = Path(root).expanduser().absolute()
     _refuse_existing(root)  # fail before the slow model load
-    base = describe_model(model_source)
+    base = describe_model(model_source, dtype)
     return create_workspace(root, base, history)

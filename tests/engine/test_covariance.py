@@ -127,7 +127,7 @@ def test_left_vector_is_normalised_solve_and_ridge():
 def test_cholesky_factor_is_reused_until_c_changes(monkeypatch):
     calls = []
     real = torch.linalg.cholesky_ex
-    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda c: calls.append(1) or real(c))
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda c, **kw: calls.append(1) or real(c, **kw))
     c = torch.eye(8, dtype=torch.float64) * 2
     k = torch.arange(1.0, 9.0)
     u1 = left_vector(c, k)

@@ -1,4 +1,4 @@
-"""Insert a batch of N requests as ONE ``EditDelta``: rank-one sum, joint solve, or spread over layers.
+"""Insert a batch of N requests as ONE ``EditDelta``: rank-one sum, joint solve, sequential, or spread.
 
 - ``rank-one``: the sum of the N independent ReFACT updates (each equals its single edit).
 - ``joint``: one C-weighted ridge solve at the layer (engine.methods.refact.joint_solve) over two keys per
@@ -9,12 +9,22 @@
   token, base + delta. Layer by layer, the remaining gap divided by the layers left is solved in
   jointly, keys recomputed on the model edited so far; C of every layer is taken from the base
   model before anything is edited. The last layer closes what earlier layers under-deliver.
+- ``sequential``: the requests one after another at the layer, each solved over its two keys on top
+  of the updates before it (engine.methods.refact.joint_solve.sequential_factors); with
+  ``null_space`` each update is projected off the keys of every earlier request (AlphaEdit's
+  projection), so later requests leave earlier ones' W k exactly where they were.
+
+Rounds (joint and sequential): round 1 is the solve above. Each further round re-optimises v* on
+the model edited so far (the shift each request still needs there, its target already holding on
+the edited model gives a shift of exactly 0) and solves that shift in over the same keys on top of
+the earlier rounds; rounds stop early once every target holds. One round is the plain solve.
 
 Protection of earlier edits (every mode): their keys join C with weight ``preserve``,
 C' = C + preserve * sum k_p k_p^T, the ``--preserve`` of single edits. Keys are unit-free
 activations with ||k||^2 ~ 1e2..1e3 on SD1 against tr C ~ 85, so preserve >= 1e-3 already acts as
 a hard constraint there. ``null_space`` additionally restricts the update to the directions the
-protected keys do not span (AlphaEdit's projection), so dW k_p = 0 exactly.
+protected keys do not span (AlphaEdit's projection), so dW k_p = 0 exactly (for ``sequential``, the
+earlier requests of the batch are protected too).
 
 Every function here leaves the model's weights as they were (verification applies the delta to a
 saved copy's place and restores it bit-exactly). A batch whose update does not deliver its requests
@@ -38,25 +48,29 @@ from engine.errors import InsertionRefusedError
 from engine.methods.refact.edit import BatchValues, compute_values, default_store
 from engine.methods.refact.guard import check_batch
 from engine.methods.refact.hparams import HParamsError, ReFACTHParams
-from engine.methods.refact.joint_solve import complement_basis, joint_factors, residual_bound
+from engine.methods.refact.joint_solve import joint_factors, residual_bound, sequential_factors
 from engine.methods.refact.keys import bare_keys_values, chunked_keys, earlier_keys
 from engine.request import EditRequest
 from engine.tokens import locate_all
 
-MODES = ("rank-one", "joint", "spread")
+MODES = ("rank-one", "joint", "spread", "sequential")
+ROUND_MODES = ("joint", "sequential")  # the one-layer solves a re-optimised v* can be solved into again
+MAX_ROUNDS = 10
 DEFAULT_LAMBDA = 1e-2
 
 
 @dataclass(frozen=True)
 class BatchInsertConfig:
     """How a batch goes into the weights. ``layers``: spread's layers (the last one is where v* is
-    optimised); other modes use ``hparams.layer``. ``lam`` is relative (see engine.methods.refact.joint_solve)."""
+    optimised); other modes use ``hparams.layer``. ``lam`` is relative (see engine.methods.refact.joint_solve).
+    ``rounds``: solves of re-optimised v* (joint and sequential; 1 = the plain solve)."""
 
     mode: str = "rank-one"
     layers: tuple[int, ...] = ()
     lam: float = DEFAULT_LAMBDA
     null_space: bool = False
     component: str = DEFAULT_COMPONENT
+    rounds: int = 1
 
     def validate(self, adapter: Any) -> None:
         """HParamsError for a bad mode or lambda, or a layer that cannot reach the readout (the range a
@@ -65,6 +79,11 @@ class BatchInsertConfig:
             raise HParamsError(f"insertion mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.lam >= 0 or not math.isfinite(self.lam):
             raise HParamsError(f"--lambda must be a finite number >= 0, got {self.lam}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= MAX_ROUNDS:
+            raise HParamsError(f"--rounds must be an integer in 1..{MAX_ROUNDS}, got {self.rounds!r}")
+        if self.rounds > 1 and self.mode not in ROUND_MODES:
+            raise HParamsError(f"--rounds applies to --insert {' and '.join(ROUND_MODES)}; a {self.mode} batch "
+                               "solves once (drop --rounds)")
         last = adapter.last_editable
         bad = [layer for layer in self.layers if not 0 <= layer <= last]
         if bad:
@@ -101,6 +120,7 @@ class BatchInsertResult:
     bound: float
     lam_abs: dict[int, float] = field(default_factory=dict)
     solve_s: float = 0.0
+    rounds: int = 1  # rounds actually solved (fewer than asked once every target held)
 
 
 def _linear(model: Any, layer: int) -> torch.nn.Linear:
@@ -183,8 +203,7 @@ def compute_batch(
             model, requests, hp, second_moment=base_c[layers[-1]], preserve_requests=preserve_requests, **value_kwargs
         )
     t0 = time.perf_counter()
-    v_star = torch.stack([r.tensors["v_star"] for r in values.results]).to(torch.float64)
-    k_e_top = torch.stack([r.tensors["k_e"] for r in values.results])
+    last, rounds_run = values, 1
     lam_abs: dict[int, float] = {}
     if config.mode == "rank-one":
         left = torch.stack([r.delta.r for r in values.results], dim=1)
@@ -194,13 +213,46 @@ def compute_batch(
     else:
         updates, lam_abs = _solve_layers(model, requests, hp, config, layers, base_c, values, preserve_requests)
         bound = residual_bound(config.lam)
-    delta = EditDelta(updates=updates, meta=_meta(values, config, layers))
+        for _ in range(1, config.rounds):
+            again = _revalue(model, requests, hp, updates, base_c[hp.layer], value_kwargs)
+            if all(r.early_stopped and r.steps_run == 1 for r in again.results):
+                break  # every target already holds on the edited model: its shift is 0, a round adds nothing
+            more, lam_abs = _solve_layers(model, requests, hp, config, layers, base_c, again, preserve_requests)
+            updates = _merged(updates, more)
+            last, rounds_run = again, rounds_run + 1
+    # judged against the last round's targets: what the edited model was last asked to deliver
+    v_star = torch.stack([r.tensors["v_star"] for r in last.results]).to(torch.float64)
+    k_e_top = torch.stack([r.tensors["k_e"] for r in last.results])
+    delta = EditDelta(updates=updates, meta=_meta(values, config, layers, rounds_run))
     if not delta.is_finite():
         raise InsertionRefusedError("the batch update is not finite; lower the learning rate or raise --lambda")
-    outcomes, changed = _verify(model, requests, hp, delta, layers, values, v_star, k_e_top)
+    outcomes, changed = _verify(model, requests, hp, delta, layers, last, v_star, k_e_top)
     solve_s = time.perf_counter() - t0
     check_batch(outcomes, bound, config.mode, changed)
-    return BatchInsertResult(delta, config.mode, layers, outcomes, values, bound, lam_abs, solve_s)
+    return BatchInsertResult(delta, config.mode, layers, outcomes, values, bound, lam_abs, solve_s, rounds_run)
+
+
+def _revalue(model, requests, hp, updates, second_moment, value_kwargs) -> BatchValues:
+    """Every request's v* re-optimised on the model with ``updates`` applied (weights restored
+    bit-exactly); step events are not streamed again."""
+    saved = WeightSnapshot(_linear(model, u.layer) for u in updates)
+    try:
+        for u in updates:
+            add_low_rank(_linear(model, u.layer), u.left, u.right)
+        kwargs = {k: v for k, v in value_kwargs.items() if k != "on_step"}
+        return compute_values(model, requests, hp, second_moment=second_moment, **kwargs)
+    finally:
+        saved.restore()
+
+
+def _merged(first: list[MatrixUpdate], second: list[MatrixUpdate]) -> list[MatrixUpdate]:
+    """One update per matrix: the factors of both rounds side by side (W += both)."""
+    extra = {u.module: u for u in second}
+    out = [MatrixUpdate(u.component, u.module, torch.cat([u.left, extra[u.module].left], 1),
+                        torch.cat([u.right, extra[u.module].right], 1), u.layer) if u.module in extra else u
+           for u in first]
+    seen = {u.module for u in first}
+    return out + [u for u in second if u.module not in seen]
 
 
 def _solve_layers(model, requests, hp, config, layers, base_c, values, preserve_requests):
@@ -228,10 +280,12 @@ def _solve_layers(model, requests, hp, config, layers, base_c, values, preserve_
             keys = torch.cat([k_e, k_star]).to(torch.float64).cpu()
             gaps = torch.cat([gap_e, gap_t])
             c, protected = _protected_c(model, base_c[layer], layer, hp, preserve_requests)
-            basis = None
-            if config.null_space and protected is not None:
-                basis = complement_basis(protected, keys.shape[1])
-            f = joint_factors(c, keys, gaps, config.lam, ridge=hp.ridge, basis=basis)
+            protected = protected if config.null_space else None
+            if config.mode == "sequential":  # per request [k_e, k*] and their gaps, in the batch's order
+                f = sequential_factors(c, torch.stack([k_e, k_star], 1), torch.stack([gap_e, gap_t], 1), config.lam,
+                                       ridge=hp.ridge, protected=protected, null_space=config.null_space)
+            else:
+                f = joint_factors(c, keys, gaps, config.lam, ridge=hp.ridge, protected=protected)
             lam_abs[layer] = f.lam_abs
             upd = MatrixUpdate(config.component, adapter.fc2_name(layer), f.left.float(), f.right.float(), layer)
             add_low_rank(_linear(model, layer), upd.left, upd.right)
@@ -275,9 +329,10 @@ def _verify(model, requests, hp, delta, layers, values, v_star, k_e_top) -> tupl
     ], changed
 
 
-def _meta(values: BatchValues, config: BatchInsertConfig, layers: tuple[int, ...]) -> dict[str, str]:
+def _meta(values: BatchValues, config: BatchInsertConfig, layers: tuple[int, ...], rounds: int = 1) -> dict[str, str]:
     first = values.results[0].delta.meta
-    return {
+    extra = {"rounds": str(rounds)} if config.rounds > 1 else {}
+    return {**extra,
         "kind": "batch",
         "family": first.get("family", ""),
         "insert_mode": config.mode,

@@ -213,7 +213,7 @@ def compute_edit(
     k_templates = state.key[[row_of[p.text] for p in located.key_prompts], [p.index for p in located.key_prompts]]
     k_star = k_templates.mean(dim=0)
     second_moment = with_earlier_keys(model, second_moment, hparams, preserve_requests)
-    u = left_vector(second_moment, k_star, hparams.ridge)
+    u = left_vector(second_moment, k_star, hparams.ridge, hparams.moment_rank)
     bare = rewriting[0]
     k_e = state.key[0, bare.index].clone()
     v_e = state.mlp_out[0, bare.index].clone()
@@ -279,7 +279,7 @@ def compute_values(
         start += len(loc.key_prompts)
     k_star = torch.stack([k.mean(dim=0) for k in k_templates])
     second_moment = with_earlier_keys(model, second_moment, hparams, preserve_requests)
-    u = left_vectors(second_moment, k_star, hparams.ridge)
+    u = left_vectors(second_moment, k_star, hparams.ridge, hparams.moment_rank)
     k_e, v_e = bare_keys_values(adapter, tokenizer, [loc.rewriting[0] for loc in located], layer)
     timings.key_s = time.perf_counter() - t0
 

@@ -81,6 +81,7 @@ HPARAM_RANGES: tuple[HParamRange, ...] = (
     HParamRange("ridge", 0.0, 1e6),
     HParamRange("min_division", 0.0, 1e12, low_open=True),
     HParamRange("preserve", 0.0, 1e6),
+    HParamRange("moment_rank", 0, 1 << 16, integer=True),
 )
 MAX_TEMPLATES = 64
 # Softmax temperature of encoders whose features are L2-normalised (BERT sentence encoders): distances
@@ -118,6 +119,9 @@ class ReFACTHParams:
     # layer is added to C with this weight, C' = C + preserve * sum_i k_i k_i^T, so u = C'^-1 k*
     # barely moves the keys of earlier edits and later edits disturb them less.
     preserve: float = 0.0
+    # u solves against C's rank-k + diagonal approximation (Woodbury) instead of dense C when > 0:
+    # O(width x k) solve memory at LLM widths; see engine.methods.refact.linalg. 0 = dense (the paper).
+    moment_rank: int = 0
     # Encoder slots to edit (pipeline attribute names); empty = every slot of the model.
     slots: tuple[str, ...] = ()
     # Per-slot layers, (slot, layer) pairs; a slot not listed uses ``layer`` when it is the model's
@@ -158,9 +162,11 @@ class ReFACTHParams:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["templates"] = list(self.templates)
-        # per-slot fields only when set, so single-encoder hyperparameters keep their fingerprint
+        # per-slot fields and moment_rank only when set, so earlier hyperparameters keep their fingerprint
         for name in ("slots", "slot_layers"):
             d.pop(name)
+        if not self.moment_rank:
+            d.pop("moment_rank")
         if self.slots:
             d["slots"] = list(self.slots)
         if self.slot_layers:

@@ -16,7 +16,7 @@ import torch
 from engine.adapters.base import EncoderAdapter
 from engine.errors import InsertionRefusedError
 from engine.methods.refact.hparams import ReFACTHParams
-from engine.methods.refact.linalg import cholesky
+from engine.methods.refact.linalg import solve
 from engine.request import EditRequest
 from engine.tokens import LocatedText, locate_all
 
@@ -61,26 +61,27 @@ def _check_width(second_moment: torch.Tensor, width: int) -> None:
         )
 
 
-def left_vector(second_moment: torch.Tensor, k_star: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+def left_vector(second_moment: torch.Tensor, k_star: torch.Tensor, ridge: float = 0.0, rank: int = 0) -> torch.Tensor:
     """u = C^-1 k* / ||C^-1 k*|| by a float64 Cholesky solve (no explicit inverse), as float32.
 
-    ``ridge`` adds ``ridge * mean(diag C)`` to the diagonal first. A C that is not positive
+    ``ridge`` adds ``ridge * mean(diag C)`` to the diagonal first; ``rank`` > 0 solves against C's
+    low-rank + diagonal approximation instead (engine.methods.refact.linalg). A C that is not positive
     definite (too few corpus tokens, dead units) raises InsertionRefusedError.
     """
     k = k_star.detach().to(device="cpu", dtype=torch.float64).reshape(-1, 1)
     _check_width(second_moment, k.shape[0])
-    u = torch.cholesky_solve(k, cholesky(second_moment, ridge)).reshape(-1)
+    u = solve(second_moment, k, ridge, rank).reshape(-1)
     norm = torch.linalg.vector_norm(u)
     if not torch.isfinite(norm) or norm == 0:
         raise InsertionRefusedError("C^-1 k* is zero or not finite; check the statistics and the key")
     return (u / norm).to(torch.float32)
 
 
-def left_vectors(second_moment: torch.Tensor, k_star: torch.Tensor, ridge: float) -> torch.Tensor:
-    """u_i = C^-1 k*_i / ||C^-1 k*_i|| for rows of ``k_star`` (one Cholesky, one multi-column solve)."""
+def left_vectors(second_moment: torch.Tensor, k_star: torch.Tensor, ridge: float, rank: int = 0) -> torch.Tensor:
+    """u_i = C^-1 k*_i / ||C^-1 k*_i|| for rows of ``k_star`` (one factor, one multi-column solve)."""
     k = k_star.detach().to("cpu", torch.float64).T
     _check_width(second_moment, k.shape[0])
-    u = torch.cholesky_solve(k, cholesky(second_moment, ridge))
+    u = solve(second_moment, k, ridge, rank)
     norms = torch.linalg.vector_norm(u, dim=0)
     if not torch.isfinite(norms).all() or bool((norms == 0).any()):
         raise InsertionRefusedError("C^-1 k* is zero or not finite for a request of the batch; check the statistics")
@@ -104,8 +105,9 @@ def earlier_keys(model: Any, requests: Sequence[EditRequest], hparams: ReFACTHPa
 
 def with_earlier_keys(model: Any, second_moment: torch.Tensor, hparams: ReFACTHParams,
                       preserve_requests: Sequence[EditRequest]) -> torch.Tensor:
-    """C + preserve * sum k_p k_p^T over the earlier requests' keys (C itself when preserve is 0 or none)."""
+    """C + preserve * sum k_p k_p^T over the earlier requests' keys (C itself when preserve is 0 or none),
+    in C's storage dtype (an fp32 C at an LLM width stays fp32: no second fp64 copy of it)."""
     if hparams.preserve > 0 and preserve_requests:
         earlier = earlier_keys(model, preserve_requests, hparams)
-        return second_moment.to(torch.float64) + hparams.preserve * earlier.T @ earlier
+        return second_moment + (hparams.preserve * earlier.T @ earlier).to(second_moment.dtype)
     return second_moment

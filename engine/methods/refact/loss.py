@@ -90,7 +90,9 @@ def anchor_scores(scores: torch.Tensor, features: torch.Tensor, unedited: torch.
 def similarity(features: torch.Tensor, targets: torch.Tensor, hparams: ReFACTHParams,
                anchors: Anchors | None = None) -> torch.Tensor:
     """s_ij / temperature between edited features (P, D) and targets: (X, D) shared by every row
-    (one request), or (P, X, D), each row its own (the vectorised batch). ``anchors``: see above."""
+    (one request), or (P, X, D), each row its own (the vectorised batch). ``anchors``: see above.
+    Computed in fp32 whatever the encoder's dtype."""
+    features, targets = features.float(), targets.float()
     if hparams.similarity == "cosine":
         f = torch.nn.functional.normalize(features, dim=-1)
         t = torch.nn.functional.normalize(targets, dim=-1)

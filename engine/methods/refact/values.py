@@ -17,6 +17,12 @@ events and P(target). Converged rows keep being computed until fewer than ``rebu
 built rows are active; then the batch is rebuilt from the active requests alone (row compaction).
 Requests are sorted by token length and cut into chunks of at most ``batch`` requests, so padding
 stays small and memory stays bounded.
+
+Across processes (``accelerate launch``): the chunks are the unit of sharding (engine.distributed).
+A request's v* depends on the chunk it shares (padding width, row compaction and the matmul shapes
+change float rounding, ~1e-6), never on the process that computes the chunk. The chunk size never
+depends on the number of processes (``batch``, else ``DEFAULT_CHUNK``), so v* is bit-identical on
+1 or N processes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from engine.adapters.base import EncoderAdapter, LayerState, add_at_positions
+from engine.distributed import process_info, require_work_for_all, run_sharded
 from engine.errors import EditCancelled
 from engine.events import StepCallback, StepEvent, StopCheck
 from engine.methods.refact.hparams import ReFACTHParams
@@ -37,6 +44,9 @@ from engine.tokens import LocatedText
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 DEFAULT_REBUILD_AT = 0.9
+# requests per chunk when the caller sets none: bounds memory, and gives 1,000 requests 32 chunks to
+# share over processes; a fixed number, so the bits do not depend on how many processes run
+DEFAULT_CHUNK = 32
 
 # (request position in the caller's list, its step event)
 BatchStepCallback = Callable[[int, StepEvent], None]
@@ -99,8 +109,8 @@ def optimize_value(
             state = adapter.prefix(adapter.tokenize(tokenizer, [p.text for p in located]), layer)
         features_of = adapter.stepper(state, lookup_index(located, state.mlp_out.device))
     targets = targets.detach()
-    v0 = v0.detach()
-    delta = torch.zeros(adapter.hidden_size, dtype=state.mlp_out.dtype, device=state.mlp_out.device, requires_grad=True)
+    v0 = v0.detach().float()  # v* and Adam's state in fp32 whatever the model's dtype (fp16 rounds eps to 0)
+    delta = torch.zeros(adapter.hidden_size, dtype=torch.float32, device=state.mlp_out.device, requires_grad=True)
     anchors = None
     pairs = same_token_pairs(adapter, tokenizer, [p.text for p in located], target_texts)
     if pairs is not None:
@@ -170,6 +180,14 @@ class BatchStats:
     row_steps: int = 0
     token_steps: int = 0
     seconds: float = 0.0
+    chunk_size: int = 0  # requests per chunk (the unit sharded across processes)
+    processes: int = 1
+
+    def add(self, other: "BatchStats") -> None:
+        self.chunks += other.chunks
+        self.rebuilds += other.rebuilds
+        self.row_steps += other.row_steps
+        self.token_steps += other.token_steps
 
 
 @dataclass
@@ -251,7 +269,8 @@ def optimize_values(
     """Optimise one delta per task, vectorised; results in ``tasks`` order.
 
     Every task must have the same number of rewriting prompts (one ``hparams``). ``batch`` caps the
-    requests per padded batch (None: all at once); ``rebuild_at``: rebuild the batch when at most
+    requests per padded batch (None: ``DEFAULT_CHUNK``); chunks are shared over the processes of an
+    ``accelerate launch`` (ShardingError when there are more processes than tasks); ``rebuild_at``: rebuild the batch when at most
     this fraction of its rows is still active.
     """
     if not tasks:
@@ -261,16 +280,32 @@ def optimize_values(
     per = {len(t.located) for t in tasks}
     if len(per) != 1:
         raise ValueError("every request of a batch needs the same number of rewriting prompts (one template set)")
+    world = process_info()[1]
+    require_work_for_all(len(tasks), "requests")
     order = _sort_by_length(tasks)
-    size = batch or len(order)
+    size = batch or DEFAULT_CHUNK
+    chunks = [order[c : c + size] for c in range(0, len(order), size)]
     pairs = [same_token_pairs(adapter, tokenizer, [p.text for p in t.located], t.target_texts) for t in tasks]
-    results: list[ValueResult | None] = [None] * len(tasks)
-    stats = BatchStats()
     start = time.perf_counter()
-    for c in range(0, len(order), size):
-        stats.chunks += 1
-        _run_chunk(adapter, tokenizer, tasks, order[c : c + size], layer, hparams, results, stats, rebuild_at, on_step,
+
+    def run(chunk: list[int]) -> tuple[list[ValueResult], BatchStats]:
+        part: list[ValueResult | None] = [None] * len(tasks)
+        part_stats = BatchStats(chunks=1)
+        _run_chunk(adapter, tokenizer, tasks, chunk, layer, hparams, part, part_stats, rebuild_at, on_step,
                    should_stop, pairs)
+        done = [part[i] for i in chunk]
+        if world > 1:  # results cross processes on the CPU (a CUDA tensor would unpickle on its own GPU)
+            for r in done:
+                r.delta = r.delta.cpu()
+        return done, part_stats
+
+    results: list[ValueResult | None] = [None] * len(tasks)
+    stats = BatchStats(chunk_size=size, processes=world)
+    for chunk, (done, part_stats) in zip(chunks, run_sharded(chunks, run)):
+        stats.add(part_stats)
+        for i, r in zip(chunk, done):
+            r.delta = r.delta.to(adapter.device)
+            results[i] = r
     stats.seconds = time.perf_counter() - start
     return BatchValueResult(values=[r for r in results if r is not None], stats=stats)
 
@@ -290,10 +325,10 @@ def _run_chunk(
     pairs: Sequence[torch.Tensor | None] = (),
 ) -> None:
     device = adapter.device
-    dtype = tasks[chunk[0]].v0.dtype
+    dtype = torch.float32  # v* and Adam's state in fp32 whatever the model's dtype
     n = len(chunk)
     pos = {req: j for j, req in enumerate(chunk)}  # request -> row of the chunk's state tensors
-    v0 = torch.stack([tasks[i].v0.detach().to(device) for i in chunk])
+    v0 = torch.stack([tasks[i].v0.detach().to(device, dtype) for i in chunk])
     v0_sq = torch.stack([torch.norm(v0[j]) ** 2 for j in range(n)])
     max_norm = torch.stack([hparams.clamp_factor * torch.norm(v0[j]) for j in range(n)])
     delta = torch.zeros(n, adapter.hidden_size, dtype=dtype, device=device)
