@@ -64,3 +64,24 @@ def test_plan_refuses_bad_input_in_one_line(tmp_path, model_dir):
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and text in r.output, r.output
     r = runner.invoke(app, ["plan", "--model", str(model_dir), "--dtype", "float16", "--json"])
     assert r.exit_code == 0 and '"dtype": "float16"' in r.output
+
+
+@pytest.mark.parametrize("arch, ratio", [("sd1", 1.0), ("sdxl", 2.34), ("flux", 867.6)])
+def test_plan_names_the_measured_time_per_edit_of_the_pipeline_class(arch, ratio, pipeline_dir_for, tmp_path):
+    """The time line comes from the pipeline class in model_index.json and BENCHMARKS.md's ratios to SD1;
+    a plain encoder folder has no measured time and prints none."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from refact_tui.cli.main import app
+    from refact_tui.services.plan import CPU_SD1_EDIT_SECONDS, plan_model
+
+    folder = pipeline_dir_for(arch)
+    plan = plan_model(folder)
+    assert plan.pipeline_class == json.loads((folder / "model_index.json").read_text())["_class_name"]
+    assert plan.cpu_edit_seconds == pytest.approx(ratio * CPU_SD1_EDIT_SECONDS)
+    r = CliRunner().invoke(app, ["plan", "--model", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert f"time per edit on a 2-core CPU: about {ratio * CPU_SD1_EDIT_SECONDS:,.0f} s" in r.stdout
+    assert plan_model(folder / "text_encoder").cpu_edit_seconds is None

@@ -111,7 +111,10 @@ def run(
         ws.dtype = dtype  # every load of this command (services.working_model.load_dtype)
         with progress:
             report = run_bench(ws, options, on_progress=on_progress)
-    _finish(ctx, report.run_id, json_out, csv_out)
+    from engine.distributed import is_main_process
+
+    if is_main_process():  # under accelerate every process holds the run id; one prints the report
+        _finish(ctx, report.run_id, json_out, csv_out)
 
 
 def _finish(ctx, run_id: int, json_out: bool, csv_out: Path | None) -> None:

@@ -44,3 +44,6 @@ def plan(
     print_table("expected peak (weights + edit state)", ["activity", "host", "GPU"],
                 [(k, _size(v), _size(p.device_peaks[k]) if k in p.device_peaks else "-") for k, v in p.peaks.items()])
     console.print(f"total weights {_size(p.total_bytes)}")
+    if p.cpu_edit_seconds is not None:
+        console.print(f"time per edit on a 2-core CPU: about {p.cpu_edit_seconds:,.0f} s "
+                      "(BENCHMARKS.md; on a GPU run benchmarks/gpu_session.sh)")

@@ -56,6 +56,23 @@ class SlotPlan:
     keeps_fp32: bool    # T5 / LLM editable matrices stay fp32 under fp16/bf16 (CLIP's fc2 follows the model)
 
 
+# Seconds per ReFACT edit (100 v* steps, every default slot) on a 2-core x86 CPU, one torch thread:
+# SD1's idle measurement times each pipeline's ratio to SD1 measured in the same run (BENCHMARKS.md,
+# "Edit latency" and "Edit latency at LLM widths"; the T5 and LLM rows are scaled estimates).
+CPU_SD1_EDIT_SECONDS = 11.94
+CPU_RATIO_TO_SD1 = {
+    "StableDiffusionPipeline": 1.0, "StableDiffusionXLPipeline": 2.34, "StableDiffusion3Pipeline": 465.2,
+    "FluxPipeline": 867.6, "Flux2Pipeline": 1125.5, "Lumina2Pipeline": 169.5, "ZImagePipeline": 87.0,
+    "CogView4Pipeline": 267.8, "HiDreamImagePipeline": 111.6, "QwenImagePipeline": 461.5,
+}
+
+
+def cpu_edit_seconds(pipeline_class: str | None) -> float | None:
+    """The measured-or-scaled seconds per edit on this CPU class, or None where nothing was measured."""
+    ratio = CPU_RATIO_TO_SD1.get(pipeline_class or "")
+    return None if ratio is None else ratio * CPU_SD1_EDIT_SECONDS
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     model: str
@@ -64,6 +81,8 @@ class MemoryPlan:
     slots: list[SlotPlan]
     peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes of host memory
     device_peaks: dict[str, int] = field(default_factory=dict)  # activity -> bytes on a GPU (weights there)
+    pipeline_class: str | None = None  # model_index.json's _class_name (None: a plain encoder folder)
+    cpu_edit_seconds: float | None = None  # see CPU_RATIO_TO_SD1
 
     @property
     def total_bytes(self) -> int:
@@ -136,9 +155,11 @@ def plan_model(path: str | Path, dtype: str | None = "float32", batch: int = 8) 
     if not folder.is_dir():
         raise EngineError(f"{folder} is not a model folder; pass --model PATH of a pipeline or text encoder")
     index_file = folder / "model_index.json"
+    pipeline_class = None
     if index_file.is_file():
         index = json.loads(index_file.read_text(encoding="utf-8"))
         parts = [(k, str(v[1])) for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]]
+        pipeline_class = str(index.get("_class_name") or "") or None
     else:
         parts = [(".", "text-encoder")]
     components, slots = [], []
@@ -155,7 +176,8 @@ def plan_model(path: str | Path, dtype: str | None = "float32", batch: int = 8) 
     if not components:
         raise EngineError(f"{folder} holds no safetensors weights; nothing to plan")
     host, device = _peaks(components, slots, dtype, batch)
-    return MemoryPlan(str(path), dtype or "as stored", components, slots, host, device)
+    return MemoryPlan(str(path), dtype or "as stored", components, slots, host, device, pipeline_class,
+                      cpu_edit_seconds(pipeline_class))
 
 
 def _peaks(components: list[ComponentPlan], slots: list[SlotPlan], dtype: str | None,
