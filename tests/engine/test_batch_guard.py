@@ -97,3 +97,22 @@ def test_a_single_edit_whose_target_already_holds_changes_nothing_and_is_refused
         else:
             apply_model_edit(tiny_clip, requests(1)[0], hp, moments=stats)
     assert torch.equal(fc2(tiny_clip), before)
+
+
+def test_a_batch_that_mostly_holds_already_judges_on_the_misses_it_had():
+    """Reported defect: with most requests already holding (median miss ~0) the floor fell to ABS_TOL,
+    so a holding request left 1e-3 off its value refused a batch whose one real request moved 0.6."""
+    from dataclasses import dataclass
+
+    from engine.methods.refact.guard import ABS_TOL, check_batch
+
+    @dataclass
+    class Row:
+        residual: float
+        before: float
+
+    rows = [Row(1e-3, 0.0)] + [Row(0.0, 0.0)] * 8 + [Row(0.01, 0.6)]
+    assert limits(rows, 0.5)[0] == pytest.approx(0.5 * 0.6 / 10) and 1e-3 > ABS_TOL
+    check_batch(rows, 0.5, "joint", changed=True)  # accepted
+    with pytest.raises(BatchRefusedError, match="request 1 of the batch keeps a residual of 0.050"):
+        check_batch([Row(0.05, 0.0)] + rows[1:], 0.5, "joint", changed=True)

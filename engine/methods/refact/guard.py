@@ -4,14 +4,15 @@ Each request is judged on the scale of its own value: its residual rho = ||W'k_e
 after insertion next to its miss m = ||W k_e - v*|| / ||v*|| before (for spread: the residual
 stream after the last edited layer against its target). A request passes when
 
-    rho <= max(bound * m, bound * median(m over the batch), ABS_TOL)
+    rho <= max(bound * m, bound * max(median, mean)(m over the batch), ABS_TOL)
 
 ``bound`` is the share of its miss the insertion mode may leave (``residual_bound``), never more
 than MAX_KEEP: a huge --lambda, whose solve barely moves anything, is refused rather than kept as an
 edit that delivers nothing. The floor,
 that share of the batch's typical miss, keeps the judgement meaningful for a request whose target
 already holds (m ~ 0): a ratio to ~0 says nothing, while what it keeps against what the batch had
-to move does. Rank-one batches are held to the default joint bound.
+to move does. The mean joins the median for a batch whose requests mostly hold already (median ~0):
+the few that had to move still set the scale. Rank-one batches are held to the default joint bound.
 
 The edit as a whole must change some weight and bring some request closer to its target; an
 update that is numerically zero (e.g. an enormous --lambda) is refused, never committed.
@@ -41,7 +42,8 @@ class Judged(Protocol):
 def limits(outcomes: Sequence[Judged], bound: float) -> list[float]:
     """The largest residual each request may keep."""
     bound = min(bound, MAX_KEEP)
-    floor = max(bound * statistics.median(o.before for o in outcomes), ABS_TOL)
+    misses = [o.before for o in outcomes]
+    floor = max(bound * max(statistics.median(misses), statistics.fmean(misses)), ABS_TOL)
     return [max(bound * o.before, floor) for o in outcomes]
 
 
