@@ -177,13 +177,20 @@ class MomentMemory:
 
 
 def free_memory(device: Any) -> int:
-    """Bytes free on ``device`` (a torch.device or its type name): CUDA's mem_get_info, else the
-    host's available memory (psutil when installed, else /proc's page counts)."""
-    kind = getattr(device, "type", str(device))
-    if kind == "cuda":
+    """Bytes free on ``device`` (a torch.device, or a name: "cpu", "cuda", "cuda:N"): CUDA's
+    mem_get_info, else the host's available memory (/proc/meminfo's MemAvailable, else psutil, else
+    sysconf's page counts)."""
+    if getattr(device, "type", str(device)).startswith("cuda"):
         import torch
 
-        return int(torch.cuda.mem_get_info(device)[0])
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import psutil
 

@@ -234,24 +234,11 @@ MemorySource = Callable[[str], int | None]
 
 
 def available_memory(device: str) -> int | None:
-    """Free memory of ``device``: the host's MemAvailable (/proc/meminfo, else psutil) for cpu,
-    ``torch.cuda.mem_get_info`` for a CUDA device; None when it cannot be read."""
-    if device.startswith("cuda"):
-        import torch
+    """Free memory of ``device`` ("cpu", "cuda", "cuda:N"): ``engine.admission.free_memory``, the one
+    reading the second-moment admission uses too."""
+    from engine.admission import free_memory
 
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
+    return free_memory(device)
 
 
 def size_text(n: float) -> str:

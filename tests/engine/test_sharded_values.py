@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate_launch import launch
 
 from engine import distributed
 from engine.distributed import ShardingError
@@ -19,28 +16,10 @@ from engine.methods.refact.hparams import ReFACTHParams
 from tests.engine.test_batch_values import requests
 
 SCRIPT = Path(__file__).with_name("dist_values_script.py")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch_two(tok_dir: Path, corpus: Path, out: Path) -> list[dict]:
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    if accelerate is None:
-        pytest.skip("accelerate launcher not installed")
-    port = str(_free_port())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "ACCELERATE_DISABLE_RICH": "1", "MASTER_PORT": port, "PYTHONPATH": str(REPO)}
-    # --multi_gpu takes the torchrun path even without a GPU; PartialState(cpu=True) then forms a gloo group
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           str(SCRIPT), str(tok_dir), str(corpus), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(REPO))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(2, [str(SCRIPT), str(tok_dir), str(corpus), str(out)])
     return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
 

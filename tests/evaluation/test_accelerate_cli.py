@@ -5,26 +5,15 @@ entry: both processes render, only rank 0 writes SQLite and prints, and the stor
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate_launch import launch, launcher
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
 EVAL_ARGS = ["eval", "--seeds", "2", "--steps", "1", "--size", "16", "--batch-size", "2", "--json"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +52,7 @@ def _stored(root: Path, run_ids: dict) -> dict:
 
 @pytest.mark.slow
 def test_two_cpu_processes_through_the_cli_store_what_one_process_stores(ws_root, judge_spec):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    if accelerate is None:
-        pytest.skip("accelerate launcher not installed")
+    launcher()  # skips before the reference run when accelerate is missing
     from refact_tui.cli.main import app
 
     # single-process reference in this process, single-threaded like each launched process
@@ -78,16 +65,8 @@ def test_two_cpu_processes_through_the_cli_store_what_one_process_stores(ws_root
     assert r.exit_code == 0, r.output
     one = _stored(ws_root, json.loads(r.stdout)["run_ids"])
 
-    # `--cpu --num_processes 2` would start a single process; the torchrun path (--multi_gpu) starts
-    # two and PartialState(cpu=True) joins them in a gloo group.
-    port = str(_free_port())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "ACCELERATE_DISABLE_RICH": "1", "PYTHONPATH": str(REPO)}
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-           "-m", "refact_tui", "--workspace", str(ws_root), *EVAL_ARGS, "--judge", judge_spec]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(2, ["-m", "refact_tui", "--workspace", str(ws_root), *EVAL_ARGS, "--judge", judge_spec],
+                  timeout=300)
     assert proc.stdout.count('"run_ids"') == 1  # only rank 0 prints the report
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     two = _stored(ws_root, report["run_ids"])
