@@ -58,3 +58,12 @@ def cached_model(pipeline_dir_for, arch: str):
     model = _LOADED[arch]
     model.restore_base()
     return model
+
+
+def edit_moves(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float]:
+    """Rows [edit prompt, target text, unrelated prompt] read before and after one edit: the cosine of
+    the edit prompt's move with the direction to the target's feature, and the unrelated prompt's move
+    as a share of the edit prompt's."""
+    moved, toward = after[0] - before[0], before[1] - before[0]
+    cosine = float(torch.nn.functional.cosine_similarity(moved, toward, dim=0))
+    return cosine, float((after[2] - before[2]).norm()) / float(moved.norm())

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from family_helpers import cached_model as _model  # noqa: E402
+from family_helpers import edit_moves  # noqa: E402
 
 from engine.covariance import SecondMomentStore  # noqa: E402
 from engine.methods.refact.hparams import HParamsError, ReFACTHParams  # noqa: E402
@@ -124,9 +125,7 @@ def test_one_edit_moves_the_conditioning_reverts_and_exports_exactly(pipeline_di
     res = apply_model_edit(model, REQ, hp, moments=SecondMomentStore(None), n_samples=64)
     assert res.edits[0].result.verify_error < 1e-4  # W k_e == v*
     after = encode_prompt_read(model, TEXTS)
-    moved, toward = after[0] - before[0], before[1] - before[0]
-    cosine = float(torch.nn.functional.cosine_similarity(moved, toward, dim=0))
-    ratio = float((after[2] - before[2]).norm()) / float(moved.norm())
+    cosine, ratio = edit_moves(before, after)
     assert cosine > 0.3 and ratio < 0.5, (cosine, ratio)
 
     image = model.pipeline(prompt=TEXTS[0], **_two_steps(arch)).images
