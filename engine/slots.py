@@ -15,7 +15,7 @@ import torch
 
 from engine.errors import DeltaIntegrityError
 from engine.hashing import module_hash
-from engine.methods.refact.hparams import HParamsError
+from engine.methods.refact.hparams import PAPER_DEPTH, HParamsError
 from engine.readout import Readout
 from engine.tokens import PLAIN, PromptTemplate
 
@@ -40,8 +40,8 @@ FAMILY_SLOTS: dict[str, tuple[str, ...]] = {
 # Default edit depth, as a fraction of an encoder's layers. The paper edits layer 7 of SD1's 12. For
 # SDXL's encoders (penultimate readouts) the one published text-encoder editor, EMCID, edits CLIP-L
 # layers 8-10 and bigG layers 26-30: the defaults are the centres of those ranges (9 of 12, 28 of 32).
-# SD3 carries the same two CLIP encoders with penultimate readouts. Every other slot: the paper's depth.
-PAPER_DEPTH = 7 / 12
+# SD3 carries the same two CLIP encoders with penultimate readouts. Every other slot: the paper's depth
+# (PAPER_DEPTH, kept in hparams so torch-free callers such as `queue add` share it).
 FAMILY_DEPTHS: dict[tuple[str, str], float] = {
     ("sdxl", "text_encoder"): 9 / 12,
     ("sdxl", "text_encoder_2"): 28 / 32,

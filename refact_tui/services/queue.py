@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 from engine.admission import RequestChecker, TokenLimit
 from engine.errors import EngineError
-from engine.methods.refact.hparams import HParamsError, ReFACTHParams
+from engine.methods.refact.hparams import PAPER_DEPTH, HParamsError, ReFACTHParams
 from engine.request import EditRequest, RequestError
 from refact_tui.services.workspace import Workspace
 from store import jobs as job_store
@@ -47,9 +47,6 @@ class ImportReport:
 
 
 PAPER_LAYER = ReFACTHParams().layer
-# engine.slots.PAPER_DEPTH (layer 7 of SD1's 12), spelled here because engine.slots imports torch and
-# `queue add` must not (refact_tui/cli/__init__.py); tests/test_token_counts.py checks they agree
-PAPER_DEPTH = PAPER_LAYER / 12
 
 
 def default_hparams(ws: Workspace) -> ReFACTHParams:

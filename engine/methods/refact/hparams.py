@@ -84,6 +84,8 @@ HPARAM_RANGES: tuple[HParamRange, ...] = (
     HParamRange("moment_rank", 0, 1 << 16, integer=True),
 )
 MAX_TEMPLATES = 64
+# The paper's edit depth: layer 7 of SD1's 12 (the default layer), as a share of an encoder's layers.
+PAPER_DEPTH = 7 / 12
 # Softmax temperature of encoders whose features are L2-normalised (BERT sentence encoders): distances
 # are then at most 2, and at temperature 1 P(target) of two texts cannot pass about 0.7, so the 0.99
 # early stop never fires. Measured on all-MiniLM-L6-v2 over the 9 RoAD validation edits (layer 4):
